@@ -1,0 +1,11 @@
+"""moe-cache-env: a simulator and Gymnasium environment for caching Mixture-of-Experts weights on a GPU.
+
+Layers, from the bottom up:
+
+- ``moe_cache_env.traces``: the routing-trace format, synthetic traces, statistics, the bundled suite;
+- ``moe_cache_env.profiles``: hardware profiles (transfer and compute times) and GPU calibration;
+- ``moe_cache_env.sim``: the three-tier cache simulator (no gymnasium, no torch);
+- ``moe_cache_env.envs``: the Gymnasium environments, registered on import.
+"""
+
+__version__ = "0.1.0"

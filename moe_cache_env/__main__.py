@@ -1,0 +1,5 @@
+import sys
+
+from moe_cache_env.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The ``moe-cache-env`` command line: one module per subcommand, each with ``add_arguments`` and ``run``.
+
+Subcommand modules import their heavy dependencies (torch, transformers, stable-baselines3) inside ``run``,
+so ``moe-cache-env --help`` and the light commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+#: subcommand -> (module under moe_cache_env.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "evaluate": ("evaluate", "replay a trace under a policy and print its metrics"),
+    "bench": ("bench", "measure simulator throughput (routing events per second)"),
+    "synth": ("synth", "write a synthetic trace from a model preset"),
+    "trace-stats": ("trace_stats", "print a trace's routing statistics"),
+    "profiles": ("profiles", "list the hardware profiles or show one"),
+}
+
+
+class CommandError(Exception):
+    """A user error that the CLI reports as one line and exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="moe-cache-env",
+        description="Simulate, evaluate and learn Mixture-of-Experts GPU expert caches.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(f"moe_cache_env.cli.{module_name}")
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``moe-cache-env`` console script; returns the exit code."""
+    from moe_cache_env.profiles import ProfileError
+    from moe_cache_env.traces import TraceFormatError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (CommandError, TraceFormatError, ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"moe-cache-env {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

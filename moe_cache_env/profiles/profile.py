@@ -1,0 +1,222 @@
+"""The hardware profile format (``moe-profile/1``), loading, validation and the transfer-time fit."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from moe_cache_env._io import atomic_write_json
+
+PROFILE_FORMAT = "moe-profile/1"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+class ProfileError(ValueError):
+    """A profile file that is missing, malformed or out of range; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TransferFit:
+    """``time_ms = overhead_ms + bytes / (gbps * 1e6)``, fitted by least squares; residual in ms (RMS)."""
+
+    overhead_ms: float
+    gbps: float
+    residual_ms: float
+    max_rel_error: float
+    points: int
+
+
+def fit_transfer(sizes_bytes: Sequence[float], times_ms: Sequence[float]) -> TransferFit:
+    """Least-squares fit of ``overhead_ms + bytes / bandwidth`` to measured copy times.
+
+    The overhead is clamped at zero (a negative fixed cost has no physical meaning); the slope then is
+    refitted through the origin. Raises :class:`ProfileError` if the data cannot define a bandwidth.
+    """
+    x = np.asarray(sizes_bytes, dtype=np.float64)
+    y = np.asarray(times_ms, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ProfileError("a transfer fit needs at least two (bytes, ms) pairs of equal length")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()) or (x <= 0).any() or (y <= 0).any():
+        raise ProfileError("transfer sizes and times must be positive finite numbers")
+    design = np.stack([np.ones_like(x), x], axis=1)
+    (overhead, ms_per_byte), *_ = np.linalg.lstsq(design, y, rcond=None)
+    if overhead < 0:
+        overhead = 0.0
+        ms_per_byte = float(x @ y / (x @ x))
+    if ms_per_byte <= 0:
+        raise ProfileError("transfer times do not grow with size; cannot fit a bandwidth")
+    predicted = overhead + ms_per_byte * x
+    residual = float(np.sqrt(np.mean((predicted - y) ** 2)))
+    return TransferFit(
+        overhead_ms=float(overhead),
+        gbps=float(1.0 / (ms_per_byte * 1e6)),
+        residual_ms=residual,
+        max_rel_error=float(np.max(np.abs(predicted - y) / y)),
+        points=int(len(x)),
+    )
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """The fitted numbers of one GPU + host link, as the simulator uses them.
+
+    Attributes:
+        name: profile name (file stem).
+        h2d_overhead_ms, h2d_gbps: pinned host-to-GPU copy time = overhead + bytes / bandwidth.
+        compute_tokens, compute_ms: compute time of one expert of ``compute_expert_bytes`` bytes for each
+            token count (interpolated linearly, clamped at the ends); other expert sizes scale linearly with bytes
+            (a SwiGLU expert's FLOPs and weight reads are proportional to its parameter count).
+        layer_overhead_ms: non-expert compute per layer (attention, router), added to every layer's time.
+        seed_table: the seed's table-driven latencies (only in seed-style profiles), used by ``timing="seed"``.
+        raw: everything else in the file (measurements, provenance), kept verbatim.
+    """
+
+    name: str
+    h2d_overhead_ms: float
+    h2d_gbps: float
+    compute_tokens: tuple[float, ...]
+    compute_ms: tuple[float, ...]
+    compute_expert_bytes: int
+    layer_overhead_ms: float = 0.0
+    seed_table: Mapping[str, float] | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def transfer_ms(self, nbytes: float) -> float:
+        """Host-to-GPU time of one copy of ``nbytes`` (pinned memory)."""
+        return self.h2d_overhead_ms + nbytes / (self.h2d_gbps * 1e6)
+
+    def expert_compute_ms(self, tokens: float, expert_bytes: float) -> float:
+        """Compute time of one expert of ``expert_bytes`` bytes applied to ``tokens`` tokens."""
+        base = float(np.interp(tokens, self.compute_tokens, self.compute_ms))
+        return base * expert_bytes / self.compute_expert_bytes
+
+    def compute_table(self, expert_bytes: float, max_tokens: int) -> np.ndarray:
+        """Per-expert compute time for 0..max_tokens tokens (index = tokens), for the simulator's kernels."""
+        tokens = np.arange(max_tokens + 1, dtype=np.float64)
+        table = np.interp(tokens, self.compute_tokens, self.compute_ms) * (expert_bytes / self.compute_expert_bytes)
+        table[0] = 0.0
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        """The profile as written to JSON (raw fields first, fitted fields on top)."""
+        data = dict(self.raw)
+        data.update(
+            {
+                "format": PROFILE_FORMAT,
+                "name": self.name,
+                "h2d_overhead_ms": self.h2d_overhead_ms,
+                "h2d_gbps": self.h2d_gbps,
+                "compute": {
+                    "expert_bytes": self.compute_expert_bytes,
+                    "tokens": list(self.compute_tokens),
+                    "ms": list(self.compute_ms),
+                },
+                "layer_overhead_ms": self.layer_overhead_ms,
+            }
+        )
+        if self.seed_table is not None:
+            data["seed_table"] = dict(self.seed_table)
+        return data
+
+
+SEED_TABLE_KEYS = (
+    "h2d_1_expert_ms",
+    "h2d_4_experts_ms",
+    "h2d_20_experts_ms",
+    "l1_access_ms",
+    "l2l3_access_ms",
+    "compute_1_expert_ms",
+    "compute_4_experts_ms",
+    "alloc_ms",
+)
+
+
+def _number(data: Mapping[str, Any], key: str, where: str, *, minimum: float = 0.0, strict: bool = False) -> float:
+    if key not in data:
+        raise ProfileError(f"{where}: missing field {key!r}")
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProfileError(f"{where}: field {key!r} must be a finite number, got {value!r}")
+    if value < minimum or (strict and value == minimum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise ProfileError(f"{where}: field {key!r} = {value} is out of range (must be {bound})")
+    return float(value)
+
+
+def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> HardwareProfile:
+    """Validate a profile dictionary (as read from JSON) and build a :class:`HardwareProfile`."""
+    if not isinstance(data, Mapping):
+        raise ProfileError(f"{where}: a profile must be a JSON object")
+    if data.get("format") != PROFILE_FORMAT:
+        raise ProfileError(f"{where}: field 'format' is {data.get('format')!r}; expected {PROFILE_FORMAT!r}")
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProfileError(f"{where}: field 'name' must be a non-empty string")
+    overhead = _number(data, "h2d_overhead_ms", where)
+    gbps = _number(data, "h2d_gbps", where, strict=True)
+    compute = data.get("compute")
+    if not isinstance(compute, Mapping):
+        raise ProfileError(f"{where}: field 'compute' must be an object with expert_bytes, tokens and ms")
+    expert_bytes = int(_number(compute, "expert_bytes", f"{where}.compute", strict=True))
+    tokens = compute.get("tokens")
+    ms = compute.get("ms")
+    if not isinstance(tokens, list) or not isinstance(ms, list) or len(tokens) != len(ms) or not tokens:
+        raise ProfileError(f"{where}: compute.tokens and compute.ms must be non-empty lists of equal length")
+    tokens_arr = np.asarray(tokens, dtype=np.float64)
+    ms_arr = np.asarray(ms, dtype=np.float64)
+    if (np.diff(tokens_arr) <= 0).any() or (tokens_arr < 1).any():
+        raise ProfileError(f"{where}: compute.tokens must be increasing token counts >= 1, got {tokens}")
+    if not np.isfinite(ms_arr).all() or (ms_arr <= 0).any():
+        raise ProfileError(f"{where}: compute.ms must be positive finite times, got {ms}")
+    layer_overhead = _number(data, "layer_overhead_ms", where) if "layer_overhead_ms" in data else 0.0
+    seed_table = data.get("seed_table")
+    if seed_table is not None:
+        if not isinstance(seed_table, Mapping):
+            raise ProfileError(f"{where}: field 'seed_table' must be an object")
+        seed_table = {k: _number(seed_table, k, f"{where}.seed_table", strict=True) for k in SEED_TABLE_KEYS}
+    return HardwareProfile(
+        name=name,
+        h2d_overhead_ms=overhead,
+        h2d_gbps=gbps,
+        compute_tokens=tuple(float(t) for t in tokens_arr),
+        compute_ms=tuple(float(m) for m in ms_arr),
+        compute_expert_bytes=expert_bytes,
+        layer_overhead_ms=layer_overhead,
+        seed_table=seed_table,
+        raw=dict(data),
+    )
+
+
+def list_profiles() -> list[str]:
+    """Names of the shipped profiles."""
+    return sorted(p.stem for p in DATA_DIR.glob("*.json"))
+
+
+def load_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
+    """Load a shipped profile by name, or any profile file by path."""
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith(".json") or path.exists()):
+        path = DATA_DIR / f"{text}.json"
+        if not path.exists():
+            raise ProfileError(f"unknown profile {text!r}; shipped profiles: {', '.join(list_profiles())}")
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"profile file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ProfileError(f"{path}: not valid JSON ({exc})") from None
+    return profile_from_dict(data, where=str(path))
+
+
+def save_profile(profile: HardwareProfile | Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Validate and write a profile atomically."""
+    data = profile.to_dict() if isinstance(profile, HardwareProfile) else dict(profile)
+    profile_from_dict(data, where=str(path))
+    return atomic_write_json(path, data)
