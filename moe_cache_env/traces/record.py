@@ -1,0 +1,470 @@
+"""Record the routing of a Hugging Face MoE causal LM as v1 traces (prefill and greedy decode).
+
+A forward hook on every MoE layer's router (:func:`find_router_modules`) captures what the router returns; after
+each forward pass the captures become the selected expert ids and gate weights of every token at every MoE
+layer (:mod:`moe_cache_env.traces.recording.routers` explains how each family's output is read). Each prompt
+runs alone (batch of one, no padding), so every captured row is a real token:
+
+* prefill: one forward over the prompt; one trace row per prompt token.
+* decode: greedy decoding with the KV cache, one forward per generated token; the routing of the forward that
+  consumes generated token ``i`` is row ``i`` of the sequence. Stops after ``max_new_tokens`` tokens or, by
+  default, when the model emits an end-of-sequence token (which is not fed back).
+
+Sequence ``i`` of both traces is ``sequences[i]``, so prefill and decode rows of one request share a sequence id.
+transformers is needed only to load models (the CLI); this module works on any model object that has a
+transformers-style ``config`` and forward.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import inspect
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from moe_cache_env.traces.format import Trace, make_meta
+from moe_cache_env.traces.recording.routers import (
+    RouterError,
+    RouterSite,
+    decode_router_output,
+    expert_bytes_of,
+    find_router_modules,
+    find_router_sites,
+    ids_dtype,
+    routing_rule_for,
+    text_config,
+)
+
+__all__ = ["RecordedTrace", "RouterError", "find_router_modules", "record_routing", "require_transformers"]
+
+INSTALL_HINT = 'pip install -e ".[record]"'
+
+
+def require_transformers() -> Any:
+    """Import transformers, or fail with the command that installs it."""
+    try:
+        import transformers
+    except ImportError as exc:
+        raise ImportError(f"recording routing needs the 'record' extra (transformers): {INSTALL_HINT}") from exc
+    return transformers
+
+
+@dataclass(frozen=True)
+class RecordedTrace(Trace):
+    """A :class:`Trace` with, optionally, the router logits of every row: float32 (T, L, E).
+
+    Logits are not part of format v1; the ``record`` command writes them to a separate ``.npz`` file.
+    """
+
+    router_logits: np.ndarray | None = None
+
+
+@dataclass
+class _LayerRows:
+    """Routing of one forward pass at one MoE layer."""
+
+    ids: np.ndarray  # (T, K) int64
+    weights: np.ndarray | None  # (T, K) float32
+    logits: np.ndarray | None  # (T, E) float32
+    selection: str  # how the ids were obtained, for the trace's meta
+
+
+class _RouterHooks:
+    """Forward hooks on every router (and selection method) of a model; collects one forward at a time."""
+
+    def __init__(self, model: nn.Module, sites: list[RouterSite], record_logits: bool) -> None:
+        self.model = model
+        self.sites = sites
+        self.record_logits = record_logits
+        self.config = text_config(model)
+        self._captured: list[list[Any]] = [[] for _ in sites]
+        self._selected: list[list[Any]] = [[] for _ in sites]
+        self._handles: list[Any] = []
+        self._wrapped: list[tuple[nn.Module, bool, Any]] = []
+        self._rule = None
+
+    def __enter__(self) -> "_RouterHooks":
+        for i, site in enumerate(self.sites):
+            self._handles.append(site.module.register_forward_hook(self._router_hook(i)))
+            route = getattr(site.block, "route_tokens_to_experts", None) if site.block is not None else None
+            if callable(route):
+                # The block picks experts itself from the router's logits: capture what it picked.
+                had_own = "route_tokens_to_experts" in vars(site.block)
+                self._wrapped.append((site.block, had_own, vars(site.block).get("route_tokens_to_experts")))
+                site.block.route_tokens_to_experts = self._selection_wrapper(i, route)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for block, had_own, original in self._wrapped:
+            if had_own:
+                block.route_tokens_to_experts = original
+            else:
+                del block.route_tokens_to_experts
+        self._wrapped.clear()
+
+    def _router_hook(self, i: int) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            self._captured[i].append(_detach(output))
+
+        return hook
+
+    def _selection_wrapper(self, i: int, route: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            result = route(*args, **kwargs)
+            self._selected[i].append(_detach(result))
+            return result
+
+        return wrapped
+
+    def collect(self, num_tokens: int) -> list[_LayerRows]:
+        """The routing of the forward pass just run, one entry per MoE layer; clears the captures."""
+        rows = []
+        for i, site in enumerate(self.sites):
+            captured, selected = self._captured[i], self._selected[i]
+            self._captured[i], self._selected[i] = [], []
+            if len(captured) != 1:
+                raise RouterError(
+                    f"router {site.name} ran {len(captured)} times in one forward pass; expected once "
+                    "(a model that reuses a router across steps is not supported)"
+                )
+            rows.append(self._resolve(site, captured[0], selected, num_tokens))
+        return rows
+
+    def _resolve(self, site: RouterSite, output: Any, selected: list[Any], num_tokens: int) -> _LayerRows:
+        decoded = decode_router_output(output, num_tokens, site.num_experts, site.logits_index)
+        ids, weights, selection = decoded.ids, decoded.weights, "read from the router output"
+        if ids is None and len(selected) == 1:
+            chosen = decode_router_output(selected[0], num_tokens, site.num_experts)
+            ids, weights = chosen.ids, chosen.weights
+            selection = "read from the MoE block's route_tokens_to_experts"
+        if ids is None:
+            if decoded.logits is None:
+                raise RouterError(
+                    f"router {site.name} returned neither expert ids nor ({num_tokens}, {site.num_experts}) "
+                    f"logits; got {_describe(output)}"
+                )
+            if self._rule is None:
+                self._rule = routing_rule_for(self.config, site.module)
+            top_k = _config_top_k(self.config, site.module)
+            weights, ids = self._rule.select(decoded.logits, top_k)
+            selection = f"recomputed from router logits: {self._rule.description}"
+        logits = decoded.logits if self.record_logits else None
+        if self.record_logits and logits is None:
+            raise RouterError(f"router {site.name} does not expose its logits; record without record_logits")
+        return _LayerRows(
+            ids=ids.cpu().numpy().astype(np.int64),
+            weights=None if weights is None else weights.float().cpu().numpy(),
+            logits=None if logits is None else logits.float().cpu().numpy(),
+            selection=selection,
+        )
+
+
+def _detach(output: Any) -> Any:
+    if isinstance(output, torch.Tensor):
+        return output.detach()
+    if isinstance(output, (tuple, list)):
+        return type(output)(_detach(o) for o in output) if isinstance(output, tuple) else [_detach(o) for o in output]
+    return output
+
+
+def _describe(output: Any) -> str:
+    items = output if isinstance(output, (tuple, list)) else [output]
+    parts = [f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__ for t in items]
+    return "(" + ", ".join(parts) + ")"
+
+
+def _config_top_k(config: Any, router: nn.Module) -> int:
+    value = getattr(router, "top_k", None)
+    if isinstance(value, int) and value >= 1:
+        return value
+    for key in ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k", "moe_topk"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value >= 1:
+            return value
+    raise RouterError("cannot tell how many experts a token uses: neither router.top_k nor config.num_experts_per_tok")
+
+
+def _eos_ids(model: nn.Module) -> set[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        value = getattr(source, "eos_token_id", None) if source is not None else None
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def _forward_keywords(model: nn.Module) -> tuple[str, dict[str, int]]:
+    """The KV-cache argument's name (``cache`` in newer transformers) and the arguments that limit the logits
+    to the last position (only the last token's logits are used: greedy decoding)."""
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    last_only = {}
+    for key in ("logits_to_keep", "num_logits_to_keep"):
+        if key in params:
+            last_only = {key: 1}
+            break
+    return cache_kw, last_only
+
+
+def _output_cache(output: Any) -> Any:
+    for key in ("cache", "past_key_values"):  # newest name first: reading the old one warns
+        value = output.get(key) if hasattr(output, "get") else getattr(output, key, None)
+        if value is not None:
+            return value
+    raise RouterError("the model returned no KV cache; decode recording needs use_cache support")
+
+
+def _config_fingerprint(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    try:
+        text = config.to_json_string(use_diff=False)
+    except Exception:  # configs without to_json_string: hash their attribute dictionary
+        text = json.dumps(vars(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_inputs(sequences: Sequence[Sequence[int]], domains: list[str] | None, vocab: int | None, max_new: int) -> None:
+    if not isinstance(sequences, (list, tuple)) or not sequences:
+        raise ValueError("sequences must be a non-empty list of token-id lists")
+    for i, seq in enumerate(sequences):
+        if len(seq) == 0:
+            raise ValueError(f"sequence {i} is empty; every prompt needs at least one token")
+        bad = [t for t in seq if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+        if bad:
+            raise ValueError(f"sequence {i} holds non-integer token {bad[0]!r}")
+        if vocab is not None and (min(seq) < 0 or max(seq) >= vocab):
+            raise ValueError(f"sequence {i} holds token ids outside [0, {vocab}) (the model's vocab_size)")
+    if domains is not None and len(domains) != len(sequences):
+        raise ValueError(f"domains has {len(domains)} entries for {len(sequences)} sequences; give one per sequence")
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new!r}")
+
+
+class _PhaseBuffer:
+    """Rows of one phase, assembled into a trace at the end."""
+
+    def __init__(self) -> None:
+        self.ids: list[np.ndarray] = []  # per forward: (T, L, K)
+        self.weights: list[np.ndarray | None] = []
+        self.logits: list[np.ndarray | None] = []
+        self.sequence: list[np.ndarray] = []
+        self.sequence_order: list[int] = []
+        self.selection: set[str] = set()
+
+    def add(self, seq_id: int, layers: list[_LayerRows]) -> None:
+        ks = {rows.ids.shape[1] for rows in layers}
+        if len(ks) != 1:
+            raise RouterError(f"MoE layers select different numbers of experts {sorted(ks)}; format v1 needs one top-k")
+        self.ids.append(np.stack([rows.ids for rows in layers], axis=1))
+        has_weights = all(rows.weights is not None for rows in layers)
+        self.weights.append(np.stack([rows.weights for rows in layers], axis=1) if has_weights else None)
+        has_logits = all(rows.logits is not None for rows in layers)
+        self.logits.append(np.stack([rows.logits for rows in layers], axis=1) if has_logits else None)
+        self.sequence.append(np.full(layers[0].ids.shape[0], seq_id, dtype=np.int32))
+        if not self.sequence_order or self.sequence_order[-1] != seq_id:
+            self.sequence_order.append(seq_id)
+        self.selection.update(rows.selection for rows in layers)
+
+    def __bool__(self) -> bool:
+        return bool(self.ids)
+
+
+def _rank_by_weight(ids: np.ndarray, weights: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Order each row's experts by descending gate weight (stable), so rank 0 is the heaviest expert.
+
+    Some routers return their top-k unsorted (``torch.topk(..., sorted=False)``); a common rank order keeps
+    rank-based statistics comparable across families.
+    """
+    if weights is None:
+        return ids, None
+    order = np.argsort(-weights, axis=-1, kind="stable")
+    return np.take_along_axis(ids, order, axis=-1), np.take_along_axis(weights, order, axis=-1)
+
+
+def _build_trace(
+    buffer: _PhaseBuffer,
+    phase: str,
+    *,
+    base_meta: dict[str, Any],
+    num_experts: int,
+    domains: list[str] | None,
+    record_logits: bool,
+) -> RecordedTrace:
+    experts = np.concatenate(buffer.ids, axis=0)
+    weights = None
+    if all(w is not None for w in buffer.weights):
+        weights = np.concatenate(buffer.weights, axis=0).astype(np.float32)  # type: ignore[arg-type]
+    meta_extra = dict(base_meta)
+    meta_extra["routing"] = dict(meta_extra["routing"], selection=sorted(buffer.selection))
+    if weights is not None and (~np.isfinite(weights) | (weights < 0)).any():
+        warnings.warn(f"{phase}: the router's gate weights include negative or non-finite values; dropping them")
+        weights = None
+        meta_extra["routing"]["weights_dropped"] = "negative or non-finite gate weights"
+    experts, weights = _rank_by_weight(experts, weights)
+    if experts.min() < 0 or experts.max() >= num_experts:
+        raise RouterError(f"{phase}: recorded expert ids span [{experts.min()}, {experts.max()}], not [0, {num_experts})")
+    logits = None
+    if record_logits:
+        logits = np.concatenate(buffer.logits, axis=0).astype(np.float32)  # type: ignore[arg-type]
+    kept_domains = None if domains is None else [domains[i] for i in buffer.sequence_order]
+    meta = make_meta(
+        model=base_meta["model"],
+        num_experts=num_experts,
+        top_k=int(experts.shape[2]),
+        num_layers=int(experts.shape[1]),
+        expert_bytes=base_meta["expert_bytes"],
+        phase=phase,
+        source=base_meta["source"],
+        domains=kept_domains,
+        **{k: v for k, v in meta_extra.items() if k not in ("model", "expert_bytes", "source")},
+    )
+    return RecordedTrace(
+        experts=experts.astype(ids_dtype(num_experts)),
+        sequence=np.concatenate(buffer.sequence),
+        meta=meta,
+        weights=weights,
+        router_logits=logits,
+    )
+
+
+def record_routing(
+    model: nn.Module,
+    sequences: list[list[int]],
+    *,
+    max_new_tokens: int = 0,
+    domains: list[str] | None = None,
+    expert_bytes: int | None = None,
+    model_name: str | None = None,
+    source: str = "",
+    record_logits: bool = False,
+    device: Any = None,
+    stop_at_eos: bool = True,
+    prompts_file: str | None = None,
+) -> dict[str, RecordedTrace]:
+    """Run ``model`` over token sequences and return their routing as v1 traces.
+
+    Args:
+        model: a transformers causal LM with MoE layers (any family :func:`find_router_modules` recognises).
+        sequences: prompts as lists of token ids; each runs alone, in order.
+        max_new_tokens: generated tokens per prompt (greedy); 0 records the prefill only.
+        domains: one domain label per sequence, stored in the traces' meta.
+        expert_bytes: bytes of one routed expert; by default the experts module's parameter bytes / experts.
+        model_name: the meta's ``model``; by default the config's ``_name_or_path`` or ``model_type``.
+        source: the meta's ``source``; by default a sentence naming the model and transformers version.
+        record_logits: also return the router logits (``RecordedTrace.router_logits``, float32 (T, L, E)).
+        device: where to run; the model is moved there if it is elsewhere. Default: the model's device.
+        stop_at_eos: end a sequence's decoding when the model emits an end-of-sequence token.
+        prompts_file: the file the prompts came from, for the provenance.
+
+    Returns:
+        ``{"prefill": trace}`` plus ``"decode"`` when ``max_new_tokens > 0``. Each trace's ``sequence`` value is
+        the index of the prompt in ``sequences``; meta holds ``moe_layer_indices`` (decoder layers with a
+        router, in order), ``routing`` (router class, how ids were obtained) and ``provenance``.
+    """
+    config = text_config(model)
+    vocab = getattr(config, "vocab_size", None)
+    _check_inputs(sequences, domains, vocab if isinstance(vocab, int) else None, max_new_tokens)
+    sites = find_router_sites(model)
+    num_experts_set = {site.num_experts for site in sites}
+    if None in num_experts_set or len(num_experts_set) != 1:
+        raise RouterError(f"MoE layers disagree on or hide their expert count: {sorted(map(str, num_experts_set))}")
+    num_experts = int(num_experts_set.pop())  # type: ignore[arg-type]
+    if expert_bytes is None:
+        sizes = {expert_bytes_of(site, num_experts) for site in sites}
+        if len(sizes) != 1:
+            raise RouterError(f"expert sizes differ across MoE layers {sorted(sizes)}; pass expert_bytes")
+        expert_bytes = sizes.pop()
+    if isinstance(expert_bytes, bool) or not isinstance(expert_bytes, int) or expert_bytes < 1:
+        raise ValueError(f"expert_bytes must be a positive integer, got {expert_bytes!r}")
+
+    if device is not None:
+        device = torch.device(device)
+        if next(model.parameters()).device != device:
+            model.to(device)
+    run_device = next(model.parameters()).device
+    name = model_name or getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__
+    try:
+        import transformers
+
+        tf_version = transformers.__version__
+    except ImportError:
+        tf_version = "absent"
+    base_meta: dict[str, Any] = {
+        "model": str(name),
+        "expert_bytes": int(expert_bytes),
+        "source": source or f"routing recorded from {name} with transformers {tf_version}",
+        "moe_layer_indices": [site.layer_index for site in sites],
+        "routing": {
+            "family": str(getattr(config, "model_type", "")),
+            "router_class": type(sites[0].module).__name__,
+            "rank_order": "descending gate weight",
+        },
+        "provenance": {
+            "recorder": "moe_cache_env.traces.record",
+            "model_class": type(model).__name__,
+            "config_sha256": _config_fingerprint(model),
+            "transformers_version": tf_version,
+            "torch_version": torch.__version__,
+            "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "device": str(run_device),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "decoding": "greedy" + (", stops at end-of-sequence" if stop_at_eos else ""),
+            "max_new_tokens": int(max_new_tokens),
+            "num_prompts": len(sequences),
+            "prompts_file": prompts_file,
+        },
+    }
+
+    eos = _eos_ids(model) if stop_at_eos else set()
+    cache_kw, last_only = _forward_keywords(model)
+    prefill, decode = _PhaseBuffer(), _PhaseBuffer()
+    was_training = model.training
+    model.eval()  # training mode adds router jitter and (Phi-MoE) samples experts
+    try:
+        with torch.inference_mode(), _RouterHooks(model, sites, record_logits) as hooks:
+            for seq_id, tokens in enumerate(sequences):
+                input_ids = torch.tensor([list(map(int, tokens))], dtype=torch.long, device=run_device)
+                out = model(input_ids=input_ids, use_cache=max_new_tokens > 0, **last_only)
+                prefill.add(seq_id, hooks.collect(len(tokens)))
+                if max_new_tokens == 0:
+                    continue
+                cache = _output_cache(out)
+                next_token = int(out.logits[0, -1].argmax())
+                for _ in range(max_new_tokens):
+                    if next_token in eos:
+                        break
+                    step_ids = torch.tensor([[next_token]], dtype=torch.long, device=run_device)
+                    out = model(input_ids=step_ids, use_cache=True, **{cache_kw: cache}, **last_only)
+                    decode.add(seq_id, hooks.collect(1))
+                    cache = _output_cache(out)
+                    next_token = int(out.logits[0, -1].argmax())
+    finally:
+        model.train(was_training)
+
+    traces = {
+        "prefill": _build_trace(
+            prefill, "prefill", base_meta=base_meta, num_experts=num_experts, domains=domains, record_logits=record_logits
+        )
+    }
+    if max_new_tokens > 0:
+        if not decode:
+            raise RouterError(
+                "every prompt's first generated token is an end-of-sequence token, so decoding recorded nothing; "
+                "pass stop_at_eos=False to record past it"
+            )
+        traces["decode"] = _build_trace(
+            decode, "decode", base_meta=base_meta, num_experts=num_experts, domains=domains, record_logits=record_logits
+        )
+    return traces
