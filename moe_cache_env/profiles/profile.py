@@ -32,8 +32,14 @@ class TransferFit:
     points: int
 
 
-def fit_transfer(sizes_bytes: Sequence[float], times_ms: Sequence[float]) -> TransferFit:
+def fit_transfer(
+    sizes_bytes: Sequence[float], times_ms: Sequence[float], *, relative: bool = False
+) -> TransferFit:
     """Least-squares fit of ``overhead_ms + bytes / bandwidth`` to measured copy times.
+
+    With ``relative=False`` the squared errors in ms are minimised, so the largest copies dominate. With
+    ``relative=True`` the squared *relative* errors are minimised (each point weighted by ``1 / time``), so a
+    sweep from 1 MB to 1 GB is fitted about equally well at every size; measured profiles use this.
 
     The overhead is clamped at zero (a negative fixed cost has no physical meaning); the slope then is
     refitted through the origin. Raises :class:`ProfileError` if the data cannot define a bandwidth.
@@ -44,11 +50,13 @@ def fit_transfer(sizes_bytes: Sequence[float], times_ms: Sequence[float]) -> Tra
         raise ProfileError("a transfer fit needs at least two (bytes, ms) pairs of equal length")
     if not (np.isfinite(x).all() and np.isfinite(y).all()) or (x <= 0).any() or (y <= 0).any():
         raise ProfileError("transfer sizes and times must be positive finite numbers")
-    design = np.stack([np.ones_like(x), x], axis=1)
-    (overhead, ms_per_byte), *_ = np.linalg.lstsq(design, y, rcond=None)
+    weight = 1.0 / y if relative else np.ones_like(y)
+    design = np.stack([np.ones_like(x), x], axis=1) * weight[:, None]
+    (overhead, ms_per_byte), *_ = np.linalg.lstsq(design, y * weight, rcond=None)
     if overhead < 0:
         overhead = 0.0
-        ms_per_byte = float(x @ y / (x @ x))
+        xw, yw = x * weight, y * weight
+        ms_per_byte = float(xw @ yw / (xw @ xw))
     if ms_per_byte <= 0:
         raise ProfileError("transfer times do not grow with size; cannot fit a bandwidth")
     predicted = overhead + ms_per_byte * x
@@ -149,6 +157,23 @@ def _number(data: Mapping[str, Any], key: str, where: str, *, minimum: float = 0
     return float(value)
 
 
+def _check_optional_sections(data: Mapping[str, Any], where: str) -> None:
+    """Validate the optional sections that tools read (``device``, ``fits``); the simulator ignores them."""
+    device = data.get("device")
+    if device is not None and not isinstance(device, Mapping):
+        raise ProfileError(f"{where}: field 'device' must be an object (name, driver, ...)")
+    fits = data.get("fits")
+    if fits is None:
+        return
+    if not isinstance(fits, Mapping):
+        raise ProfileError(f"{where}: field 'fits' must be an object of transfer fits (e.g. 'h2d_pinned')")
+    for key, fit in fits.items():
+        if not isinstance(fit, Mapping):
+            raise ProfileError(f"{where}: field 'fits.{key}' must be an object with overhead_ms and gbps")
+        _number(fit, "overhead_ms", f"{where}.fits.{key}")
+        _number(fit, "gbps", f"{where}.fits.{key}", strict=True)
+
+
 def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> HardwareProfile:
     """Validate a profile dictionary (as read from JSON) and build a :class:`HardwareProfile`."""
     if not isinstance(data, Mapping):
@@ -175,6 +200,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
     if not np.isfinite(ms_arr).all() or (ms_arr <= 0).any():
         raise ProfileError(f"{where}: compute.ms must be positive finite times, got {ms}")
     layer_overhead = _number(data, "layer_overhead_ms", where) if "layer_overhead_ms" in data else 0.0
+    _check_optional_sections(data, where)
     seed_table = data.get("seed_table")
     if seed_table is not None:
         if not isinstance(seed_table, Mapping):

@@ -1,0 +1,822 @@
+"""GPU calibration: measure copy and expert-compute times on a CUDA device and turn them into a profile.
+
+The module has four layers, so that everything except the CUDA calls runs (and is tested) on a CPU:
+
+- timing primitives: :class:`Timer`, :func:`measure_ms`, :class:`TimingStats`;
+- :class:`CalibrationPlan`: what to measure (sizes, token counts, repeats);
+- :class:`CudaBackend`: the only code that needs torch and a CUDA device; it times one kind of operation
+  per method and returns the samples;
+- :func:`run_calibration` drives any backend through a plan and returns the raw measurements, and
+  :func:`build_profile` (pure) fits them and assembles a ``moe-profile/1`` dictionary. :func:`rebuild_profile`
+  recomputes a profile's fitted fields from the raw measurements it carries.
+
+Method (see ``docs/hardware-profiles.md``): every point is timed with CUDA events after warm-up runs, repeated,
+and summarised by its median with the 10th and 90th percentiles as spread. Copies use preallocated buffers
+filled with random bytes. Expert compute rotates over enough weight sets to overflow the GPU's L2 cache, so
+weights are read from device memory as they would be in a real forward pass.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from moe_cache_env.profiles.profile import PROFILE_FORMAT, ProfileError, fit_transfer
+from moe_cache_env.profiles.shapes import ExpertShape, dtype_bytes
+
+MIB = 2**20
+
+#: Copy directions and host memory kinds of the transfer sweep.
+DIRECTIONS = ("h2d", "d2h")
+MEMORY_KINDS = ("pinned", "pageable")
+
+#: Sample times are stored rounded to this many decimals of a millisecond (1 ns): finer than CUDA events
+#: resolve (about 0.5 us), and it keeps the recorded profile a fixed point of :func:`rebuild_profile`.
+SAMPLE_DECIMALS = 6
+
+
+class CalibrationError(RuntimeError):
+    """Calibration cannot run here (no CUDA device, not enough memory, a failed sanity check)."""
+
+
+# --------------------------------------------------------------------------------------------- timing
+
+
+class Timer(Protocol):
+    """Times one region of work: ``start()``, enqueue the work, then ``stop()`` returns elapsed ms."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> float: ...
+
+
+def measure_ms(
+    work: Callable[[int], None], *, repeats: int, warmup: int, timer: Timer
+) -> list[float]:
+    """Run ``work(i)`` ``warmup`` times untimed-for-results, then ``repeats`` times, each timed alone.
+
+    ``work`` gets the running iteration index (warm-up included), so it can rotate over inputs. Each timed
+    call is bracketed by ``timer.start()`` / ``timer.stop()``, and ``stop`` waits for the work to finish, so
+    samples are independent. Returns the samples in ms, rounded to :data:`SAMPLE_DECIMALS`.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for i in range(warmup):
+        timer.start()
+        work(i)
+        timer.stop()
+    samples: list[float] = []
+    for i in range(warmup, warmup + repeats):
+        timer.start()
+        work(i)
+        samples.append(round(float(timer.stop()), SAMPLE_DECIMALS))
+    return samples
+
+
+@dataclass(frozen=True)
+class TimingStats:
+    """Median and spread of repeated timings (ms)."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    min_ms: float
+    max_ms: float
+    n: int
+
+    @classmethod
+    def from_samples(cls, samples_ms: Sequence[float]) -> "TimingStats":
+        values = np.asarray(samples_ms, dtype=np.float64)
+        if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all() or (values <= 0).any():
+            raise ValueError(f"timing samples must be a non-empty list of positive finite ms, got {samples_ms!r}")
+        p10, p50, p90 = np.percentile(values, [10, 50, 90])
+        return cls(
+            median_ms=float(p50),
+            p10_ms=float(p10),
+            p90_ms=float(p90),
+            min_ms=float(values.min()),
+            max_ms=float(values.max()),
+            n=int(len(values)),
+        )
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- plan
+
+
+def _sizes_mib(exponents: Iterable[int]) -> tuple[int, ...]:
+    return tuple(2**k * MIB for k in exponents)
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """What :func:`run_calibration` measures, and how often.
+
+    Attributes:
+        transfer_sizes_bytes: sizes of the host<->GPU sweep (default 1 MiB .. 1 GiB in powers of two).
+        transfer_repeats: timed repeats of each sweep point.
+        warmup: untimed runs before each point's repeats.
+        expert_counts: how many experts to copy, separately and as one contiguous block.
+        expert_repeats: timed repeats of each expert-copy point.
+        token_counts: token counts for the expert-compute measurement.
+        compute_repeats: timed repeats of each compute point.
+        overlap_tokens: token count of the compute that runs beside a side-stream copy.
+        overlap_repeats: timed repeats of the overlap experiment.
+    """
+
+    transfer_sizes_bytes: tuple[int, ...] = _sizes_mib(range(11))
+    transfer_repeats: int = 30
+    warmup: int = 3
+    expert_counts: tuple[int, ...] = (1, 4, 20)
+    expert_repeats: int = 30
+    token_counts: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    compute_repeats: int = 50
+    overlap_tokens: int = 16
+    overlap_repeats: int = 20
+
+    def __post_init__(self) -> None:
+        for name in ("transfer_sizes_bytes", "expert_counts", "token_counts"):
+            values = getattr(self, name)
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"calibration plan: {name} must be a non-empty list of positive integers")
+            if list(values) != sorted(set(values)):
+                raise ValueError(f"calibration plan: {name} must be strictly increasing, got {list(values)}")
+        if len(self.transfer_sizes_bytes) < 2:
+            raise ValueError("calibration plan: transfer_sizes_bytes needs at least two sizes to fit a line")
+        for name in ("transfer_repeats", "expert_repeats", "compute_repeats", "overlap_repeats", "overlap_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"calibration plan: {name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"calibration plan: warmup must be >= 0, got {self.warmup}")
+
+    @classmethod
+    def quick(cls) -> "CalibrationPlan":
+        """A plan of a few seconds: three sizes, few repeats (for smoke tests, not for shipped profiles)."""
+        return cls(
+            transfer_sizes_bytes=_sizes_mib((0, 4, 8)),
+            transfer_repeats=5,
+            warmup=2,
+            expert_counts=(1, 4, 20),
+            expert_repeats=5,
+            token_counts=(1, 16, 256),
+            compute_repeats=10,
+            overlap_tokens=16,
+            overlap_repeats=5,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CalibrationPlan":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"calibration plan: unknown fields {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @property
+    def max_transfer_bytes(self) -> int:
+        return max(self.transfer_sizes_bytes)
+
+
+# -------------------------------------------------------------------------------------------- backend
+
+
+class CalibrationBackend(Protocol):
+    """What :func:`run_calibration` needs from a device. All times are per-repeat samples in ms."""
+
+    expert_bytes: int
+
+    def device_info(self) -> dict[str, Any]: ...
+
+    def transfer_samples_ms(
+        self, direction: str, memory: str, nbytes: int, copies: int, *, repeats: int, warmup: int
+    ) -> list[float]:
+        """``copies`` copies of ``nbytes`` each, issued back to back on one stream, timed together."""
+        ...
+
+    def device_copy_samples_ms(self, nbytes: int, *, repeats: int, warmup: int) -> tuple[list[float], str]:
+        """GPU-to-GPU copy of ``nbytes``; also returns what kind of copy it was."""
+        ...
+
+    def compute_samples_ms(self, tokens: int, *, repeats: int, warmup: int) -> dict[str, Any]:
+        """One expert applied to ``tokens`` tokens: ``{"graph": [...], "eager": [...], "weight_sets": n}``."""
+        ...
+
+    def compute_check(self, tokens: int) -> dict[str, float]:
+        """Relative error of the timed expert (eager and graph-replayed) against a float64 reference."""
+        ...
+
+    def overlap_samples_ms(self, copy_bytes: int, tokens: int, *, repeats: int, warmup: int) -> dict[str, Any]:
+        """Compute alone, copy alone, and both at once (copy on a side stream); see :class:`CudaBackend`."""
+        ...
+
+
+def _nvidia_smi_query(index: int, fields: Sequence[str]) -> dict[str, str | None]:
+    """Ask nvidia-smi for some ``--query-gpu`` fields; ``None`` for any it cannot answer."""
+    empty: dict[str, str | None] = {f: None for f in fields}
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return empty
+    try:
+        out = subprocess.run(
+            [exe, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits", "-i", str(index)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return empty
+    values = [v.strip() for v in out.split(",")]
+    if len(values) != len(fields):
+        return empty
+    return {f: (None if v in ("", "[N/A]", "N/A") else v) for f, v in zip(fields, values)}
+
+
+class _CudaEventTimer:
+    """:class:`Timer` on CUDA events recorded on one stream; ``stop`` waits for the end event."""
+
+    def __init__(self, torch_module: Any, stream: Any) -> None:
+        self._stream = stream
+        self._start = torch_module.cuda.Event(enable_timing=True)
+        self._end = torch_module.cuda.Event(enable_timing=True)
+
+    def start(self) -> None:
+        self._start.record(self._stream)
+
+    def stop(self) -> float:
+        self._end.record(self._stream)
+        self._end.synchronize()
+        return float(self._start.elapsed_time(self._end))
+
+
+class CudaBackend:
+    """Measurements on one CUDA device through torch.
+
+    Buffers (pinned host, pageable host, device) are allocated once, large enough for the largest sweep
+    size and the largest expert block, and filled with random bytes; all work runs on a dedicated stream.
+    """
+
+    def __init__(
+        self,
+        shape: ExpertShape,
+        dtype: str,
+        plan: CalibrationPlan,
+        *,
+        device_index: int = 0,
+        seed: int = 0,
+    ) -> None:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CalibrationError(
+                "no CUDA device: calibrate measures a GPU and needs a CUDA build of torch with a visible GPU "
+                f"(torch {torch.__version__}: torch.cuda.is_available() is False)"
+            )
+        if not 0 <= device_index < torch.cuda.device_count():
+            raise CalibrationError(
+                f"CUDA device {device_index} does not exist; this machine has {torch.cuda.device_count()}"
+            )
+        self.torch = torch
+        self.shape = shape
+        self.dtype_name = dtype
+        self.torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+        self.expert_bytes = shape.expert_bytes(dtype)
+        self.device_index = device_index
+        self.device = torch.device("cuda", device_index)
+        torch.cuda.set_device(self.device)
+        self.stream = torch.cuda.Stream(self.device)
+        self.side_stream = torch.cuda.Stream(self.device)
+        self.timer = _CudaEventTimer(torch, self.stream)
+        self.side_timer = _CudaEventTimer(torch, self.side_stream)
+        self._gen = torch.Generator(device=self.device)
+        self._gen.manual_seed(seed)
+
+        buffer_bytes = max(plan.max_transfer_bytes, max(plan.expert_counts) * self.expert_bytes)
+        with torch.cuda.stream(self.stream):
+            self.dev = torch.randint(0, 256, (buffer_bytes,), dtype=torch.uint8, device=self.device, generator=self._gen)
+            self.pinned = torch.empty(buffer_bytes, dtype=torch.uint8, pin_memory=True)
+            self.pinned.copy_(self.dev)
+        self.stream.synchronize()
+        # Pageable memory from the ordinary allocator, touched once so first-use page faults are not timed.
+        self.pageable = torch.empty(buffer_bytes, dtype=torch.uint8)
+        self.pageable.copy_(self.pinned)
+        if self.pageable.is_pinned():
+            raise CalibrationError("the pageable test buffer came out pinned; pageable timings would be wrong")
+        self.dev_copy_dst = torch.empty(self.expert_bytes, dtype=torch.uint8, device=self.device)
+        self._weights: list[tuple[Any, Any, Any]] | None = None
+        self._graphs: dict[int, tuple[Any, Any, list[Any]]] = {}
+
+    # -- device facts
+
+    def device_info(self) -> dict[str, Any]:
+        torch = self.torch
+        props = torch.cuda.get_device_properties(self.device)
+        smi = _nvidia_smi_query(
+            self.device_index,
+            ["driver_version", "pcie.link.gen.current", "pcie.link.gen.max", "pcie.link.width.current",
+             "pcie.link.width.max"],
+        )
+        cuda_driver_api = None
+        try:
+            cuda_driver_api = int(torch._C._cuda_getDriverVersion())
+        except (AttributeError, RuntimeError):
+            pass
+        return {
+            "name": torch.cuda.get_device_name(self.device),
+            "index": self.device_index,
+            "device_count": torch.cuda.device_count(),
+            "compute_capability": f"{props.major}.{props.minor}",
+            "multiprocessors": int(props.multi_processor_count),
+            "total_memory_bytes": int(props.total_memory),
+            "l2_cache_bytes": int(getattr(props, "L2_cache_size", 0)) or None,
+            "driver": smi["driver_version"],
+            "cuda_driver_api_version": cuda_driver_api,
+            "cuda_runtime": torch.version.cuda,
+            "torch": torch.__version__,
+            "pcie_link": {
+                "gen_current": smi["pcie.link.gen.current"],
+                "gen_max": smi["pcie.link.gen.max"],
+                "width_current": smi["pcie.link.width.current"],
+                "width_max": smi["pcie.link.width.max"],
+            },
+            "host": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "os": platform.platform(),
+            },
+        }
+
+    # -- copies
+
+    def transfer_samples_ms(
+        self, direction: str, memory: str, nbytes: int, copies: int, *, repeats: int, warmup: int
+    ) -> list[float]:
+        if direction not in DIRECTIONS or memory not in MEMORY_KINDS:
+            raise ValueError(f"unknown copy {direction}/{memory}")
+        host = self.pinned if memory == "pinned" else self.pageable
+        # Pinned copies are asynchronous DMA; pageable ones are staged by the driver and block the host.
+        non_blocking = memory == "pinned"
+        slices = [(self.dev[c * nbytes:(c + 1) * nbytes], host[c * nbytes:(c + 1) * nbytes]) for c in range(copies)]
+        if direction == "h2d":
+            pairs = slices
+        else:
+            pairs = [(h, d) for d, h in slices]
+
+        def work(_: int) -> None:
+            for dst, src in pairs:
+                dst.copy_(src, non_blocking=non_blocking)
+
+        with self.torch.cuda.stream(self.stream):
+            return measure_ms(work, repeats=repeats, warmup=warmup, timer=self.timer)
+
+    def device_copy_samples_ms(self, nbytes: int, *, repeats: int, warmup: int) -> tuple[list[float], str]:
+        torch = self.torch
+        src = self.dev[:nbytes]
+        if torch.cuda.device_count() > 1:
+            peer = (self.device_index + 1) % torch.cuda.device_count()
+            dst = torch.empty(nbytes, dtype=torch.uint8, device=torch.device("cuda", peer))
+            access = torch.cuda.can_device_access_peer(self.device_index, peer)
+            kind = f"peer cuda:{self.device_index} -> cuda:{peer} (peer access {'on' if access else 'off'})"
+        else:
+            dst = self.dev_copy_dst[:nbytes]
+            kind = "same device (one GPU present): one buffer to another"
+
+        def work(_: int) -> None:
+            dst.copy_(src, non_blocking=True)
+
+        with torch.cuda.stream(self.stream):
+            return measure_ms(work, repeats=repeats, warmup=warmup, timer=self.timer), kind
+
+    # -- expert compute
+
+    def _expert(self, x: Any, gate: Any, up: Any, down: Any) -> Any:
+        functional = self.torch.nn.functional
+        return functional.linear(functional.silu(functional.linear(x, gate)) * functional.linear(x, up), down)
+
+    def _weight_sets(self) -> list[tuple[Any, Any, Any]]:
+        """Enough expert weight sets to fill 4x the L2 cache (at least 2, at most 8 GiB of weights)."""
+        if self._weights is None:
+            torch = self.torch
+            props = torch.cuda.get_device_properties(self.device)
+            l2_bytes = int(getattr(props, "L2_cache_size", 0)) or 64 * MIB
+            sets = max(2, math.ceil(4 * l2_bytes / self.expert_bytes))
+            sets = max(2, min(sets, (8 * 2**30) // self.expert_bytes, 64))
+            h, i = self.shape.hidden, self.shape.intermediate
+            scale = 1.0 / math.sqrt(h)
+            weights = []
+            for _ in range(sets):
+                def rand(rows: int, cols: int, s: float) -> Any:
+                    w = torch.randn((rows, cols), device=self.device, generator=self._gen, dtype=torch.float32)
+                    return (w * s).to(self.torch_dtype)
+                weights.append((rand(i, h, scale), rand(i, h, scale), rand(h, i, 1.0 / math.sqrt(i))))
+            self._weights = weights
+        return self._weights
+
+    def _inputs(self, tokens: int) -> Any:
+        torch = self.torch
+        return torch.randn((tokens, self.shape.hidden), device=self.device, generator=self._gen).to(self.torch_dtype)
+
+    def _graph(self, tokens: int) -> tuple[Any, Any, list[Any]]:
+        """A CUDA graph applying every weight set once to a static input of ``tokens`` tokens."""
+        if tokens not in self._graphs:
+            torch = self.torch
+            weights = self._weight_sets()
+            x = self._inputs(tokens)
+            # Warm up outside capture (cuBLAS picks and caches its kernels), as torch.cuda.graph requires.
+            with torch.cuda.stream(self.stream):
+                for w in weights:
+                    self._expert(x, *w)
+            self.stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self.stream):
+                outs = [self._expert(x, *w) for w in weights]
+            self._graphs[tokens] = (graph, x, outs)
+        return self._graphs[tokens]
+
+    def compute_samples_ms(self, tokens: int, *, repeats: int, warmup: int) -> dict[str, Any]:
+        torch = self.torch
+        weights = self._weight_sets()
+        x = self._inputs(tokens)
+
+        def eager(i: int) -> None:
+            self._expert(x, *weights[i % len(weights)])
+
+        with torch.cuda.stream(self.stream):
+            eager_ms = measure_ms(eager, repeats=repeats, warmup=warmup, timer=self.timer)
+            graph, _, _ = self._graph(tokens)
+            replay_ms = measure_ms(lambda _: graph.replay(), repeats=repeats, warmup=warmup, timer=self.timer)
+        per_expert = [round(t / len(weights), SAMPLE_DECIMALS) for t in replay_ms]
+        return {"graph": per_expert, "eager": eager_ms, "weight_sets": len(weights)}
+
+    def compute_check(self, tokens: int) -> dict[str, float]:
+        torch = self.torch
+        graph, x, outs = self._graph(tokens)
+        with torch.cuda.stream(self.stream):
+            graph.replay()
+            w = self._weight_sets()[0]
+            eager = self._expert(x, *w)
+            ref = self._expert(x.double(), *(t.double() for t in w))
+        self.stream.synchronize()
+
+        def rel(out: Any) -> float:
+            return float(torch.linalg.vector_norm(out.double() - ref) / torch.linalg.vector_norm(ref))
+
+        return {"tokens": tokens, "eager_rel_error": rel(eager), "graph_rel_error": rel(outs[0])}
+
+    # -- overlap
+
+    def overlap_samples_ms(self, copy_bytes: int, tokens: int, *, repeats: int, warmup: int) -> dict[str, Any]:
+        """Does a pinned H2D copy on a side stream overlap expert compute on the main stream?
+
+        Times, each ``repeats`` times: the copy alone (side stream); ``replays`` graph replays alone, with
+        ``replays`` chosen so the compute lasts about as long as the copy; and both launched together, giving
+        the compute's time, the copy's time and the total until both are done.
+        """
+        torch = self.torch
+        graph, _, _ = self._graph(tokens)
+        dst, src = self.dev[:copy_bytes], self.pinned[:copy_bytes]
+
+        def copy(_: int) -> None:
+            dst.copy_(src, non_blocking=True)
+
+        with torch.cuda.stream(self.side_stream):
+            copy_alone = measure_ms(copy, repeats=repeats, warmup=warmup, timer=self.side_timer)
+        with torch.cuda.stream(self.stream):
+            one_replay = measure_ms(lambda _: graph.replay(), repeats=repeats, warmup=warmup, timer=self.timer)
+        replays = max(1, round(float(np.median(copy_alone)) / float(np.median(one_replay))))
+
+        def compute(_: int) -> None:
+            for _ in range(replays):
+                graph.replay()
+
+        with torch.cuda.stream(self.stream):
+            compute_alone = measure_ms(compute, repeats=repeats, warmup=warmup, timer=self.timer)
+
+        events = {k: torch.cuda.Event(enable_timing=True) for k in ("start", "copy_start", "copy_end", "compute_end", "end")}
+        compute_with_copy, copy_with_compute, total = [], [], []
+        for i in range(warmup + repeats):
+            events["start"].record(self.stream)
+            self.side_stream.wait_event(events["start"])
+            events["copy_start"].record(self.side_stream)
+            with torch.cuda.stream(self.side_stream):
+                dst.copy_(src, non_blocking=True)
+            events["copy_end"].record(self.side_stream)
+            with torch.cuda.stream(self.stream):
+                compute(i)
+            events["compute_end"].record(self.stream)
+            self.stream.wait_event(events["copy_end"])
+            events["end"].record(self.stream)
+            events["end"].synchronize()
+            if i >= warmup:
+                compute_with_copy.append(round(events["start"].elapsed_time(events["compute_end"]), SAMPLE_DECIMALS))
+                copy_with_compute.append(round(events["copy_start"].elapsed_time(events["copy_end"]), SAMPLE_DECIMALS))
+                total.append(round(events["start"].elapsed_time(events["end"]), SAMPLE_DECIMALS))
+        return {
+            "copy_bytes": copy_bytes,
+            "tokens": tokens,
+            "replays": replays,
+            "experts_per_replay": len(self._weight_sets()),
+            "copy_alone_samples_ms": copy_alone,
+            "compute_alone_samples_ms": compute_alone,
+            "compute_with_copy_samples_ms": compute_with_copy,
+            "copy_with_compute_samples_ms": copy_with_compute,
+            "total_concurrent_samples_ms": total,
+        }
+
+
+# -------------------------------------------------------------------------------------------- driving
+
+
+def _entry(samples_ms: list[float], **fields: Any) -> dict[str, Any]:
+    """A raw measurement: its identifying fields, the samples, and their median and spread for readers."""
+    return {**fields, **TimingStats.from_samples(samples_ms).to_dict(), "samples_ms": samples_ms}
+
+
+def run_calibration(
+    backend: CalibrationBackend,
+    plan: CalibrationPlan,
+    *,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure everything ``plan`` asks for on ``backend``; returns the raw measurements (JSON-able)."""
+    say = progress or (lambda _msg: None)
+    eb = backend.expert_bytes
+    transfers = []
+    for direction in DIRECTIONS:
+        for memory in MEMORY_KINDS:
+            say(f"{direction} {memory}: {len(plan.transfer_sizes_bytes)} sizes")
+            for nbytes in plan.transfer_sizes_bytes:
+                samples = backend.transfer_samples_ms(
+                    direction, memory, nbytes, 1, repeats=plan.transfer_repeats, warmup=plan.warmup
+                )
+                transfers.append(_entry(samples, direction=direction, memory=memory, bytes=nbytes))
+
+    experts = []
+    for memory in MEMORY_KINDS:
+        say(f"h2d {memory}: experts {list(plan.expert_counts)} separately and as one block")
+        for count in plan.expert_counts:
+            for layout, (nbytes, copies) in (("separate", (eb, count)), ("block", (count * eb, 1))):
+                samples = backend.transfer_samples_ms(
+                    "h2d", memory, nbytes, copies, repeats=plan.expert_repeats, warmup=plan.warmup
+                )
+                experts.append(
+                    _entry(samples, direction="h2d", memory=memory, experts=count, layout=layout, bytes=nbytes * copies)
+                )
+
+    say("GPU-to-GPU copy of one expert")
+    d2d_samples, d2d_kind = backend.device_copy_samples_ms(eb, repeats=plan.expert_repeats, warmup=plan.warmup)
+
+    compute = []
+    for tokens in plan.token_counts:
+        say(f"expert compute, {tokens} tokens")
+        result = backend.compute_samples_ms(tokens, repeats=plan.compute_repeats, warmup=plan.warmup)
+        compute.append(
+            {"tokens": tokens, "graph_samples_ms": result["graph"], "eager_samples_ms": result["eager"],
+             "weight_sets": result["weight_sets"]}
+        )
+    check = backend.compute_check(min(plan.token_counts))
+
+    say("side-stream copy during compute")
+    overlap = backend.overlap_samples_ms(
+        max(plan.expert_counts) * eb, plan.overlap_tokens, repeats=plan.overlap_repeats, warmup=plan.warmup
+    )
+    return {
+        "expert_bytes": eb,
+        "transfers": transfers,
+        "experts": experts,
+        "device_copy": _entry(d2d_samples, bytes=eb, kind=d2d_kind),
+        "compute": compute,
+        "compute_check": check,
+        "overlap": overlap,
+    }
+
+
+# ---------------------------------------------------------------------------------------- the profile
+
+
+#: A bf16 result against a float64 reference lands near 1e-3..1e-2 (rounding of inputs and outputs);
+#: anything above this means the timed kernels did not compute the expert.
+MAX_COMPUTE_REL_ERROR = {"bf16": 5e-2, "fp16": 2e-2, "fp32": 1e-3}
+
+
+def _median(samples: Sequence[float]) -> float:
+    return TimingStats.from_samples(samples).median_ms
+
+
+def transfer_fits(measurements: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Fit ``overhead_ms + bytes / bandwidth`` (relative least squares) per direction and memory kind."""
+    fits: dict[str, dict[str, Any]] = {}
+    for direction in DIRECTIONS:
+        for memory in MEMORY_KINDS:
+            points = [t for t in measurements["transfers"] if t["direction"] == direction and t["memory"] == memory]
+            if not points:
+                continue
+            sizes = [p["bytes"] for p in points]
+            medians = [_median(p["samples_ms"]) for p in points]
+            fit = fit_transfer(sizes, medians, relative=True)
+            fits[f"{direction}_{memory}"] = {
+                "overhead_ms": fit.overhead_ms,
+                "gbps": fit.gbps,
+                "residual_ms": fit.residual_ms,
+                "max_rel_error": fit.max_rel_error,
+                "weighting": "relative",
+                "points": [{"bytes": b, "ms": m} for b, m in zip(sizes, medians)],
+            }
+    return fits
+
+
+def _predict_ms(fit: Mapping[str, Any], nbytes: float) -> float:
+    return float(fit["overhead_ms"] + nbytes / (fit["gbps"] * 1e6))
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return numerator / denominator if denominator > 0 else None
+
+
+def summarize_experts(measurements: Mapping[str, Any], fits: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Separate vs one-block copies of 1/4/20 experts, with what the fitted line predicts for each."""
+    eb = measurements["expert_bytes"]
+    rows = []
+    keys = sorted({(e["memory"], e["experts"]) for e in measurements["experts"]}, key=lambda k: (k[0] != "pinned", k[1]))
+    for memory, count in keys:
+        by_layout = {
+            e["layout"]: _median(e["samples_ms"])
+            for e in measurements["experts"]
+            if e["memory"] == memory and e["experts"] == count
+        }
+        fit = fits.get(f"h2d_{memory}")
+        row: dict[str, Any] = {
+            "direction": "h2d",
+            "memory": memory,
+            "experts": count,
+            "bytes": count * eb,
+            "separate_ms": by_layout.get("separate"),
+            "block_ms": by_layout.get("block"),
+        }
+        if "separate" in by_layout and "block" in by_layout:
+            row["block_speedup"] = by_layout["separate"] / by_layout["block"]
+        if fit is not None:
+            row["fit_separate_ms"] = count * _predict_ms(fit, eb)
+            row["fit_block_ms"] = _predict_ms(fit, count * eb)
+        rows.append(row)
+    return rows
+
+
+def summarize_overlap(overlap: Mapping[str, Any]) -> dict[str, Any]:
+    """Medians of the overlap experiment and what they mean.
+
+    ``overlap_fraction`` = (copy alone + compute alone - total together) / the shorter of the two: 1 when the
+    shorter one is hidden entirely, 0 when the two run one after the other. ``compute_slowdown`` is the
+    relative growth of the compute's own time when the copy runs beside it.
+    """
+    med = {
+        key[: -len("_samples_ms")]: _median(overlap[key])
+        for key in ("copy_alone_samples_ms", "compute_alone_samples_ms", "compute_with_copy_samples_ms",
+                    "copy_with_compute_samples_ms", "total_concurrent_samples_ms")
+    }
+    saved = med["copy_alone"] + med["compute_alone"] - med["total_concurrent"]
+    shorter = min(med["copy_alone"], med["compute_alone"])
+    return {
+        "copy_bytes": overlap["copy_bytes"],
+        "tokens": overlap["tokens"],
+        "expert_calls": overlap["replays"] * overlap["experts_per_replay"],
+        **{f"{k}_ms": v for k, v in med.items()},
+        "overlap_fraction": float(min(1.0, max(0.0, saved / shorter))) if shorter > 0 else 0.0,
+        "compute_slowdown": med["compute_with_copy"] / med["compute_alone"] - 1.0,
+        "copy_slowdown": med["copy_with_compute"] / med["copy_alone"] - 1.0,
+    }
+
+
+def build_profile(
+    measurements: Mapping[str, Any],
+    *,
+    name: str,
+    device: Mapping[str, Any],
+    calibration: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Assemble a ``moe-profile/1`` dictionary from raw measurements (pure: no device, no clock).
+
+    ``calibration`` records how the measurements were taken and must hold ``hidden``, ``intermediate`` and
+    ``dtype`` (the expert shape), ``plan`` and ``created_utc``; it is stored verbatim.
+    """
+    for key in ("hidden", "intermediate", "dtype", "plan", "created_utc"):
+        if key not in calibration:
+            raise ProfileError(f"calibration record: missing field {key!r}")
+    shape = ExpertShape(int(calibration["hidden"]), int(calibration["intermediate"]))
+    expert_bytes = shape.expert_bytes(calibration["dtype"])
+    if measurements["expert_bytes"] != expert_bytes:
+        raise ProfileError(
+            f"measurements.expert_bytes = {measurements['expert_bytes']} does not match the shape "
+            f"{shape.hidden}x{shape.intermediate} in {calibration['dtype']} ({expert_bytes} bytes)"
+        )
+    fits = transfer_fits(measurements)
+    if "h2d_pinned" not in fits:
+        raise ProfileError("measurements: no pinned host-to-GPU copies, so h2d_overhead_ms/h2d_gbps cannot be fitted")
+    check = measurements["compute_check"]
+    limit = MAX_COMPUTE_REL_ERROR[calibration["dtype"]]
+    for key in ("eager_rel_error", "graph_rel_error"):
+        if not check[key] <= limit:  # also catches NaN
+            raise ProfileError(f"measurements.compute_check.{key} = {check[key]} exceeds {limit}: wrong expert output")
+
+    compute = sorted(measurements["compute"], key=lambda c: c["tokens"])
+    graph_ms = [_median(c["graph_samples_ms"]) for c in compute]
+    eager_ms = [_median(c["eager_samples_ms"]) for c in compute]
+    d2d = measurements["device_copy"]
+    d2d_ms = _median(d2d["samples_ms"])
+    h2d = fits["h2d_pinned"]
+    return {
+        "format": PROFILE_FORMAT,
+        "name": name,
+        "description": (
+            f"Measured on {device.get('name', 'an unnamed GPU')} by `moe-cache-env calibrate` "
+            f"({shape.hidden}x{shape.intermediate} {calibration['dtype']} SwiGLU expert)."
+        ),
+        "source": "moe-cache-env calibrate (moe_cache_env/profiles/calibrate.py); raw samples under 'measurements'",
+        "device": dict(device),
+        "h2d_overhead_ms": h2d["overhead_ms"],
+        "h2d_gbps": h2d["gbps"],
+        "h2d_fit": h2d,
+        "fits": fits,
+        # The simulator's compute table: one expert's kernels replayed from a CUDA graph (device time, no
+        # host launch gaps), which scales with the expert's bytes as the simulator assumes.
+        "compute": {"expert_bytes": expert_bytes, "tokens": [float(c["tokens"]) for c in compute], "ms": graph_ms},
+        "compute_detail": {
+            "hidden": shape.hidden,
+            "intermediate": shape.intermediate,
+            "dtype": calibration["dtype"],
+            "timing": "graph",
+            "graph_p10_ms": [TimingStats.from_samples(c["graph_samples_ms"]).p10_ms for c in compute],
+            "graph_p90_ms": [TimingStats.from_samples(c["graph_samples_ms"]).p90_ms for c in compute],
+            "eager_ms": eager_ms,
+            "weight_sets": compute[0]["weight_sets"],
+            "check": dict(check),
+        },
+        # Attention and router time per layer depend on the model and batch, not on the expert; calibrate does
+        # not measure them, so they add nothing here.
+        "layer_overhead_ms": 0.0,
+        "experts": summarize_experts(measurements, fits),
+        "device_copy": {
+            "bytes": d2d["bytes"],
+            "kind": d2d["kind"],
+            "median_ms": d2d_ms,
+            "gbps": d2d["bytes"] / (d2d_ms * 1e6),
+        },
+        "overlap": summarize_overlap(measurements["overlap"]),
+        "calibration": dict(calibration),
+        "measurements": dict(measurements),
+    }
+
+
+def rebuild_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
+    """Recompute a measured profile's fitted and summary fields from the raw measurements it carries."""
+    for key in ("measurements", "calibration", "device", "name"):
+        if key not in profile:
+            raise ProfileError(f"profile has no {key!r} section: only measured profiles can be rebuilt")
+    return build_profile(
+        profile["measurements"], name=profile["name"], device=profile["device"], calibration=profile["calibration"]
+    )
+
+
+def calibrate(
+    shape: ExpertShape,
+    dtype: str,
+    *,
+    name: str,
+    plan: CalibrationPlan | None = None,
+    model: str | None = None,
+    device_index: int = 0,
+    command: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure the CUDA device ``device_index`` and return its profile dictionary (not yet written).
+
+    ``command`` is the command line recorded in the profile's ``calibration`` section.
+    """
+    dtype_bytes(dtype)  # validates the name before any CUDA work
+    plan = plan or CalibrationPlan()
+    started = time.perf_counter()
+    backend = CudaBackend(shape, dtype, plan, device_index=device_index)
+    device = backend.device_info()
+    measurements = run_calibration(backend, plan, progress=progress)
+    calibration = {
+        "model": model,
+        "hidden": shape.hidden,
+        "intermediate": shape.intermediate,
+        "dtype": dtype,
+        "plan": plan.to_dict(),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "duration_s": round(time.perf_counter() - started, 1),
+        "command": command,
+    }
+    return build_profile(measurements, name=name, device=device, calibration=calibration)

@@ -1,0 +1,192 @@
+"""Text reports on profiles: the list, one profile in detail, a calibration summary, the per-model comparison.
+
+All tables are Markdown pipe tables, readable in a terminal and pasteable into the docs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from moe_cache_env.profiles.profile import HardwareProfile, load_profile
+from moe_cache_env.profiles.shapes import MODEL_EXPERT_SHAPES
+
+MIB = 2**20
+
+#: Expert size of the synthetic trace presets for qwen1.5-moe: the seed's "28 MB" expert
+#: (shared/design/seed-system.md), read as MiB; compared beside the real shapes.
+SEED_EXPERT_BYTES = 28 * MIB
+
+
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A Markdown pipe table with columns padded to equal width."""
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        return f"{value:.4g}" if abs(value) < 1e5 else f"{value:.0f}"
+    return str(value)
+
+
+def _device_name(profile: HardwareProfile) -> str:
+    device = profile.raw.get("device")
+    return str(device.get("name", "-")) if isinstance(device, Mapping) else "-"
+
+
+def list_rows(profiles: Sequence[HardwareProfile]) -> list[dict[str, Any]]:
+    """One summary record per profile (what ``moe-cache-env profiles`` prints)."""
+    rows = []
+    for p in profiles:
+        rows.append(
+            {
+                "name": p.name,
+                "device": _device_name(p),
+                "h2d_gbps": p.h2d_gbps,
+                "h2d_overhead_ms": p.h2d_overhead_ms,
+                "compute_expert_bytes": p.compute_expert_bytes,
+                "compute_1_token_ms": p.expert_compute_ms(1, p.compute_expert_bytes),
+                "compute_max_tokens": p.compute_tokens[-1],
+                "compute_max_tokens_ms": p.compute_ms[-1],
+            }
+        )
+    return rows
+
+
+def format_list(profiles: Sequence[HardwareProfile]) -> str:
+    headers = ["name", "device", "h2d GB/s", "h2d overhead ms", "expert MiB", "compute ms (1 tok)", "compute ms (max tok)"]
+    body = [
+        [r["name"], r["device"], r["h2d_gbps"], r["h2d_overhead_ms"], r["compute_expert_bytes"] / MIB,
+         r["compute_1_token_ms"], f"{r['compute_max_tokens_ms']:.4g} ({r['compute_max_tokens']:.0f} tok)"]
+        for r in list_rows(profiles)
+    ]
+    return format_table(headers, body)
+
+
+def compare_rows(profiles: Sequence[HardwareProfile], dtype_bytes: int = 2) -> list[dict[str, Any]]:
+    """Per model preset and profile: one expert's host-to-GPU time, its compute at 1 token, and their ratio.
+
+    Expert bytes are the real bf16 bytes of each preset's shape, plus the seed's 28 MiB expert that the
+    synthetic qwen1.5-moe traces use. Compute is scaled from each profile's reference expert by bytes.
+    """
+    experts: list[tuple[str, int]] = [
+        (f"{model} ({shape.hidden}x{shape.intermediate})", shape.params * dtype_bytes)
+        for model, shape in MODEL_EXPERT_SHAPES.items()
+    ]
+    experts.append(("seed expert (28 MiB)", SEED_EXPERT_BYTES))
+    rows = []
+    for label, nbytes in experts:
+        for p in profiles:
+            transfer = p.transfer_ms(nbytes)
+            compute = p.expert_compute_ms(1, nbytes)
+            rows.append(
+                {
+                    "expert": label,
+                    "expert_bytes": nbytes,
+                    "profile": p.name,
+                    "transfer_ms": transfer,
+                    "compute_1_token_ms": compute,
+                    "transfer_over_compute": transfer / compute,
+                }
+            )
+    return rows
+
+
+def format_compare(profiles: Sequence[HardwareProfile]) -> str:
+    headers = ["expert (bf16)", "MiB", "profile", "h2d ms", "compute ms (1 tok)", "h2d / compute"]
+    body = [
+        [r["expert"], r["expert_bytes"] / MIB, r["profile"], r["transfer_ms"], r["compute_1_token_ms"],
+         r["transfer_over_compute"]]
+        for r in compare_rows(profiles)
+    ]
+    return format_table(headers, body)
+
+
+def format_calibration(profile: Mapping[str, Any]) -> str:
+    """The measured sections of a profile written by ``calibrate``, as tables."""
+    out: list[str] = []
+    device = profile.get("device", {})
+    out.append(
+        f"profile {profile['name']}: {device.get('name', '-')} (driver {device.get('driver', '-')}, "
+        f"CUDA {device.get('cuda_runtime', '-')}, torch {device.get('torch', '-')})"
+    )
+    fits = profile.get("fits") or ({"h2d": profile["h2d_fit"]} if "h2d_fit" in profile else {})
+    if fits:
+        out.append("\ntransfer fits: time = overhead + bytes / bandwidth")
+        out.append(
+            format_table(
+                ["copy", "overhead ms", "GB/s", "rms residual ms", "max rel error", "points"],
+                [[k, f.get("overhead_ms"), f.get("gbps"), f.get("residual_ms"), f.get("max_rel_error"),
+                  len(f.get("points", []))] for k, f in fits.items()],
+            )
+        )
+    measurements = profile.get("measurements")
+    if measurements:
+        sweep = {}
+        for t in measurements["transfers"]:
+            sweep.setdefault(t["bytes"], {})[f"{t['direction']}_{t['memory']}"] = t
+        keys = [k for k in ("h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable") if k in fits]
+        out.append("\ncopy sweep: median ms [p10, p90]")
+        out.append(
+            format_table(
+                ["MiB", *keys],
+                [[nbytes / MIB, *(_spread(points.get(k)) for k in keys)] for nbytes, points in sorted(sweep.items())],
+            )
+        )
+    if profile.get("experts"):
+        out.append("\nexperts, host to GPU: separate copies vs one contiguous block (median ms; fit's prediction)")
+        out.append(
+            format_table(
+                ["memory", "experts", "separate ms", "block ms", "separate / block", "fit separate", "fit block"],
+                [[e["memory"], e["experts"], e.get("separate_ms"), e.get("block_ms"), e.get("block_speedup"),
+                  e.get("fit_separate_ms"), e.get("fit_block_ms")] for e in profile["experts"]],
+            )
+        )
+    detail = profile.get("compute_detail")
+    compute = profile["compute"]
+    out.append(f"\nexpert compute, {compute['expert_bytes'] / MIB:.2f} MiB expert" + (
+        f" ({detail['hidden']}x{detail['intermediate']} {detail['dtype']}): graph-replayed median ms [p10, p90]; "
+        "eager = one call from Python" if detail else ""
+    ))
+    if detail:
+        rows = [[int(t), f"{m:.4g} [{lo:.4g}, {hi:.4g}]", e] for t, m, lo, hi, e in zip(
+            compute["tokens"], compute["ms"], detail["graph_p10_ms"], detail["graph_p90_ms"], detail["eager_ms"])]
+        out.append(format_table(["tokens", "graph ms", "eager ms"], rows))
+        check = detail.get("check", {})
+        out.append(
+            f"check vs float64 reference ({check.get('tokens')} tokens): relative error eager "
+            f"{check.get('eager_rel_error', float('nan')):.2e}, graph {check.get('graph_rel_error', float('nan')):.2e}"
+        )
+    else:
+        out.append(format_table(["tokens", "ms"], zip((int(t) for t in compute["tokens"]), compute["ms"])))
+    if profile.get("device_copy"):
+        d = profile["device_copy"]
+        out.append(f"\nGPU-to-GPU copy of one expert ({d['kind']}): {d['median_ms']:.4g} ms, {d['gbps']:.4g} GB/s")
+    if profile.get("overlap"):
+        o = profile["overlap"]
+        out.append(
+            f"\nside-stream copy of {o['copy_bytes'] / MIB:.1f} MiB (pinned) during {o['expert_calls']} expert calls of "
+            f"{o['tokens']} tokens: copy alone {o['copy_alone_ms']:.4g} ms, compute alone {o['compute_alone_ms']:.4g} ms, "
+            f"together {o['total_concurrent_ms']:.4g} ms; overlap {o['overlap_fraction']:.0%}, compute slowed by "
+            f"{o['compute_slowdown']:+.1%}, copy slowed by {o['copy_slowdown']:+.1%}"
+        )
+    seed_expert_ms = profile["h2d_overhead_ms"] + SEED_EXPERT_BYTES / (profile["h2d_gbps"] * 1e6)
+    out.append(f"\npredicted pinned h2d of one 28 MiB expert: {seed_expert_ms:.4g} ms")
+    return "\n".join(out)
+
+
+def _spread(entry: Mapping[str, Any] | None) -> str:
+    if entry is None:
+        return "-"
+    return f"{entry['median_ms']:.4g} [{entry['p10_ms']:.4g}, {entry['p90_ms']:.4g}]"
+
+
+def load_profiles(names: Iterable[str]) -> list[HardwareProfile]:
+    return [load_profile(n) for n in names]

@@ -1,0 +1,65 @@
+"""A CPU stand-in for the CUDA backend: modelled times with seeded noise, for testing the calibration driver."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moe_cache_env.profiles.calibrate import SAMPLE_DECIMALS
+from moe_cache_env.profiles.shapes import ExpertShape
+
+#: The modelled link: (overhead ms, GB/s) per direction and memory kind.
+LINK = {
+    ("h2d", "pinned"): (0.012, 52.0),
+    ("h2d", "pageable"): (0.030, 18.0),
+    ("d2h", "pinned"): (0.011, 50.0),
+    ("d2h", "pageable"): (0.040, 9.0),
+}
+
+
+class FakeBackend:
+    """Times from a linear model, times (1 + noise), noise from a seeded Generator; no device."""
+
+    def __init__(self, shape: ExpertShape, dtype: str = "bf16", *, noise: float = 0.01, seed: int = 0) -> None:
+        self.expert_bytes = shape.expert_bytes(dtype)
+        self.rng = np.random.default_rng(seed)
+        self.noise = noise
+        self.calls: list[tuple[Any, ...]] = []
+
+    def _samples(self, mean_ms: float, repeats: int) -> list[float]:
+        jitter = 1.0 + self.noise * np.abs(self.rng.standard_normal(repeats))
+        return [round(float(mean_ms * j), SAMPLE_DECIMALS) for j in jitter]
+
+    def device_info(self) -> dict[str, Any]:
+        return {"name": "Fake GPU", "driver": "0.0", "cuda_runtime": "0.0", "torch": "0.0"}
+
+    def transfer_samples_ms(self, direction, memory, nbytes, copies, *, repeats, warmup):
+        self.calls.append(("transfer", direction, memory, nbytes, copies))
+        overhead, gbps = LINK[(direction, memory)]
+        return self._samples(copies * (overhead + nbytes / (gbps * 1e6)), repeats)
+
+    def device_copy_samples_ms(self, nbytes, *, repeats, warmup):
+        return self._samples(0.005 + 2 * nbytes / 3e9, repeats), "fake"
+
+    def compute_samples_ms(self, tokens, *, repeats, warmup):
+        graph = self._samples(0.02 + 0.0002 * tokens, repeats)
+        eager = self._samples(0.06 + 0.0002 * tokens, repeats)
+        return {"graph": graph, "eager": eager, "weight_sets": 4}
+
+    def compute_check(self, tokens):
+        return {"tokens": tokens, "eager_rel_error": 3e-3, "graph_rel_error": 3e-3}
+
+    def overlap_samples_ms(self, copy_bytes, tokens, *, repeats, warmup):
+        copy = copy_bytes / 52e6
+        return {
+            "copy_bytes": copy_bytes,
+            "tokens": tokens,
+            "replays": 10,
+            "experts_per_replay": 4,
+            "copy_alone_samples_ms": self._samples(copy, repeats),
+            "compute_alone_samples_ms": self._samples(copy, repeats),
+            "compute_with_copy_samples_ms": self._samples(copy * 1.05, repeats),
+            "copy_with_compute_samples_ms": self._samples(copy, repeats),
+            "total_concurrent_samples_ms": self._samples(copy * 1.1, repeats),
+        }

@@ -1,0 +1,208 @@
+"""The calibration driver, timing statistics, fits and profile assembly, on the CPU with a fake backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moe_cache_env.profiles import ProfileError, fit_transfer, load_profile, save_profile
+from moe_cache_env.profiles.calibrate import (
+    CalibrationPlan,
+    TimingStats,
+    build_profile,
+    measure_ms,
+    rebuild_profile,
+    run_calibration,
+    summarize_overlap,
+)
+from moe_cache_env.profiles.shapes import MODEL_EXPERT_SHAPES, ExpertShape, parse_expert_shape
+
+from .fakes import LINK, FakeBackend
+
+SHAPE = MODEL_EXPERT_SHAPES["qwen1.5-moe"]
+
+
+class FakeClock:
+    """A Timer whose clock only moves when the timed work says so."""
+
+    def __init__(self) -> None:
+        self.now_ms = 0.0
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = self.now_ms
+
+    def stop(self) -> float:
+        return self.now_ms - self.started
+
+
+def test_measure_ms_times_each_repeat_after_warmup():
+    clock = FakeClock()
+    seen = []
+
+    def work(i: int) -> None:
+        seen.append(i)
+        clock.now_ms += 1.0 + i  # each call takes longer: warm-up calls must not appear in the samples
+
+    samples = measure_ms(work, repeats=4, warmup=2, timer=clock)
+    assert seen == [0, 1, 2, 3, 4, 5]
+    assert samples == [3.0, 4.0, 5.0, 6.0]
+
+
+def test_measure_ms_rejects_zero_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        measure_ms(lambda i: None, repeats=0, warmup=0, timer=FakeClock())
+
+
+def test_timing_stats_median_and_percentiles():
+    stats = TimingStats.from_samples([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert stats.median_ms == 3.0
+    assert stats.min_ms == 1.0 and stats.max_ms == 5.0 and stats.n == 5
+    assert stats.p10_ms == pytest.approx(1.4) and stats.p90_ms == pytest.approx(4.6)
+    with pytest.raises(ValueError):
+        TimingStats.from_samples([1.0, float("nan")])
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_fit_recovers_exact_overhead_and_bandwidth(relative):
+    sizes = [2**k * 2**20 for k in range(11)]
+    times = [0.0123 + s / (53.5 * 1e6) for s in sizes]
+    fit = fit_transfer(sizes, times, relative=relative)
+    assert fit.overhead_ms == pytest.approx(0.0123, rel=1e-9)
+    assert fit.gbps == pytest.approx(53.5, rel=1e-9)
+    assert fit.residual_ms == pytest.approx(0.0, abs=1e-12)
+    assert fit.points == 11
+
+
+def test_relative_fit_keeps_small_copies_accurate_under_noise():
+    rng = np.random.default_rng(7)
+    sizes = np.array([2**k * 2**20 for k in range(11)], dtype=float)
+    true = 0.01 + sizes / 50e6
+    noisy = true * (1 + 0.01 * rng.standard_normal(len(sizes)))
+    rel = fit_transfer(sizes, noisy, relative=True)
+    assert rel.overhead_ms == pytest.approx(0.01, rel=0.2)
+    assert rel.gbps == pytest.approx(50.0, rel=0.02)
+    # Every point, the 1 MiB copy included, within a few percent.
+    assert rel.max_rel_error < 0.05
+
+
+def test_fit_clamps_negative_overhead():
+    sizes = [1e6, 2e6, 4e6]
+    times = [0.018, 0.040, 0.082]  # the line through these crosses zero below 0
+    for relative in (False, True):
+        fit = fit_transfer(sizes, times, relative=relative)
+        assert fit.overhead_ms == 0.0
+        assert fit.gbps > 0
+
+
+def test_fit_rejects_unusable_points():
+    with pytest.raises(ProfileError, match="at least two"):
+        fit_transfer([1e6], [0.1])
+    with pytest.raises(ProfileError, match="positive"):
+        fit_transfer([1e6, 2e6], [0.1, -0.2])
+    with pytest.raises(ProfileError, match="do not grow"):
+        fit_transfer([1e6, 2e6], [0.2, 0.1])
+
+
+def test_plan_validation_and_round_trip():
+    plan = CalibrationPlan.quick()
+    assert CalibrationPlan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    assert CalibrationPlan().transfer_sizes_bytes[0] == 2**20
+    assert CalibrationPlan().transfer_sizes_bytes[-1] == 2**30
+    with pytest.raises(ValueError, match="token_counts"):
+        CalibrationPlan(token_counts=(4, 1))
+    with pytest.raises(ValueError, match="transfer_sizes_bytes"):
+        CalibrationPlan(transfer_sizes_bytes=(2**20,))
+    with pytest.raises(ValueError, match="unknown fields"):
+        CalibrationPlan.from_dict({"repeats": 3})
+
+
+def _calibration(plan: CalibrationPlan, shape: ExpertShape = SHAPE) -> dict:
+    return {"model": "qwen1.5-moe", "hidden": shape.hidden, "intermediate": shape.intermediate, "dtype": "bf16",
+            "plan": plan.to_dict(), "created_utc": "2026-01-01T00:00:00Z"}
+
+
+def _fake_profile(noise: float = 0.01, seed: int = 0) -> dict:
+    plan = CalibrationPlan.quick()
+    backend = FakeBackend(SHAPE, noise=noise, seed=seed)
+    measurements = run_calibration(backend, plan)
+    return build_profile(measurements, name="fake", device=backend.device_info(), calibration=_calibration(plan))
+
+
+def test_run_calibration_covers_the_plan():
+    plan = CalibrationPlan.quick()
+    backend = FakeBackend(SHAPE)
+    m = run_calibration(backend, plan)
+    eb = SHAPE.expert_bytes("bf16")
+    assert m["expert_bytes"] == eb == 3 * 2048 * 1408 * 2
+    assert len(m["transfers"]) == 4 * len(plan.transfer_sizes_bytes)
+    assert {(t["direction"], t["memory"]) for t in m["transfers"]} == set(LINK)
+    assert all(len(t["samples_ms"]) == plan.transfer_repeats for t in m["transfers"])
+    # Separate copies are `count` copies of one expert; a block is one copy of count experts.
+    assert ("transfer", "h2d", "pinned", eb, 20) in backend.calls
+    assert ("transfer", "h2d", "pinned", 20 * eb, 1) in backend.calls
+    assert [c["tokens"] for c in m["compute"]] == list(plan.token_counts)
+    assert m["overlap"]["copy_bytes"] == 20 * eb
+
+
+def test_build_profile_recovers_the_modelled_link():
+    profile = _fake_profile(noise=0.0)
+    overhead, gbps = LINK[("h2d", "pinned")]
+    assert profile["h2d_overhead_ms"] == pytest.approx(overhead, rel=1e-4)
+    assert profile["h2d_gbps"] == pytest.approx(gbps, rel=1e-4)
+    for (direction, memory), (overhead, gbps) in LINK.items():
+        fit = profile["fits"][f"{direction}_{memory}"]
+        assert fit["gbps"] == pytest.approx(gbps, rel=1e-4)
+        assert fit["overhead_ms"] == pytest.approx(overhead, rel=1e-3)
+    assert profile["compute"]["expert_bytes"] == SHAPE.expert_bytes("bf16")
+    assert profile["compute"]["ms"][0] == pytest.approx(0.0202)
+    pinned_20 = next(e for e in profile["experts"] if e["memory"] == "pinned" and e["experts"] == 20)
+    assert pinned_20["separate_ms"] > pinned_20["block_ms"]  # 20 overheads instead of one
+    assert pinned_20["fit_block_ms"] == pytest.approx(pinned_20["block_ms"], rel=1e-4)
+
+
+def test_profile_is_deterministic_saves_loads_and_rebuilds(tmp_path):
+    profile = _fake_profile(seed=3)
+    assert _fake_profile(seed=3) == profile
+    assert _fake_profile(seed=4) != profile
+    path = save_profile(profile, tmp_path / "fake.json")
+    loaded = load_profile(path)
+    assert loaded.h2d_gbps == profile["h2d_gbps"]
+    on_disk = json.loads(path.read_text())
+    assert rebuild_profile(on_disk) == json.loads(json.dumps(profile))
+
+
+def test_build_profile_rejects_a_wrong_expert_output():
+    plan = CalibrationPlan.quick()
+    m = run_calibration(FakeBackend(SHAPE), plan)
+    m["compute_check"]["graph_rel_error"] = float("nan")
+    with pytest.raises(ProfileError, match="graph_rel_error"):
+        build_profile(m, name="x", device={}, calibration=_calibration(plan))
+
+
+def test_build_profile_rejects_a_shape_that_does_not_match():
+    plan = CalibrationPlan.quick()
+    m = run_calibration(FakeBackend(SHAPE), plan)
+    with pytest.raises(ProfileError, match="expert_bytes"):
+        build_profile(m, name="x", device={}, calibration=_calibration(plan, ExpertShape(4096, 14336)))
+
+
+def test_overlap_summary():
+    med = {"copy_alone": 10.0, "compute_alone": 8.0, "compute_with_copy": 8.8, "copy_with_compute": 10.0,
+           "total_concurrent": 10.5}
+    raw = {f"{k}_samples_ms": [v] for k, v in med.items()}
+    summary = summarize_overlap({"copy_bytes": 1, "tokens": 16, "replays": 2, "experts_per_replay": 3, **raw})
+    assert summary["overlap_fraction"] == pytest.approx((10 + 8 - 10.5) / 8)
+    assert summary["compute_slowdown"] == pytest.approx(0.1)
+    assert summary["expert_calls"] == 6
+
+
+def test_expert_shapes():
+    assert MODEL_EXPERT_SHAPES["mixtral"].expert_bytes("bf16") == 3 * 4096 * 14336 * 2
+    assert MODEL_EXPERT_SHAPES["olmoe"].expert_bytes("fp32") == 3 * 2048 * 1024 * 4
+    assert parse_expert_shape("2048, 1408") == ExpertShape(2048, 1408)
+    for bad in ("2048", "2048,x", "0,5", "-1,3"):
+        with pytest.raises(ValueError, match="expert shape"):
+            parse_expert_shape(bad)
