@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "write a synthetic trace from a model preset"),
     "trace-stats": ("trace_stats", "print a trace's routing statistics"),
     "profiles": ("profiles", "list the hardware profiles or show one"),
+    "calibrate": ("calibrate", "measure this machine's CUDA GPU and write a hardware profile"),
 }
 
 
