@@ -1,0 +1,59 @@
+"""Measure the simulator's throughput: routing events (token x layer) simulated per second on one core.
+
+Runs the default timeline model with the cross-layer predictor and the static thresholds on a bundled trace,
+after one warm-up run (which also loads or compiles the kernel), and prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", default="qwen1.5-moe", help="trace file or bundled name (default: %(default)s)")
+    parser.add_argument("--predictor", default="cross-layer")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
+    parser.add_argument("--window", type=int, default=0,
+                        help="replay in windows of this many steps (as the environment does); 0 = one call")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from moe_cache_env.sim.config import Controls, SimConfig
+    from moe_cache_env.sim.simulator import Simulator
+    from moe_cache_env.cli._common import load_named_trace
+
+    trace = load_named_trace(args.trace)
+    config = SimConfig(predictor=args.predictor)
+    controls = Controls()
+    timings = []
+    for attempt in range(args.repeats + 1):
+        sim = Simulator(trace, config, rng=np.random.default_rng(0))
+        start = time.perf_counter()
+        while not sim.done:
+            sim.run(args.window or None, controls)
+        elapsed = time.perf_counter() - start
+        if attempt > 0:  # the first run is the warm-up
+            timings.append(elapsed)
+    events = trace.num_tokens * trace.num_layers
+    best = min(timings)
+    result = {
+        "benchmark": "simulator-throughput",
+        "trace": trace.name,
+        "predictor": args.predictor,
+        "timing": config.timing,
+        "window_steps": args.window,
+        "routing_events": events,
+        "seconds_best": round(best, 6),
+        "seconds_median": round(float(np.median(timings)), 6),
+        "events_per_s": round(events / best),
+        "events_per_s_median": round(events / float(np.median(timings))),
+    }
+    if not args.json:
+        print(f"{events} routing events in {best:.3f} s (best of {args.repeats})")
+    print(json.dumps(result, sort_keys=True))
+    return 0

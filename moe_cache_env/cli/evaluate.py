@@ -1,0 +1,139 @@
+"""Replay a trace under one or more policies and print their metrics (optionally write them as JSON).
+
+Examples:
+  moe-cache-env evaluate --trace qwen1.5-moe --policy static
+  moe-cache-env evaluate --trace qwen1.5-moe --policy static,no-prefetch,lru,belady,perfect --profile h100
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from moe_cache_env.cli import CommandError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", default="qwen1.5-moe", help="trace file or bundled trace name (default: %(default)s)")
+    parser.add_argument("--policy", default="static",
+                        help="policy or comma-separated policies: static, no-prefetch, perfect, lru, belady")
+    parser.add_argument("--predictor", default="cross-layer",
+                        help="noisy-oracle, popularity, previous-token, cross-layer or perfect (default: %(default)s)")
+    parser.add_argument("--profile", default="rtx3090-seed", help="hardware profile name or path")
+    parser.add_argument("--timing", default="timeline", choices=["timeline", "seed"])
+    parser.add_argument("--capacity", type=int, default=None,
+                        help="total expert slots (per layer, or in all with --scope global), split L1 = top_k, "
+                             "L2 : L3 = 1 : 2; default: 40%% of the experts")
+    parser.add_argument("--scope", default="per-layer", choices=["per-layer", "global"])
+    parser.add_argument("--l2-threshold", type=float, default=0.7)
+    parser.add_argument("--l3-threshold", type=float, default=0.3)
+    parser.add_argument("--lookahead", type=int, default=1, choices=[1, 2])
+    parser.add_argument("--prefetch-budget", type=int, default=0, help="experts per prediction; 0 = unlimited")
+    parser.add_argument("--batch", type=int, default=1, help="concurrent sequences per step")
+    parser.add_argument("--oracle-accuracy", type=float, default=0.4755, help="top-1 accuracy of noisy-oracle")
+    parser.add_argument("--expert-bytes", type=int, default=0, help="override the trace's expert size")
+    parser.add_argument("--window", type=int, default=0, help="also report metrics per window of this many steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
+
+
+TABLE_COLUMNS = [
+    ("hit_rate", "hit rate", "{:.3f}"),
+    ("perfect_coverage", "perfect cov", "{:.3f}"),
+    ("avg_coverage", "avg cov", "{:.3f}"),
+    ("mean_latency_ms", "mean ms/tok", "{:.2f}"),
+    ("p95_latency_ms", "p95 ms/tok", "{:.2f}"),
+    ("bytes_transferred", "GB moved", None),
+    ("wasted_prefetch_bytes", "GB wasted", None),
+    ("link_utilization", "link util", "{:.2f}"),
+]
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]], columns=TABLE_COLUMNS) -> str:
+    """A plain-text table: one row per (name, metrics)."""
+    header = ["policy"] + [title for _, title, _ in columns]
+    body = []
+    for name, metrics in rows:
+        cells = [name]
+        for key, _, fmt in columns:
+            value = metrics.get(key)
+            if value is None:
+                cells.append("-")
+            elif fmt is None:
+                cells.append(f"{value / 1e9:.1f}")
+            else:
+                cells.append(fmt.format(value))
+        body.append(cells)
+    widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in body:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from moe_cache_env._io import atomic_write_json
+    from moe_cache_env.sim.config import CacheConfig, Controls, SimConfig, WorkloadConfig
+    from moe_cache_env.sim.evaluate import POLICIES, EvaluationRequest, default_capacity, evaluate, split_capacity
+    from moe_cache_env.cli._common import load_named_trace
+
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise CommandError(f"unknown policy {unknown}; choose from {list(POLICIES)}")
+    trace = load_named_trace(args.trace)
+    capacity = args.capacity
+    if capacity is None:
+        capacity = default_capacity(trace.num_experts, trace.top_k)
+        if args.scope == "global":
+            capacity *= trace.num_layers
+    split = split_capacity(capacity, trace.top_k)
+    cache = CacheConfig(split.l1_slots, split.l2_slots, split.l3_slots, scope=args.scope)
+    config = SimConfig(
+        cache=cache,
+        workload=WorkloadConfig(batch_min=args.batch, batch_max=args.batch),
+        timing=args.timing,
+        profile=args.profile,
+        predictor=args.predictor,
+        oracle_accuracy=args.oracle_accuracy,
+        expert_bytes=args.expert_bytes,
+    )
+    controls = Controls(
+        l2_threshold=args.l2_threshold,
+        l3_threshold=args.l3_threshold,
+        lookahead=args.lookahead,
+        prefetch_budget=args.prefetch_budget,
+    )
+    results: dict[str, dict[str, Any]] = {}
+    for policy in policies:
+        request = EvaluationRequest(policy=policy, config=config, controls=controls, seed=args.seed,
+                                    window_steps=args.window)
+        result = evaluate(trace, request)
+        entry = dict(result["metrics"])
+        entry["config"] = {
+            "trace": trace.name,
+            "policy": policy,
+            "predictor": "perfect" if policy == "perfect" else (None if policy in ("lru", "belady", "no-prefetch")
+                                                                 else args.predictor),
+            "profile": args.profile,
+            "timing": args.timing,
+            "capacity": cache.total_slots,
+            "tiers": [cache.l1_slots, cache.l2_slots, cache.l3_slots],
+            "scope": args.scope,
+            "batch": args.batch,
+            "seed": args.seed,
+        }
+        if "windows" in result:
+            entry["windows"] = result["windows"]
+        results[policy] = entry
+
+    print(f"trace {trace.name}: {trace.num_tokens} tokens x {trace.num_layers} layers, {trace.num_experts} experts, "
+          f"top-{trace.top_k}; profile {args.profile} ({args.timing}); {cache.total_slots} slots "
+          f"({cache.l1_slots}/{cache.l2_slots}/{cache.l3_slots}) {args.scope}; predictor {args.predictor}")
+    print(format_table([(name, entry) for name, entry in results.items()]))
+    if args.json:
+        payload = results[policies[0]] if len(policies) == 1 else {"policies": results}
+        atomic_write_json(args.json, payload)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,708 @@
+"""The simulator's compiled hot path: one call replays a range of steps (see ``docs/simulator.md``).
+
+All state lives in preallocated NumPy arrays owned by :class:`moe_cache_env.sim.simulator.Simulator`; the
+functions here are ``numba.njit`` compiled (cached on disk), take no Python objects and allocate only small
+scratch arrays. Keys are ``layer * E + expert``; a *pool* is one layer's cache (per-layer scope) or the single
+global cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# ---- counter indices (Simulator.counters) --------------------------------------------------------------------
+C_STEPS = 0
+C_TOKENS = 1
+C_EVENTS = 2  # routing events: token x layer
+C_STEP_LAYERS = 3
+C_REQUESTS = 4  # expert requests after deduplication across the batch
+C_HIT_L1 = 5
+C_HIT_L2 = 6
+C_HIT_L3 = 7
+C_LATE = 8  # needed expert whose prefetch was still in flight or queued
+C_MISS = 9
+C_PERFECT = 10
+C_ZERO = 11
+C_COVERAGE_SUM = 12
+C_DEMAND_LOADS = 13
+C_PREFETCH_LOADS = 14  # prefetch transfers that started
+C_WASTED_LOADS = 15  # prefetched experts evicted before any use, after their transfer started
+C_PREFETCH_ISSUED = 16
+C_PREFETCH_CANCELLED = 17
+C_PREFETCH_USED = 18
+C_LINK_BUSY_MS = 19
+C_ELAPSED_MS = 20
+C_PRED_EVENTS = 21
+C_PRED_TOP1 = 22
+C_PRED_RECALL = 23
+C_CONF_MAX_SUM = 24
+C_ABOVE_L2 = 25
+C_ABOVE_L3 = 26
+C_PRESSURE_SUM = 27
+C_STALL_MS = 28
+C_COMPUTE_MS = 29
+C_PREFETCH_L2 = 30
+C_PREFETCH_L3 = 31
+C_PROMOTED = 32
+C_L3_BLOCKED = 33
+C_BUDGET_DROPPED = 34
+NUM_COUNTERS = 36
+
+# ---- controls vector indices -----------------------------------------------------------------------------------
+U_L2_THRESHOLD = 0
+U_L3_THRESHOLD = 1
+U_LOOKAHEAD = 2
+U_BUDGET = 3
+U_L2_SHARE = 4
+U_W_RECENCY = 5
+U_W_FREQUENCY = 6
+U_W_CONFIDENCE = 7
+U_OVERTAKE = 8
+U_PRESSURE_LIMIT = 9
+NUM_CONTROLS = 10
+
+# ---- integer configuration indices -----------------------------------------------------------------------------
+I_LAYERS = 0
+I_EXPERTS = 1
+I_TOPK = 2
+I_GLOBAL = 3
+I_SEED_TIMING = 4
+I_PREDICTOR = 5
+I_LEARN_ONLINE = 6
+I_TOTAL_SLOTS = 7
+NUM_ICONF = 8
+
+# ---- float configuration indices -------------------------------------------------------------------------------
+F_TRANSFER_MS = 0
+F_LAYER_OVERHEAD_MS = 1
+F_DECAY = 2
+F_ORACLE_ACC = 3
+F_SEED_H2D_1 = 4  # then h2d 4, h2d 20, L1 access, L2/L3 access, compute 1, compute 4, alloc
+NUM_FCONF = 12
+
+# ---- link scalars ----------------------------------------------------------------------------------------------
+L_BUSY_UNTIL = 0
+L_NOW = 1
+
+# ---- predictor kinds (predictors.PREDICTORS) -------------------------------------------------------------------
+P_NOISY_ORACLE = 0
+P_POPULARITY = 1
+P_PREVIOUS_TOKEN = 2
+P_CROSS_LAYER = 3
+P_PERFECT = 4
+
+ST_NONE = 0
+ST_READY = 1  # transfer committed: arrival time known (maybe in the future)
+ST_QUEUED = 2  # prefetch waiting in the link queue, not started
+
+
+@njit(cache=True, inline="always")
+def _mix64(x):
+    # splitmix64 finaliser: a counter-based RNG that touches no global state
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _uniform(seed, counter):
+    x = _mix64(np.uint64(seed) + np.uint64(counter) * np.uint64(0x9E3779B97F4A7C15))
+    return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
+
+
+@njit(cache=True)
+def _score(key, clock, u, k_last, k_uses, k_conf):
+    age = clock - k_last[key]
+    uses = k_uses[key]
+    return (
+        u[U_W_RECENCY] / (1.0 + age)
+        + u[U_W_FREQUENCY] * (uses / (uses + 1.0))
+        + u[U_W_CONFIDENCE] * k_conf[key]
+    )
+
+
+@njit(cache=True)
+def _tier_add(pool, tier, key, mem, cnt, k_tier, k_pos):
+    i = cnt[pool, tier - 1]
+    mem[pool, tier - 1, i] = key
+    k_pos[key] = i
+    cnt[pool, tier - 1] = i + 1
+    k_tier[key] = tier
+
+
+@njit(cache=True)
+def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
+    t = k_tier[key] - 1
+    i = k_pos[key]
+    last_i = cnt[pool, t] - 1
+    last = mem[pool, t, last_i]
+    mem[pool, t, i] = last
+    k_pos[last] = i
+    cnt[pool, t] = last_i
+    k_tier[key] = 0
+
+
+@njit(cache=True)
+def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters):
+    _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
+    if k_state[key] == ST_QUEUED:
+        q_key[k_qpos[key]] = -1
+        counters[C_PREFETCH_CANCELLED] += 1
+    elif k_prefetched[key] == 1:
+        counters[C_WASTED_LOADS] += 1
+    k_state[key] = ST_NONE
+    k_prefetched[key] = 0
+    k_uses[key] = 0
+
+
+@njit(cache=True)
+def _make_room(pool, tier, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
+               k_last, k_conf, k_pin, k_qpos, q_key, counters):
+    """Shed entries from ``tier`` down: over-full tiers demote their lowest-score unpinned entry one tier down
+    (L1 -> L2 -> L3); L3's victims (or any tier's, when the next tier has no slot) leave the GPU."""
+    for t in range(tier, 4):
+        while cnt[pool, t - 1] > caps[t - 1]:
+            victim = -1
+            best = 1e300
+            for i in range(cnt[pool, t - 1]):
+                key = mem[pool, t - 1, i]
+                if k_pin[key] == event:
+                    continue
+                s = _score(key, clock, u, k_last, k_uses, k_conf)
+                if s < best or (s == best and key < victim):
+                    best = s
+                    victim = key
+            if victim < 0:
+                break  # everything left is in use by this step: the tier overflows until the next event
+            if t < 3 and caps[t] > 0:
+                _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
+                _tier_add(pool, t + 1, victim, mem, cnt, k_tier, k_pos)
+            else:
+                _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+
+
+@njit(cache=True)
+def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
+    """Start the prefetch at the head of the link queue (cancelled entries are skipped)."""
+    Q = q_key.shape[0]
+    while qht[0] < qht[1]:
+        slot = qht[0] % Q
+        key = q_key[slot]
+        if key < 0:
+            qht[0] += 1
+            continue
+        start = max(link[L_BUSY_UNTIL], q_issue[slot])
+        end = start + dur
+        link[L_BUSY_UNTIL] = end
+        k_state[key] = ST_READY
+        k_arrival[key] = end
+        counters[C_PREFETCH_LOADS] += 1
+        counters[C_LINK_BUSY_MS] += dur
+        q_key[slot] = -1
+        qht[0] += 1
+        return
+
+
+@njit(cache=True)
+def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
+    """Start every queued prefetch that the link reaches by time ``now`` (FIFO among prefetches)."""
+    Q = q_key.shape[0]
+    while qht[0] < qht[1]:
+        slot = qht[0] % Q
+        if q_key[slot] < 0:
+            qht[0] += 1
+            continue
+        if max(link[L_BUSY_UNTIL], q_issue[slot]) > now:
+            return
+        _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
+
+
+@njit(cache=True)
+def run_steps(
+    s0, s1,
+    step_tokens, step_ntokens, prev_token, step_of_token, tier_caps, link_share,
+    kv_fraction, experts, ctab,
+    iconf, fconf, u, rng_seed,
+    k_tier, k_state, k_arrival, k_last, k_uses, k_conf, k_prefetched, k_qpos, k_pin, k_pos,
+    mem, cnt, link, q_key, q_issue, qht,
+    pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
+    counters, step_latency_ms, step_hits, step_requests,
+):
+    """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
+    L = iconf[I_LAYERS]
+    E = iconf[I_EXPERTS]
+    K = iconf[I_TOPK]
+    is_global = iconf[I_GLOBAL] == 1
+    seed_timing = iconf[I_SEED_TIMING] == 1
+    predictor = iconf[I_PREDICTOR]
+    learn_online = iconf[I_LEARN_ONLINE] == 1
+    total_slots = iconf[I_TOTAL_SLOTS]
+    base_transfer_ms = fconf[F_TRANSFER_MS]
+    layer_overhead_ms = fconf[F_LAYER_OVERHEAD_MS]
+    decay = fconf[F_DECAY]
+    oracle_acc = fconf[F_ORACLE_ACC]
+    l2_thr = u[U_L2_THRESHOLD]
+    l3_thr = u[U_L3_THRESHOLD]
+    lookahead = int(u[U_LOOKAHEAD])
+    budget = int(u[U_BUDGET])
+    overtake = u[U_OVERTAKE] > 0.5
+    pressure_limit = u[U_PRESSURE_LIMIT]
+    if budget > 0:
+        l2_budget = int(np.ceil(budget * u[U_L2_SHARE]))
+        l3_budget = budget - l2_budget
+    else:
+        l2_budget = 1 << 30
+        l3_budget = 1 << 30
+    S = step_tokens.shape[0]
+
+    mark = np.full(E, -1, dtype=np.int64)
+    ntok = np.zeros(E, dtype=np.int64)
+    needed = np.empty(E, dtype=np.int64)
+    conf = np.empty(E, dtype=np.float64)
+    prod = np.empty(E, dtype=np.float64)
+    truth = np.zeros(E, dtype=np.int64)
+    cand = np.empty(E, dtype=np.int64)
+    caps = np.empty(3, dtype=np.int64)
+
+    for s in range(s0, s1):
+        nt = step_ntokens[s]
+        caps[0] = tier_caps[s, 0]
+        caps[1] = tier_caps[s, 1]
+        caps[2] = tier_caps[s, 2]
+        share = link_share[s]
+        dur = base_transfer_ms / share
+        if s > s0 and (tier_caps[s, 1] < tier_caps[s - 1, 1] or tier_caps[s, 2] < tier_caps[s - 1, 2]):
+            # the KV cache grew: shrink every pool's tiers now
+            clock = float(s)
+            for pool in range(cnt.shape[0]):
+                _make_room(pool, 2, caps, -1, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+        latency = 0.0
+        hits_this_step = 0
+        requests_this_step = 0
+        for l in range(L):
+            event = s * L + l
+            clock = event / L
+            now = link[L_NOW]
+            pool = 0 if is_global else l
+            # ---- 1. the step's experts at this layer, deduplicated over the batch ----------------------------
+            nneed = 0
+            for b in range(nt):
+                t = step_tokens[s, b]
+                for k in range(K):
+                    e = experts[t, l, k]
+                    if mark[e] != event:
+                        mark[e] = event
+                        ntok[e] = 0
+                        needed[nneed] = e
+                        nneed += 1
+                    ntok[e] += 1
+            # ---- 2. what is already on the GPU ----------------------------------------------------------------
+            if not seed_timing:
+                _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
+            covered = 0
+            ready = now
+            nmiss = 0
+            access_ms = 0.0
+            for n in range(nneed):
+                key = l * E + needed[n]
+                tier = k_tier[key]
+                if tier > 0 and k_state[key] == ST_READY and (seed_timing or k_arrival[key] <= now):
+                    covered += 1
+                    if tier == 1:
+                        counters[C_HIT_L1] += 1
+                        access_ms += fconf[F_SEED_H2D_1 + 3]
+                    elif tier == 2:
+                        counters[C_HIT_L2] += 1
+                        access_ms += fconf[F_SEED_H2D_1 + 4]
+                    else:
+                        counters[C_HIT_L3] += 1
+                        access_ms += fconf[F_SEED_H2D_1 + 4]
+                    if k_prefetched[key] == 1:
+                        counters[C_PREFETCH_USED] += 1
+                        k_prefetched[key] = 0
+                elif tier > 0:
+                    # the prefetch has not landed yet: wait for it, or load it on demand ahead of the queue
+                    counters[C_LATE] += 1
+                    if k_prefetched[key] == 1:
+                        counters[C_PREFETCH_USED] += 1
+                        k_prefetched[key] = 0
+                    if k_state[key] == ST_QUEUED:
+                        if overtake:
+                            q_key[k_qpos[key]] = -1
+                            counters[C_PREFETCH_CANCELLED] += 1
+                            start = max(now, link[L_BUSY_UNTIL])
+                            link[L_BUSY_UNTIL] = start + dur
+                            k_state[key] = ST_READY
+                            k_arrival[key] = start + dur
+                            counters[C_DEMAND_LOADS] += 1
+                            counters[C_LINK_BUSY_MS] += dur
+                        else:
+                            while k_state[key] == ST_QUEUED:
+                                _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
+                    if k_arrival[key] > ready:
+                        ready = k_arrival[key]
+                else:
+                    # a miss: demand load into L1
+                    nmiss += 1
+                    counters[C_MISS] += 1
+                    counters[C_DEMAND_LOADS] += 1
+                    if seed_timing:
+                        k_arrival[key] = now
+                    else:
+                        if not overtake:
+                            while qht[0] < qht[1]:
+                                _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
+                                if qht[0] >= qht[1]:
+                                    break
+                        start = max(now, link[L_BUSY_UNTIL])
+                        link[L_BUSY_UNTIL] = start + dur
+                        k_arrival[key] = start + dur
+                        counters[C_LINK_BUSY_MS] += dur
+                        if start + dur > ready:
+                            ready = start + dur
+                    k_state[key] = ST_READY
+                    _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
+            # ---- 3. the step's experts become L1 (in use), pinned for this event ------------------------------
+            for n in range(nneed):
+                key = l * E + needed[n]
+                k_pin[key] = event
+                k_last[key] = clock
+                k_uses[key] += 1
+                if k_tier[key] != 1:
+                    _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
+                    _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
+            _make_room(pool, 1, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
+                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+            # ---- 4. coverage --------------------------------------------------------------------------------
+            counters[C_STEP_LAYERS] += 1
+            counters[C_REQUESTS] += nneed
+            counters[C_EVENTS] += nt
+            counters[C_COVERAGE_SUM] += covered / nneed
+            if covered == nneed:
+                counters[C_PERFECT] += 1
+            elif covered == 0:
+                counters[C_ZERO] += 1
+            hits_this_step += covered
+            requests_this_step += nneed
+            # ---- 5. predict the step `lookahead` layers ahead and prefetch ------------------------------------
+            lt = l + lookahead
+            st = s
+            if lt >= L:
+                lt -= L
+                st = s + 1
+            if st < S:
+                _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
+                         experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,
+                         event, conf, prod, truth)
+                nst = step_ntokens[st]
+                # accuracy against the truth (the simulator knows it; the predictor did not read it)
+                ntruth = 0
+                for b in range(nst):
+                    t = step_tokens[st, b]
+                    for k in range(K):
+                        e = experts[t, lt, k]
+                        if truth[e] != event + 1:
+                            truth[e] = event + 1
+                            ntruth += 1
+                # top-1: the first most confident expert; recall: truth experts ranked within the top |truth|
+                best = 0
+                for e in range(1, E):
+                    if conf[e] > conf[best]:
+                        best = e
+                counters[C_PRED_EVENTS] += 1
+                if truth[best] == event + 1:
+                    counters[C_PRED_TOP1] += 1
+                found = 0
+                for e in range(E):
+                    if truth[e] == event + 1:
+                        rank = 0
+                        ce = conf[e]
+                        for j in range(E):
+                            if conf[j] > ce or (conf[j] == ce and j < e):
+                                rank += 1
+                        if rank < ntruth:
+                            found += 1
+                counters[C_PRED_RECALL] += found / ntruth
+                counters[C_CONF_MAX_SUM] += conf[best]
+                # admission candidates: confidence >= the L3 threshold, most confident first (ties: lower id)
+                ncand = 0
+                for e in range(E):
+                    if conf[e] >= l3_thr:
+                        c = conf[e]
+                        pos = ncand
+                        while pos > 0 and conf[cand[pos - 1]] < c:
+                            cand[pos] = cand[pos - 1]
+                            pos -= 1
+                        cand[pos] = e
+                        ncand += 1
+                tpool = 0 if is_global else lt
+                pressure = (kv_fraction[s] * total_slots + cnt[tpool, 0] + cnt[tpool, 1]) / total_slots
+                if pressure > 1.0:
+                    pressure = 1.0
+                counters[C_PRESSURE_SUM] += pressure
+                l3_open = pressure <= pressure_limit
+                for e in range(E):
+                    k_conf[lt * E + e] = conf[e]
+                n2 = 0
+                n3 = 0
+                for r in range(ncand):
+                    e = cand[r]
+                    c = conf[e]
+                    key = lt * E + e
+                    if c >= l2_thr:
+                        counters[C_ABOVE_L2] += 1
+                    counters[C_ABOVE_L3] += 1
+                    tier = k_tier[key]
+                    if c >= l2_thr:
+                        if tier == 1 or tier == 2:
+                            continue
+                        if n2 >= l2_budget or n2 >= caps[1]:
+                            counters[C_BUDGET_DROPPED] += 1
+                            continue
+                        n2 += 1
+                        if tier == 3:
+                            _tier_remove(tpool, key, mem, cnt, k_tier, k_pos)
+                            _tier_add(tpool, 2, key, mem, cnt, k_tier, k_pos)
+                            counters[C_PROMOTED] += 1
+                        else:
+                            _tier_add(tpool, 2, key, mem, cnt, k_tier, k_pos)
+                            _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
+                                            q_key, q_issue, qht, link, dur, counters)
+                            counters[C_PREFETCH_L2] += 1
+                        k_pin[key] = event
+                        _make_room(tpool, 2, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state,
+                                   k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+                    else:
+                        if tier > 0:
+                            continue
+                        if not l3_open:
+                            counters[C_L3_BLOCKED] += 1
+                            continue
+                        if n3 >= l3_budget or n3 >= caps[2]:
+                            counters[C_BUDGET_DROPPED] += 1
+                            continue
+                        n3 += 1
+                        _tier_add(tpool, 3, key, mem, cnt, k_tier, k_pos)
+                        _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
+                                        q_key, q_issue, qht, link, dur, counters)
+                        counters[C_PREFETCH_L3] += 1
+                        k_pin[key] = event
+                        _make_room(tpool, 3, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state,
+                                   k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+                    k_last[key] = clock
+            # ---- 6. learn from this layer's routing -----------------------------------------------------------
+            _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight,
+                     reuse_hit, reuse_tot, pair, src, learn_online and predictor == P_CROSS_LAYER)
+            # ---- 7. time ------------------------------------------------------------------------------------
+            compute_ms = 0.0
+            for n in range(nneed):
+                compute_ms += ctab[ntok[needed[n]]]
+            if seed_timing:
+                layer_ms = access_ms + _seed_transfer_ms(nmiss, fconf) + _seed_compute_ms(nneed, fconf) \
+                    + nmiss * fconf[F_SEED_H2D_1 + 7]
+                compute_ms = _seed_compute_ms(nneed, fconf)
+            else:
+                stall = ready - now
+                counters[C_STALL_MS] += stall
+                layer_ms = stall + compute_ms + layer_overhead_ms
+            counters[C_COMPUTE_MS] += compute_ms
+            link[L_NOW] = now + layer_ms
+            latency += layer_ms
+        step_latency_ms[s] = latency
+        step_hits[s] = hits_this_step
+        step_requests[s] = requests_this_step
+        counters[C_STEPS] += 1
+        counters[C_TOKENS] += nt
+        counters[C_ELAPSED_MS] += latency
+
+
+@njit(cache=True)
+def _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched, q_key, q_issue, qht, link,
+                    dur, counters):
+    counters[C_PREFETCH_ISSUED] += 1
+    k_prefetched[key] = 1
+    if seed_timing:
+        # the seed's model: prefetches are free and instant
+        k_state[key] = ST_READY
+        k_arrival[key] = now
+        counters[C_PREFETCH_LOADS] += 1
+        return
+    Q = q_key.shape[0]
+    if qht[1] - qht[0] >= Q:
+        _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
+    slot = qht[1] % Q
+    q_key[slot] = key
+    q_issue[slot] = now
+    k_qpos[key] = slot
+    k_state[key] = ST_QUEUED
+    qht[1] += 1
+
+
+@njit(cache=True)
+def _seed_transfer_ms(n, fconf):
+    """The seed table's host-to-GPU time for n experts: piecewise linear through 1, 4 and 20 experts."""
+    if n == 0:
+        return 0.0
+    t1 = fconf[F_SEED_H2D_1]
+    t4 = fconf[F_SEED_H2D_1 + 1]
+    t20 = fconf[F_SEED_H2D_1 + 2]
+    if n <= 4:
+        return t1 + (n - 1) * (t4 - t1) / 3.0
+    return t4 + (n - 4) * (t20 - t4) / 16.0
+
+
+@njit(cache=True)
+def _seed_compute_ms(n, fconf):
+    """The seed table's compute time for n experts: linear through 1 and 4 experts."""
+    c1 = fconf[F_SEED_H2D_1 + 5]
+    c4 = fconf[F_SEED_H2D_1 + 6]
+    return c1 + (n - 1) * (c4 - c1) / 3.0
+
+
+@njit(cache=True)
+def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token, experts,
+             E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed, event, conf, prod,
+             truth):
+    """Fill ``conf`` with the probability that each expert is among step ``st``'s experts at layer ``lt``."""
+    nst = step_ntokens[st]
+    if predictor == P_PERFECT or predictor == P_NOISY_ORACLE:
+        for e in range(E):
+            conf[e] = 0.0
+        marker = -(event + 2)
+        for b in range(nst):
+            t = step_tokens[st, b]
+            for k in range(K):
+                truth[experts[t, lt, k]] = marker
+        if predictor == P_PERFECT:
+            for e in range(E):
+                conf[e] = 1.0 if truth[e] == marker else 0.0
+            return
+        base = np.uint64(event) * np.uint64(E + 1)
+        top = -1.0
+        for e in range(E):
+            r = _uniform(rng_seed, base + np.uint64(e))
+            conf[e] = 0.3 + 0.6 * r if truth[e] == marker else 0.5 * r
+        # the most confident expert is a true one with probability oracle_acc
+        want_true = _uniform(rng_seed, base + np.uint64(E)) < oracle_acc
+        ncand = 0
+        for e in range(E):
+            if (truth[e] == marker) == want_true:
+                ncand += 1
+        if ncand == 0:
+            return
+        pick = int(_uniform(rng_seed ^ 0x5DEECE66D, base) * ncand)
+        chosen = -1
+        for e in range(E):
+            if (truth[e] == marker) == want_true:
+                if pick == 0:
+                    chosen = e
+                    break
+                pick -= 1
+        for e in range(E):
+            if conf[e] > top:
+                top = conf[e]
+        conf[chosen] = min(1.0, top + 0.01)
+        return
+
+    # popularity: per-token probability of selecting each expert at lt
+    obs = pop_obs[lt]
+    for e in range(E):
+        prod[e] = 1.0
+    if obs > 0.0:
+        inv = 1.0 / obs
+    else:
+        inv = 0.0
+    reuse = reuse_hit[lt] / reuse_tot[lt] if reuse_tot[lt] > 0 else K / E
+    for b in range(nst):
+        t = step_tokens[st, b]
+        use_cross = predictor == P_CROSS_LAYER and st == s
+        if use_cross:
+            d = lt - l - 1
+            for e in range(E):
+                conf[e] = 0.0
+            nsrc = 0
+            for k in range(K):
+                i = experts[t, l, k]
+                if src[d, l, i] > 0:
+                    w = 1.0 / src[d, l, i]
+                    for e in range(E):
+                        conf[e] += pair[d, l, i, e] * w
+                    nsrc += 1
+            if nsrc > 0:
+                for e in range(E):
+                    prod[e] *= 1.0 - min(conf[e] / nsrc, 1.0)
+                continue
+        p = prev_token[t]
+        known = False
+        if predictor != P_POPULARITY and p >= 0:
+            sp = step_of_token[p]
+            known = sp >= 0 and (sp < s or (sp == s and lt <= l))
+        if known:
+            for e in range(E):
+                conf[e] = (1.0 - reuse) * (pop_cnt[lt, e] * inv if obs > 0.0 else K / E)
+            for k in range(K):
+                conf[experts[p, lt, k]] = reuse
+            for e in range(E):
+                prod[e] *= 1.0 - min(conf[e], 1.0)
+        else:
+            for e in range(E):
+                q = pop_cnt[lt, e] * inv if obs > 0.0 else K / E
+                prod[e] *= 1.0 - min(q, 1.0)
+    for e in range(E):
+        conf[e] = 1.0 - prod[e]
+
+
+@njit(cache=True)
+def _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight, reuse_hit,
+             reuse_tot, pair, src, learn_pairs):
+    """Update the online statistics with the routing of step ``s`` at layer ``l`` (now known).
+
+    Popularity and reuse are exponentially decayed per step. Only ratios of these sums are ever read, so
+    instead of multiplying every count by ``decay`` each step, new observations are added with a weight that
+    grows by 1/decay per step (``pop_weight``); sums are rescaled before the weight overflows.
+    """
+    w = pop_weight[l] / decay if decay > 0.0 else 1.0
+    if w > 1e200:
+        scale = 1.0 / w
+        for e in range(E):
+            pop_cnt[l, e] *= scale
+        pop_obs[l] *= scale
+        reuse_hit[l] *= scale
+        reuse_tot[l] *= scale
+        w = 1.0
+    if decay == 0.0:
+        for e in range(E):
+            pop_cnt[l, e] = 0.0
+        pop_obs[l] = 0.0
+        reuse_hit[l] = 0.0
+        reuse_tot[l] = 0.0
+    pop_weight[l] = w
+    D = pair.shape[0]
+    for b in range(nt):
+        t = step_tokens[s, b]
+        pop_obs[l] += w
+        for k in range(K):
+            pop_cnt[l, experts[t, l, k]] += w
+        p = prev_token[t]
+        if p >= 0:
+            same = 0
+            for k in range(K):
+                ek = experts[t, l, k]
+                for j in range(K):
+                    if experts[p, l, j] == ek:
+                        same += 1
+                        break
+            reuse_hit[l] += same * w
+            reuse_tot[l] += K * w
+        if learn_pairs:
+            for d in range(1, D + 1):
+                ls = l - d
+                if ls < 0:
+                    break
+                for k in range(K):
+                    i = experts[t, ls, k]
+                    src[d - 1, ls, i] += 1.0
+                    for j in range(K):
+                        pair[d - 1, ls, i, experts[t, l, j]] += 1.0

@@ -1,0 +1,85 @@
+"""Turn the simulator's raw counters into named metrics (the keys of ``evaluate --json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from moe_cache_env.sim import kernel as K
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 0.0
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q-th percentile (0-100) of ``values`` where each value counts ``weights`` times (inverted CDF)."""
+    if len(values) == 0:
+        return 0.0
+    order = np.argsort(values, kind="stable")
+    v = values[order]
+    cw = np.cumsum(weights[order])
+    target = q / 100.0 * cw[-1]
+    idx = int(np.searchsorted(cw, target, side="left"))
+    return float(v[min(idx, len(v) - 1)])
+
+
+def metrics_from_counters(
+    counters: np.ndarray,
+    step_latency_ms: np.ndarray,
+    step_tokens: np.ndarray,
+    expert_bytes: int,
+) -> dict[str, Any]:
+    """Metrics of a run or a window from its counters and its steps' latencies and token counts.
+
+    Per-token latency is the latency of the step a token ran in (its sum over layers), so percentiles weight
+    each step by its tokens.
+    """
+    c = counters
+    requests = c[K.C_REQUESTS]
+    hits = c[K.C_HIT_L1] + c[K.C_HIT_L2] + c[K.C_HIT_L3]
+    step_layers = c[K.C_STEP_LAYERS]
+    tokens = c[K.C_TOKENS]
+    lat = np.asarray(step_latency_ms, dtype=np.float64)
+    w = np.asarray(step_tokens, dtype=np.float64)
+    demand = c[K.C_DEMAND_LOADS]
+    prefetch = c[K.C_PREFETCH_LOADS]
+    return {
+        "steps": int(c[K.C_STEPS]),
+        "tokens": int(tokens),
+        "routing_events": int(c[K.C_EVENTS]),
+        "expert_requests": int(requests),
+        "hit_rate": _ratio(hits, requests),
+        "hit_rate_l1": _ratio(c[K.C_HIT_L1], requests),
+        "hit_rate_l2": _ratio(c[K.C_HIT_L2], requests),
+        "hit_rate_l3": _ratio(c[K.C_HIT_L3], requests),
+        "late_prefetch_rate": _ratio(c[K.C_LATE], requests),
+        "miss_rate": _ratio(c[K.C_MISS], requests),
+        "perfect_coverage": _ratio(c[K.C_PERFECT], step_layers),
+        "zero_coverage": _ratio(c[K.C_ZERO], step_layers),
+        "partial_coverage": _ratio(step_layers - c[K.C_PERFECT] - c[K.C_ZERO], step_layers),
+        "avg_coverage": _ratio(c[K.C_COVERAGE_SUM], step_layers),
+        "mean_latency_ms": _ratio(float(lat @ w), float(w.sum())),
+        "p50_latency_ms": weighted_percentile(lat, w, 50),
+        "p95_latency_ms": weighted_percentile(lat, w, 95),
+        "p99_latency_ms": weighted_percentile(lat, w, 99),
+        "stall_ms_per_token": _ratio(c[K.C_STALL_MS], c[K.C_STEPS]),
+        "compute_ms_per_token": _ratio(c[K.C_COMPUTE_MS], c[K.C_STEPS]),
+        "bytes_transferred": int(round((demand + prefetch) * expert_bytes)),
+        "demand_bytes": int(round(demand * expert_bytes)),
+        "prefetch_bytes": int(round(prefetch * expert_bytes)),
+        "wasted_prefetch_bytes": int(round(c[K.C_WASTED_LOADS] * expert_bytes)),
+        "prefetches_issued": int(c[K.C_PREFETCH_ISSUED]),
+        "prefetches_cancelled": int(c[K.C_PREFETCH_CANCELLED]),
+        "prefetch_precision": _ratio(c[K.C_PREFETCH_USED], c[K.C_PREFETCH_ISSUED] - c[K.C_PREFETCH_CANCELLED]),
+        "link_utilization": min(1.0, _ratio(c[K.C_LINK_BUSY_MS], c[K.C_ELAPSED_MS])),
+        "memory_pressure": _ratio(c[K.C_PRESSURE_SUM], c[K.C_PRED_EVENTS]),
+        "predictor_top1_accuracy": _ratio(c[K.C_PRED_TOP1], c[K.C_PRED_EVENTS]),
+        "predictor_topk_recall": _ratio(c[K.C_PRED_RECALL], c[K.C_PRED_EVENTS]),
+        "predictor_mean_max_confidence": _ratio(c[K.C_CONF_MAX_SUM], c[K.C_PRED_EVENTS]),
+        "candidates_above_l2_per_prediction": _ratio(c[K.C_ABOVE_L2], c[K.C_PRED_EVENTS]),
+        "candidates_above_l3_per_prediction": _ratio(c[K.C_ABOVE_L3], c[K.C_PRED_EVENTS]),
+        "l3_admissions_blocked": int(c[K.C_L3_BLOCKED]),
+        "budget_dropped": int(c[K.C_BUDGET_DROPPED]),
+    }

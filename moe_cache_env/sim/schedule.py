@@ -1,0 +1,165 @@
+"""Turn a trace and a workload into a step schedule: which tokens run together, under which conditions.
+
+A *step* is one forward pass of the model over a batch: every concurrent sequence (a *lane*) contributes its
+next ``chunk_tokens`` tokens. The number of active lanes, the KV cache's share of the expert-slot budget and the
+background link traffic are piecewise constant over segments (``WorkloadConfig``). Everything is drawn from
+the given ``numpy.random.Generator`` up front, so the replay itself is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe_cache_env.sim.config import CacheConfig, WorkloadConfig
+from moe_cache_env.traces.format import Trace
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The precomputed replay plan.
+
+    Attributes:
+        step_tokens: (S, W) int64 token indices of each step, -1 padded (W = batch_max * chunk_tokens).
+        step_ntokens: (S,) tokens in each step.
+        prev_token: (T,) the token before each token in its sequence, or -1 for a sequence's first token.
+        step_of_token: (T,) the step each token runs in (-1 if the replay ends before it).
+        tier_caps: (S, 3) L1 / L2 / L3 capacities per pool at each step (the KV cache shrinks L3 first, then L2).
+        link_share: (S,) share of the link's bandwidth left for expert copies (1 - background traffic).
+        kv_fraction: (S,) share of the expert-slot budget taken by the KV cache.
+        batch: (S,) active lanes per step.
+        sequence_order: sequence indices (in ``Trace.sequence_bounds`` order) in the order they were served.
+    """
+
+    step_tokens: np.ndarray
+    step_ntokens: np.ndarray
+    prev_token: np.ndarray
+    step_of_token: np.ndarray
+    tier_caps: np.ndarray
+    link_share: np.ndarray
+    kv_fraction: np.ndarray
+    batch: np.ndarray
+    sequence_order: np.ndarray
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.step_tokens.shape[0])
+
+
+def _segments(num_steps: int, mean_len: int, lo: float, hi: float, rng: np.random.Generator, integer: bool) -> np.ndarray:
+    """A piecewise-constant series: geometric segment lengths (mean ``mean_len``), uniform values in [lo, hi]."""
+    out = np.empty(num_steps, dtype=np.float64)
+    if lo == hi:
+        out.fill(lo)
+        return out
+    pos = 0
+    while pos < num_steps:
+        length = int(rng.geometric(1.0 / mean_len))
+        value = rng.integers(int(lo), int(hi) + 1) if integer else rng.uniform(lo, hi)
+        out[pos : pos + length] = value
+        pos += length
+    return out
+
+
+def sequence_serving_order(trace: Trace, workload: WorkloadConfig, rng: np.random.Generator) -> np.ndarray:
+    """The order sequences are served in: blocks of one domain when ``domain_shift``, else shuffled."""
+    num_seq = len(trace.sequence_bounds())
+    domains = trace.domains()
+    if workload.domain_shift and domains is not None:
+        names = sorted(set(domains))
+        rng.shuffle(names)
+        blocks = []
+        for name in names:
+            idx = np.array([i for i, d in enumerate(domains) if d == name], dtype=np.int64)
+            rng.shuffle(idx)
+            blocks.append(idx)
+        return np.concatenate(blocks)
+    if workload.stationary:
+        return np.arange(num_seq, dtype=np.int64)
+    return rng.permutation(num_seq).astype(np.int64)
+
+
+def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, rng: np.random.Generator) -> Schedule:
+    """Lay the trace's tokens out into steps under ``workload``."""
+    bounds = trace.sequence_bounds()
+    order = sequence_serving_order(trace, workload, rng)
+    T = trace.num_tokens
+    chunk = workload.chunk_tokens
+    lanes = workload.batch_max
+    width = lanes * chunk
+    # an upper bound on steps: every step serves at least one token while any is left
+    max_steps = T
+    batch_series = _segments(max_steps, workload.segment_steps, workload.batch_min, workload.batch_max, rng, True)
+
+    lane_pos = np.full(lanes, -1, dtype=np.int64)  # next token of the lane's sequence
+    lane_end = np.full(lanes, -1, dtype=np.int64)
+    next_seq = 0
+    rows: list[np.ndarray] = []
+    batch_used: list[int] = []
+    remaining = T
+    step = 0
+    while remaining > 0:
+        active = int(batch_series[step]) if step < max_steps else lanes
+        row = np.full(width, -1, dtype=np.int64)
+        filled = 0
+        for lane in range(active):
+            if lane_pos[lane] < 0 or lane_pos[lane] >= lane_end[lane]:
+                if next_seq >= len(order):
+                    lane_pos[lane] = -1
+                    continue
+                start, end = bounds[order[next_seq]]
+                next_seq += 1
+                lane_pos[lane], lane_end[lane] = start, end
+            take = min(chunk, int(lane_end[lane] - lane_pos[lane]))
+            row[filled : filled + take] = np.arange(lane_pos[lane], lane_pos[lane] + take)
+            filled += take
+            lane_pos[lane] += take
+        if filled == 0:
+            # the active lanes ran dry while paused lanes still hold tokens: let every lane run
+            batch_series[step] = lanes
+            continue
+        remaining -= filled
+        rows.append(row)
+        batch_used.append(active)
+        step += 1
+
+    step_tokens = np.stack(rows)
+    num_steps = step_tokens.shape[0]
+    step_ntokens = (step_tokens >= 0).sum(axis=1).astype(np.int64)
+    step_of_token = np.full(T, -1, dtype=np.int64)
+    flat_steps = np.repeat(np.arange(num_steps), width)
+    valid = step_tokens.ravel() >= 0
+    step_of_token[step_tokens.ravel()[valid]] = flat_steps[valid]
+
+    prev_token = np.arange(-1, T - 1, dtype=np.int64)
+    prev_token[bounds[:, 0]] = -1
+
+    kv_fraction = _segments(num_steps, workload.segment_steps, workload.kv_min, workload.kv_max, rng, False)
+    background = _segments(
+        num_steps, workload.segment_steps, workload.background_min, workload.background_max, rng, False
+    )
+    return Schedule(
+        step_tokens=step_tokens,
+        step_ntokens=step_ntokens,
+        prev_token=prev_token,
+        step_of_token=step_of_token,
+        tier_caps=tier_capacities(cache, kv_fraction),
+        link_share=1.0 - background,
+        kv_fraction=kv_fraction,
+        batch=np.asarray(batch_used, dtype=np.int64),
+        sequence_order=order,
+    )
+
+
+def tier_capacities(cache: CacheConfig, kv_fraction: np.ndarray) -> np.ndarray:
+    """Tier capacities per step when the KV cache takes ``kv_fraction`` of the slot budget.
+
+    L1 (the experts in use) always keeps its slots; the speculative L3 gives up its slots first, then L2.
+    """
+    total = cache.total_slots
+    available = np.floor(total * (1.0 - kv_fraction) + 1e-9).astype(np.int64)
+    l1 = np.full_like(available, cache.l1_slots)
+    l2 = np.clip(available - l1, 0, cache.l2_slots)
+    l3 = np.clip(available - l1 - l2, 0, cache.l3_slots)
+    return np.stack([l1, l2, l3], axis=1)
