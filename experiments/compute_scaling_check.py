@@ -10,6 +10,7 @@ the L2 cache: the calibrate module's method) at a few token counts and prints me
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 
@@ -19,6 +20,9 @@ def main() -> int:
     parser.add_argument("--profile", default="h100")
     parser.add_argument("--tokens", default="1,16,64,256")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument(
+        "--record-as", metavar="KEY", help="also store the result under checks.KEY of the profile file (a path)"
+    )
     parser.add_argument("--json", help="also write the rows as JSON here")
     args = parser.parse_args()
 
@@ -26,7 +30,7 @@ def main() -> int:
 
     from moe_cache_env._io import atomic_write_json
     from moe_cache_env.profiles import load_profile
-    from moe_cache_env.profiles.calibrate import CalibrationPlan, CudaBackend, TimingStats
+    from moe_cache_env.profiles.calibrate import CalibrationPlan, CudaBackend, TimingStats, record_check
     from moe_cache_env.profiles.report import format_table
     from moe_cache_env.profiles.shapes import MODEL_EXPERT_SHAPES
 
@@ -51,8 +55,12 @@ def main() -> int:
     print(format_table(["model", "MiB", "tokens", "measured ms", "scaled from profile ms", "error"],
                        [[r["model"], r["expert_bytes"] / 2**20, r["tokens"], r["measured_ms"], r["profile_scaled_ms"],
                          f"{r['rel_error']:+.1%}"] for r in rows]))
+    result = {"device": torch.cuda.get_device_name(), "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "profile": profile.name, "repeats": args.repeats, "rows": rows}
     if args.json:
-        atomic_write_json(args.json, {"device": torch.cuda.get_device_name(), "profile": profile.name, "rows": rows})
+        atomic_write_json(args.json, result)
+    if args.record_as:
+        record_check(args.profile, args.record_as, result)
     return 0
 
 

@@ -12,6 +12,7 @@ around copy + synchronize, and compares the median with what the profile predict
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import statistics
 import sys
@@ -26,6 +27,9 @@ def main() -> int:
     parser.add_argument("--profile", default="h100", help="profile name or path (default h100)")
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--record-as", metavar="KEY", help="also store the result under checks.KEY of the profile file (a path)"
+    )
     parser.add_argument("--json", help="also write the result as JSON here")
     args = parser.parse_args()
 
@@ -66,6 +70,7 @@ def main() -> int:
     result = {
         "device": torch.cuda.get_device_name(),
         "profile": profile.name,
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "profile_device": (profile.raw.get("device") or {}).get("name"),
         "bytes": EXPERT_BYTES,
         "repeats": args.repeats,
@@ -84,6 +89,10 @@ def main() -> int:
         from moe_cache_env._io import atomic_write_json
 
         atomic_write_json(args.json, result)
+    if args.record_as:
+        from moe_cache_env.profiles.calibrate import record_check
+
+        record_check(args.profile, args.record_as, result)
     print(
         f"28 MiB pinned h2d on {result['device']}: measured {measured:.4f} ms (events; wall clock "
         f"{result['wall_median_ms']:.4f} ms), profile {profile.name} predicts {predicted:.4f} ms: "

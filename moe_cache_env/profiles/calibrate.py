@@ -704,11 +704,13 @@ def build_profile(
     name: str,
     device: Mapping[str, Any],
     calibration: Mapping[str, Any],
+    checks: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble a ``moe-profile/1`` dictionary from raw measurements (pure: no device, no clock).
 
     ``calibration`` records how the measurements were taken and must hold ``hidden``, ``intermediate`` and
-    ``dtype`` (the expert shape), ``plan`` and ``created_utc``; it is stored verbatim.
+    ``dtype`` (the expert shape), ``plan`` and ``created_utc``; it is stored verbatim. ``checks`` holds results
+    of independent checks run against the profile afterwards (see :func:`record_check`), kept verbatim.
     """
     for key in ("hidden", "intermediate", "dtype", "plan", "created_utc"):
         if key not in calibration:
@@ -735,7 +737,7 @@ def build_profile(
     d2d = measurements["device_copy"]
     d2d_ms = _median(d2d["samples_ms"])
     h2d = fits["h2d_pinned"]
-    return {
+    profile = {
         "format": PROFILE_FORMAT,
         "name": name,
         "description": (
@@ -776,6 +778,9 @@ def build_profile(
         "calibration": dict(calibration),
         "measurements": dict(measurements),
     }
+    if checks:
+        profile["checks"] = dict(checks)
+    return profile
 
 
 def rebuild_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
@@ -784,8 +789,26 @@ def rebuild_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
         if key not in profile:
             raise ProfileError(f"profile has no {key!r} section: only measured profiles can be rebuilt")
     return build_profile(
-        profile["measurements"], name=profile["name"], device=profile["device"], calibration=profile["calibration"]
+        profile["measurements"],
+        name=profile["name"],
+        device=profile["device"],
+        calibration=profile["calibration"],
+        checks=profile.get("checks"),
     )
+
+
+def record_check(path: str | os.PathLike, key: str, result: Mapping[str, Any]) -> None:
+    """Store ``result`` under ``checks.<key>`` of the profile file at ``path`` (validated, written atomically)."""
+    import json
+
+    from moe_cache_env.profiles.profile import profile_from_dict, save_profile
+
+    data = json.loads(open(path, encoding="utf-8").read())
+    profile_from_dict(data, where=str(path))
+    checks = dict(data.get("checks") or {})
+    checks[key] = dict(result)
+    data["checks"] = checks
+    save_profile(data, path)
 
 
 def calibrate(

@@ -83,6 +83,7 @@ def compare_rows(profiles: Sequence[HardwareProfile], dtype_bytes: int = 2) -> l
     experts.append(("seed expert (28 MiB)", SEED_EXPERT_BYTES))
     rows = []
     for label, nbytes in experts:
+        model = label.split(" ")[0]
         for p in profiles:
             transfer = p.transfer_ms(nbytes)
             compute = p.expert_compute_ms(1, nbytes)
@@ -94,16 +95,34 @@ def compare_rows(profiles: Sequence[HardwareProfile], dtype_bytes: int = 2) -> l
                     "transfer_ms": transfer,
                     "compute_1_token_ms": compute,
                     "transfer_over_compute": transfer / compute,
+                    "measured_compute_1_token_ms": _measured_compute_ms(p, model, nbytes, tokens=1),
                 }
             )
     return rows
 
 
+def _measured_compute_ms(profile: HardwareProfile, model: str, nbytes: int, tokens: int) -> float | None:
+    """This expert's compute time as measured directly on the profile's GPU, if its checks recorded it.
+
+    ``experiments/compute_scaling_check.py --record-as compute_scaling`` times every preset's own shape; the
+    table shows it beside the byte-scaled value the simulator uses.
+    """
+    checks = profile.raw.get("checks")
+    scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
+    if not isinstance(scaling, Mapping):
+        return None
+    for row in scaling.get("rows", []):
+        if row.get("model") == model and row.get("expert_bytes") == nbytes and row.get("tokens") == tokens:
+            return float(row["measured_ms"])
+    return None
+
+
 def format_compare(profiles: Sequence[HardwareProfile]) -> str:
-    headers = ["expert (bf16)", "MiB", "profile", "h2d ms", "compute ms (1 tok)", "h2d / compute"]
+    headers = ["expert (bf16)", "MiB", "profile", "h2d ms", "compute ms (1 tok)", "h2d / compute",
+               "compute ms measured for this shape"]
     body = [
         [r["expert"], r["expert_bytes"] / MIB, r["profile"], r["transfer_ms"], r["compute_1_token_ms"],
-         r["transfer_over_compute"]]
+         r["transfer_over_compute"], r["measured_compute_1_token_ms"]]
         for r in compare_rows(profiles)
     ]
     return format_table(headers, body)

@@ -63,3 +63,19 @@ class FakeBackend:
             "copy_with_compute_samples_ms": self._samples(copy, repeats),
             "total_concurrent_samples_ms": self._samples(copy * 1.1, repeats),
         }
+
+
+def assert_same_tree(a: Any, b: Any, rel: float = 1e-9, path: str = "profile") -> None:
+    """Equal JSON trees, floats equal to ``rel`` (a least-squares solve differs in the last bits across BLAS)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), f"{path}: keys differ: {sorted(set(a) ^ set(b))}"
+        for key in a:
+            assert_same_tree(a[key], b[key], rel, f"{path}.{key}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), f"{path}: lengths differ ({len(a)} vs {len(b)})"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, rel, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert abs(a - b) <= rel * max(abs(a), abs(b)), f"{path}: {a} != {b}"
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
