@@ -113,8 +113,16 @@ class _RouterHooks:
         self._wrapped.clear()
 
     def _router_hook(self, i: int) -> Any:
+        site = self.sites[i]
+        has_selection_method = callable(getattr(site.block, "route_tokens_to_experts", None))
+
         def hook(module: nn.Module, args: Any, output: Any) -> None:
-            self._captured[i].append(_detach(output))
+            output = _detach(output)
+            self._captured[i].append(output)
+            if self._rule is None and not has_selection_method and not _holds_ids(output):
+                # Logits only: choose the recompute rule now, so that a selection that must never be
+                # recomputed (DeepSeek-V3 style) stops the forward pass with a clear error.
+                self._rule = routing_rule_for(self.config, module)
 
         return hook
 
@@ -175,6 +183,11 @@ def _detach(output: Any) -> Any:
     if isinstance(output, (tuple, list)):
         return type(output)(_detach(o) for o in output) if isinstance(output, tuple) else [_detach(o) for o in output]
     return output
+
+
+def _holds_ids(output: Any) -> bool:
+    items = output if isinstance(output, (tuple, list)) else [output]
+    return any(isinstance(t, torch.Tensor) and not t.is_floating_point() and t.ndim >= 2 for t in items)
 
 
 def _describe(output: Any) -> str:

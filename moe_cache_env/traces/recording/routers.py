@@ -375,10 +375,10 @@ def deepseek_v2(topk_method: str, num_group: int, topk_group: int, scaling: floa
 #: iff ``config.norm_topk_prob`` (transformers modeling_<family>.py).
 _SOFTMAX_NORM_FLAG_FAMILIES = (
     "qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_vl_moe", "olmoe",
-    "flex_olmo", "jamba", "hunyuan_v1_moe", "ernie4_5_moe",
+    "flex_olmo", "jamba", "ernie4_5_moe",
 )
-#: Softmax top-k, always renormalised (Mixtral and its descendants).
-_SOFTMAX_RENORM_FAMILIES = ("mixtral", "minimax")
+#: Softmax top-k, always renormalised (Mixtral and its descendants, Hunyuan).
+_SOFTMAX_RENORM_FAMILIES = ("mixtral", "minimax", "hunyuan_v1_moe")
 #: Top-k of the raw logits, softmax over the k selected (GPT-OSS, Granite-MoE, JetMoE).
 _TOPK_SOFTMAX_FAMILIES = ("gpt_oss", "granitemoe", "granitemoeshared", "granitemoehybrid", "jetmoe")
 #: Top-k of the raw logits, sigmoid of each (Llama 4).
@@ -446,8 +446,9 @@ def _param_bytes(module: nn.Module) -> int:
 def expert_bytes_of(site: RouterSite, num_experts: int) -> int:
     """Bytes of one routed expert's weights, from the ``experts`` module next to the router.
 
-    Fused experts (one 3-D tensor per projection, transformers >= 5) hold ``num_experts`` experts per tensor;
-    a ModuleList holds one module per expert. Shared (always-active) experts are not counted.
+    Fused experts hold all experts in each tensor, stacked on dimension 0 (``(E, out, in)`` in transformers >= 5,
+    ``(E * out, in)`` in DBRX); a ModuleList holds one module per expert. Shared (always-active) experts are not
+    counted.
     """
     experts = getattr(site.block, "experts", None) if site.block is not None else None
     if not isinstance(experts, nn.Module):
@@ -461,7 +462,7 @@ def expert_bytes_of(site: RouterSite, num_experts: int) -> int:
         return sizes.pop()
     total = 0
     for pname, p in experts.named_parameters():
-        if p.ndim == 0 or p.shape[0] != num_experts:
+        if p.ndim == 0 or p.shape[0] % num_experts:
             raise RouterError(
                 f"parameter {pname} {tuple(p.shape)} of {site.name.rpartition('.')[0]}.experts is not stacked "
                 f"over the {num_experts} experts; pass expert_bytes"
