@@ -4,7 +4,7 @@ Times host<->GPU copies (pinned and pageable host memory, 1 MB to 1 GB, and 1/4/
 or as one block), a GPU-to-GPU copy of one expert, one SwiGLU expert's compute for 1 to 256 tokens and a
 side-stream copy overlapping compute; fits overhead_ms + bytes / bandwidth per direction and memory kind,
 and writes the profile (fitted fields and raw samples) atomically. Needs torch with CUDA and a GPU; takes
-about a minute (a few seconds with --quick).
+about half a minute on an H100 (a few seconds with --quick).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from moe_cache_env.profiles.profile import HardwareProfile, load_profile
+from moe_cache_env.profiles.profile import HardwareProfile, fit_transfer, load_profile
 from moe_cache_env.profiles.shapes import MODEL_EXPERT_SHAPES
 
 MIB = 2**20
@@ -128,6 +128,28 @@ def format_compare(profiles: Sequence[HardwareProfile]) -> str:
     return format_table(headers, body)
 
 
+def compute_affine_rows(profile: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per token count, ``fixed_ms + bytes / bandwidth`` fitted to the compute of every preset's own shape.
+
+    Uses ``checks.compute_scaling`` (``experiments/compute_scaling_check.py``); empty if the profile has none.
+    A fixed cost per expert call plus a weight-read term describes small and large experts alike, where
+    scaling one reference expert by bytes does not.
+    """
+    checks = profile.get("checks") or {}
+    scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
+    if not isinstance(scaling, Mapping) or not scaling.get("rows"):
+        return []
+    rows = []
+    for tokens in sorted({r["tokens"] for r in scaling["rows"]}):
+        points = [r for r in scaling["rows"] if r["tokens"] == tokens]
+        if len({r["expert_bytes"] for r in points}) < 2:
+            continue
+        fit = fit_transfer([r["expert_bytes"] for r in points], [r["measured_ms"] for r in points], relative=True)
+        rows.append({"tokens": tokens, "fixed_ms": fit.overhead_ms, "weight_gbps": fit.gbps,
+                     "max_rel_error": fit.max_rel_error, "points": len(points)})
+    return rows
+
+
 def format_calibration(profile: Mapping[str, Any]) -> str:
     """The measured sections of a profile written by ``calibrate``, as tables."""
     out: list[str] = []
@@ -137,6 +159,8 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
         f"CUDA {device.get('cuda_runtime', '-')}, torch {device.get('torch', '-')})"
     )
     fits = profile.get("fits") or ({"h2d": profile["h2d_fit"]} if "h2d_fit" in profile else {})
+    order = ["h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"]
+    fits = dict(sorted(fits.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     if fits:
         out.append("\ntransfer fits: time = overhead + bytes / bandwidth")
         out.append(
@@ -198,6 +222,21 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
         )
     seed_expert_ms = profile["h2d_overhead_ms"] + SEED_EXPERT_BYTES / (profile["h2d_gbps"] * 1e6)
     out.append(f"\npredicted pinned h2d of one 28 MiB expert: {seed_expert_ms:.4g} ms")
+    affine = compute_affine_rows(profile)
+    if affine:
+        out.append("\ncompute of each preset's own expert shape (checks.compute_scaling), fitted as fixed + bytes / bandwidth")
+        out.append(format_table(
+            ["tokens", "fixed ms", "weight GB/s", "max rel error", "points"],
+            [[r["tokens"], r["fixed_ms"], r["weight_gbps"], r["max_rel_error"], r["points"]] for r in affine],
+        ))
+    checks = profile.get("checks") or {}
+    for key, check in sorted(checks.items()):
+        if isinstance(check, Mapping) and "event_median_ms" in check:
+            out.append(
+                f"check {key}: measured {check['event_median_ms']:.4g} ms on {check.get('device', '-')} "
+                f"({check.get('created_utc', 'undated')}), predicted {check['predicted_ms']:.4g} ms, "
+                f"error {check['rel_error']:+.1%}"
+            )
     return "\n".join(out)
 
 

@@ -206,3 +206,15 @@ def test_expert_shapes():
     for bad in ("2048", "2048,x", "0,5", "-1,3"):
         with pytest.raises(ValueError, match="expert shape"):
             parse_expert_shape(bad)
+
+
+def test_compute_affine_rows_recover_a_fixed_cost_and_bandwidth():
+    from moe_cache_env.profiles.report import compute_affine_rows
+
+    rows = [{"model": m, "expert_bytes": b, "tokens": t, "measured_ms": 0.015 + b / 2.9e9 + 1e-5 * t}
+            for m, b in (("a", 12 * 2**20), ("b", 336 * 2**20), ("c", 17 * 2**20)) for t in (1, 16)]
+    fits = compute_affine_rows({"checks": {"compute_scaling": {"rows": rows}}})
+    assert [f["tokens"] for f in fits] == [1, 16]
+    assert fits[0]["fixed_ms"] == pytest.approx(0.01501, rel=1e-6)
+    assert fits[1]["weight_gbps"] == pytest.approx(2900, rel=1e-6)
+    assert compute_affine_rows({}) == []

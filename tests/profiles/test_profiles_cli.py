@@ -97,3 +97,15 @@ def test_profiles_errors(run_cli):
     assert exc.value.code == 2
     code, _, err = run_cli("profiles", "list", "rtx3090-seed")
     assert code == 2 and "profiles show rtx3090-seed" in err
+
+
+def test_profiles_show_a_measured_profile(run_cli):
+    code, out, _ = run_cli("profiles", "show", "h100")
+    assert code == 0
+    assert "profile h100: NVIDIA H100" in out
+    fits_table = out.split("transfer fits")[1].split("copy sweep")[0]
+    # Canonical order, whatever the key order on disk.
+    assert [line.split("|")[1].strip() for line in fits_table.splitlines() if line.startswith("| ") and "_" in line] == [
+        "h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"]
+    assert "check expert_copy_28mib:" in out
+    assert "fixed + bytes / bandwidth" in out
