@@ -158,7 +158,9 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
         f"profile {profile['name']}: {device.get('name', '-')} (driver {device.get('driver', '-')}, "
         f"CUDA {device.get('cuda_runtime', '-')}, torch {device.get('torch', '-')})"
     )
-    fits = profile.get("fits") or ({"h2d": profile["h2d_fit"]} if "h2d_fit" in profile else {})
+    fits = profile.get("fits") or {
+        "h2d": {"overhead_ms": profile["h2d_overhead_ms"], "gbps": profile["h2d_gbps"], **profile.get("h2d_fit", {})}
+    }
     order = ["h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"]
     fits = dict(sorted(fits.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
     if fits:
@@ -221,7 +223,7 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
             f"{o['compute_slowdown']:+.1%}, copy slowed by {o['copy_slowdown']:+.1%}"
         )
     seed_expert_ms = profile["h2d_overhead_ms"] + SEED_EXPERT_BYTES / (profile["h2d_gbps"] * 1e6)
-    out.append(f"\npredicted pinned h2d of one 28 MiB expert: {seed_expert_ms:.4g} ms")
+    out.append(f"\nh2d time of one 28 MiB expert by the profile's line: {seed_expert_ms:.4g} ms")
     affine = compute_affine_rows(profile)
     if affine:
         out.append("\ncompute of each preset's own expert shape (checks.compute_scaling), fitted as fixed + bytes / bandwidth")

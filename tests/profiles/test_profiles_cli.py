@@ -71,7 +71,8 @@ def test_profiles_show(run_cli):
     assert code == 0
     assert "profile rtx3090-seed: NVIDIA GeForce RTX 3090" in out
     # The seed's fit predicts 4.854 ms for a 28 MiB expert: 29360128 B / 6.04867 GB/s.
-    assert "28 MiB expert: 4.854 ms" in out
+    assert "28 MiB expert by the profile's line: 4.854 ms" in out
+    assert "| h2d  | 0           | 6.049 |" in out
     code, out, _ = run_cli("profiles", "show", "rtx3090-seed", "--json")
     assert json.loads(out)["seed_table"]["h2d_1_expert_ms"] == 4.35
 
