@@ -129,7 +129,8 @@ def _demand_latency(step_tokens, step_ntokens, experts, num_experts, hits, ctab,
                     else:
                         miss_ms = fseed[1] + (nmiss - 4) * (fseed[2] - fseed[1]) / 16.0
                 compute = fseed[5] + (nneed - 1) * (fseed[6] - fseed[5]) / 3.0
-                layer = nhit * fseed[3] + miss_ms + compute + nmiss * fseed[7]
+                # one flat cache: every hit is a random access (the seed table's L2/L3 figure)
+                layer = nhit * fseed[4] + miss_ms + compute + nmiss * fseed[7]
             else:
                 busy = nmiss * transfer_ms / link_share[s]
                 counters[1] += busy

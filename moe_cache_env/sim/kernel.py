@@ -272,7 +272,7 @@ def run_steps(
         caps[2] = tier_caps[s, 2]
         share = link_share[s]
         dur = base_transfer_ms / share
-        if s > s0 and (tier_caps[s, 1] < tier_caps[s - 1, 1] or tier_caps[s, 2] < tier_caps[s - 1, 2]):
+        if s > 0 and (tier_caps[s, 1] < tier_caps[s - 1, 1] or tier_caps[s, 2] < tier_caps[s - 1, 2]):
             # the KV cache grew: shrink every pool's tiers now
             clock = float(s)
             for pool in range(cnt.shape[0]):
@@ -387,11 +387,9 @@ def run_steps(
             hits_this_step += covered
             requests_this_step += nneed
             # ---- 5. predict the step `lookahead` layers ahead and prefetch ------------------------------------
-            lt = l + lookahead
-            st = s
-            if lt >= L:
-                lt -= L
-                st = s + 1
+            # the target: `lookahead` layers ahead in execution order (wrapping into the next step(s))
+            st = s + (l + lookahead) // L
+            lt = (l + lookahead) % L
             if st < S:
                 _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
                          experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,

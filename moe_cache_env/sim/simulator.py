@@ -160,7 +160,8 @@ class Simulator:
         if num_steps is not None and num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
         u = self.controls_vector(controls)
-        window = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
+        # the kernel accumulates into the run's totals, so replaying in windows sums exactly as one long call
+        before = self.counters.copy()
         sch = self.schedule
         K.run_steps(
             s0, s1,
@@ -171,9 +172,9 @@ class Simulator:
             self._k_prefetched, self._k_qpos, self._k_pin, self._k_pos,
             self._mem, self._cnt, self._link, self._q_key, self._q_issue, self._qht,
             self._pop_cnt, self._pop_obs, self._pop_weight, self._reuse_hit, self._reuse_tot, self._pair, self._src,
-            window, self.step_latency_ms, self.step_hits, self.step_requests,
+            self.counters, self.step_latency_ms, self.step_hits, self.step_requests,
         )
-        self.counters += window
+        window = self.counters - before
         self.position = s1
         lat = self.step_latency_ms[s0:s1]
         ntok = sch.step_ntokens[s0:s1]
