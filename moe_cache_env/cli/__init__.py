@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace-stats": ("trace_stats", "print a trace's routing statistics"),
     "profiles": ("profiles", "list the hardware profiles or show one"),
     "calibrate": ("calibrate", "measure this machine's CUDA GPU and write a hardware profile"),
+    "record": ("record", "record the routing of a local Hugging Face MoE model as traces"),
 }
 
 

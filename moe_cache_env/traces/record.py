@@ -23,6 +23,7 @@ import inspect
 import json
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -42,7 +43,15 @@ from moe_cache_env.traces.recording.routers import (
     text_config,
 )
 
-__all__ = ["RecordedTrace", "RouterError", "find_router_modules", "record_routing", "require_transformers"]
+__all__ = [
+    "Prompt",
+    "RecordedTrace",
+    "RouterError",
+    "find_router_modules",
+    "read_prompts",
+    "record_routing",
+    "require_transformers",
+]
 
 INSTALL_HINT = 'pip install -e ".[record]"'
 
@@ -54,6 +63,73 @@ def require_transformers() -> Any:
     except ImportError as exc:
         raise ImportError(f"recording routing needs the 'record' extra (transformers): {INSTALL_HINT}") from exc
     return transformers
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt of a prompts file: its text or its token ids, its domain, and its line (for messages)."""
+
+    line: int
+    text: str | None = None
+    tokens: list[int] | None = None
+    domain: str | None = None
+
+
+def read_prompts(
+    path: str | Path,
+    *,
+    text_field: str = "text",
+    domain_field: str = "domain",
+    tokens_field: str = "tokens",
+) -> list[Prompt]:
+    """Read a prompts file: plain text (one prompt per non-blank line) or, for ``.jsonl`` files, one JSON object
+    per line with the prompt's text (``text_field``) or its token ids (``tokens_field``), and optionally its
+    domain (``domain_field``; all prompts or none).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompts file {path} does not exist")
+    prompts: list[Prompt] = []
+    jsonl = path.suffix.lower() in (".jsonl", ".ndjson")
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            if not jsonl:
+                prompts.append(Prompt(line=line_no, text=line.rstrip("\r\n")))
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not a JSON object ({exc.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(obj).__name__}")
+            text, tokens, domain = obj.get(text_field), obj.get(tokens_field), obj.get(domain_field)
+            if (text is None) == (tokens is None):
+                raise ValueError(
+                    f"{path}:{line_no}: give exactly one of {text_field!r} (a string) or {tokens_field!r} "
+                    f"(a list of token ids); keys present: {sorted(obj)}"
+                )
+            if text is not None and (not isinstance(text, str) or not text):
+                raise ValueError(f"{path}:{line_no}: {text_field!r} must be a non-empty string")
+            if tokens is not None and (
+                not isinstance(tokens, list)
+                or not tokens
+                or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens)
+            ):
+                raise ValueError(f"{path}:{line_no}: {tokens_field!r} must be a non-empty list of non-negative ints")
+            if domain is not None and (not isinstance(domain, str) or not domain):
+                raise ValueError(f"{path}:{line_no}: {domain_field!r} must be a non-empty string")
+            prompts.append(Prompt(line=line_no, text=text, tokens=tokens, domain=domain))
+    if not prompts:
+        raise ValueError(f"prompts file {path} holds no prompt")
+    with_domain = [p for p in prompts if p.domain is not None]
+    if with_domain and len(with_domain) != len(prompts):
+        missing = next(p for p in prompts if p.domain is None)
+        raise ValueError(
+            f"{path}:{missing.line}: this prompt has no {domain_field!r} but others do; label all prompts or none"
+        )
+    return prompts
 
 
 @dataclass(frozen=True)

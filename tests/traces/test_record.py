@@ -441,3 +441,107 @@ def test_a_dense_model_has_no_router() -> None:
     config = transformers.LlamaConfig(**{k: v for k, v in ATTN.items()}, num_hidden_layers=1, intermediate_size=32)
     with pytest.raises(RouterError, match="no MoE router"):
         find_router_modules(transformers.LlamaForCausalLM(config))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The record command, on a tiny model saved to a local directory with a word-level tokenizer.
+
+WORDS = ["[UNK]", "<s>", "</s>"] + "the a cat dog sat on mat def return x y = + ( ) : , 1 2 3".split()
+
+
+def run_record(argv: list[str]) -> int:
+    import argparse
+
+    from moe_cache_env.cli import record as record_cli
+
+    parser = argparse.ArgumentParser(prog="record")
+    record_cli.add_arguments(parser)
+    return record_cli.run(parser.parse_args(argv))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: Any) -> Any:
+    tokenizers = pytest.importorskip("tokenizers")
+    path = tmp_path_factory.mktemp("tiny-qwen3-moe")
+    build("qwen3_moe").save_pretrained(path)
+    word_level = tokenizers.Tokenizer(
+        tokenizers.models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]")
+    )
+    word_level.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=word_level, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    ).save_pretrained(path)
+    return path
+
+
+def test_record_command_writes_prefill_decode_and_logits(model_dir: Any, tmp_path: Any, capsys: Any) -> None:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"text": "the cat sat on the mat", "domain": "prose"}\n\n'
+        '{"text": "def f ( x ) : return x + 1", "domain": "code"}\n'
+        '{"tokens": [3, 4, 5], "domain": "ids"}\n'
+    )
+    out = tmp_path / "out" / "tiny.npz"
+    code = run_record(["--model", str(model_dir), "--prompts", str(prompts), "-o", str(out),
+                       "--max-new-tokens", "3", "--no-stop-at-eos", "--record-logits"])
+    assert code == 0
+    prefill, decode = load_trace(out), load_trace(tmp_path / "out" / "tiny-decode.npz")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    lengths = [len(tokenizer("the cat sat on the mat")["input_ids"]), len(tokenizer("def f ( x ) : return x + 1")
+                                                                        ["input_ids"]), 3]
+    assert np.diff(prefill.sequence_bounds(), axis=1).ravel().tolist() == lengths
+    assert decode.num_tokens == 9 and decode.domains() == ["prose", "code", "ids"]
+    assert prefill.meta["model"] == model_dir.name and prefill.meta["provenance"]["prompts_file"] == str(prompts)
+    # The command's traces are the API's: same model, same token ids.
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    api = record_routing(model, [tokenizer("the cat sat on the mat")["input_ids"]])["prefill"]
+    np.testing.assert_array_equal(prefill.experts[: lengths[0]], api.experts)
+    with np.load(tmp_path / "out" / "tiny-router-logits.npz") as logits:
+        assert logits["router_logits"].shape == (sum(lengths), 2, 8)
+        np.testing.assert_array_equal(logits["sequence"], prefill.sequence)
+    assert "tiny-decode.npz (decode): 9 tokens in 3 sequences" in capsys.readouterr().out
+
+
+def test_record_command_token_prompts_need_no_tokenizer(tmp_path: Any) -> None:
+    build("olmoe").save_pretrained(tmp_path / "bare")  # no tokenizer files
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"tokens": [1, 2, 3]}\n{"tokens": [4, 5]}\n')
+    assert run_record(["--model", str(tmp_path / "bare"), "--prompts", str(prompts), "-o", str(tmp_path / "t.npz")]) == 0
+    trace = load_trace(tmp_path / "t.npz")
+    assert trace.num_tokens == 5 and trace.domains() is None and not (tmp_path / "t-decode.npz").exists()
+    text_prompts = tmp_path / "p.txt"
+    text_prompts.write_text("the cat\n")
+    from moe_cache_env.cli import CommandError
+
+    with pytest.raises(CommandError, match="no tokenizer loads"):
+        run_record(["--model", str(tmp_path / "bare"), "--prompts", str(text_prompts), "-o", str(tmp_path / "u.npz")])
+
+
+def test_record_command_refuses_a_model_it_cannot_find_offline(tmp_path: Any) -> None:
+    from moe_cache_env.cli import CommandError
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat\n")
+    with pytest.raises(CommandError, match="hubs are unreachable"):
+        run_record(["--model", "nobody/no-such-model", "--prompts", str(prompts), "-o", str(tmp_path / "t.npz")])
+    assert not (tmp_path / "t.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("", "holds no prompt"),
+        ('{"text": "a"}\nnot json\n', r"p.jsonl:2: not a JSON object"),
+        ('[1, 2]\n', r"p.jsonl:1: expected a JSON object"),
+        ('{"txt": "a"}\n', r"p.jsonl:1: give exactly one of 'text'"),
+        ('{"tokens": [1, -2]}\n', r"p.jsonl:1: 'tokens' must be a non-empty list"),
+        ('{"text": "a", "domain": "x"}\n{"text": "b"}\n', r"p.jsonl:2: this prompt has no 'domain'"),
+    ],
+)
+def test_prompts_file_errors_name_the_line(tmp_path: Any, content: str, message: str) -> None:
+    from moe_cache_env.traces.record import read_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        read_prompts(path)
