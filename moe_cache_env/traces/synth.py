@@ -1,0 +1,648 @@
+"""Synthetic routing traces with the statistics of real MoE routing.
+
+The generator is a small latent-variable model of a router (see ``docs/trace-format.md`` for the full model):
+
+- every sequence has a domain; consecutive sequences keep their domain with probability
+  ``domain_persistence``, so the workload shifts in runs;
+- every token carries a hidden state ``h[t, l]`` (dimension ``latent_dim``) that mixes two parts:
+  a *token* part ``z[t, l]`` that drifts from layer to layer (an AR(1) process over depth with coefficient
+  ``depth_memory``: the residual stream changes little between layers, which makes layer ``l + 1``'s choice
+  predictable from layer ``l``'s) and a *context* part ``m[t]`` that drifts from token to token within a
+  sequence (AR(1) over tokens with coefficient ``context_memory``); the context's share of the hidden state at
+  layer ``l`` follows the locality profile (``locality_first``, ``locality_peak`` at ``locality_peak_at`` of the
+  depth, ``locality_last``), so consecutive tokens route alike in the middle layers and near chance at layer 0;
+- the router of layer ``l`` is a fixed random projection ``G[l]`` (experts x latent_dim) scaled by
+  ``router_gain``, plus a per-domain bias calibrated so that each domain's share of top-k assignments per
+  expert equals its popularity (real counts for ``olmoe-data`` and ``mixtral-data``, a random profile with the
+  busiest expert at ``skew_first`` .. ``skew_last`` times the uniform share for ``synthetic``, with a
+  domain-specific part of the log-popularity that grows from ``specialisation_first`` to
+  ``specialisation_last`` over depth);
+- the top-k experts are drawn without replacement from the softmax of the logits (Gumbel top-k), in rank order.
+
+The router weights and calibrated biases (the "model") come from ``model_seed`` alone, so traces drawn with
+different ``rng`` seeds are different prompts to the same model: a predictor fitted on one transfers to another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import zlib
+from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from moe_cache_env.traces.format import PHASES, Trace, make_meta
+
+DATA_FILE = Path(__file__).resolve().parent / "data" / "routing_popularity.json"
+GENERATOR_ID = "moe_cache_env.traces.synth/1"
+#: the domains of the OLMoE routing data; the synthetic presets reuse the names as labels
+DEFAULT_DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")
+POPULARITY_SOURCES = ("synthetic", "olmoe-data", "mixtral-data")
+
+# Calibration of the per-domain router bias: samples per (layer, domain), fixed-point iterations and step.
+# Measured on the olmoe preset: 4096 samples, 10 steps of 1.8 put the realised shares within 4% (mean
+# |log ratio|) of their targets, as close as 25 plain steps; fewer samples leave ~6%.
+_CALIBRATION_SAMPLES = 4096
+_CALIBRATION_ITERATIONS = 10
+_CALIBRATION_STEP = 1.8
+_TINY = np.finfo(np.float32).tiny
+
+
+@lru_cache(maxsize=1)
+def _load_data() -> dict[str, Any]:
+    if not DATA_FILE.exists():
+        raise FileNotFoundError(
+            f"{DATA_FILE} is missing; regenerate it with traces/tools/derive_routing_popularity.py"
+        )
+    return json.loads(DATA_FILE.read_text())
+
+
+def _data_model(source: str) -> dict[str, Any]:
+    return _load_data()["models"][source.removesuffix("-data")]
+
+
+def _data_domains(source: str) -> tuple[str, ...]:
+    return tuple(_data_model(source)["domains"])
+
+
+@dataclass(frozen=True)
+class SynthPreset:
+    """A model geometry plus the knobs of the synthetic router.
+
+    Geometry (not knobs): ``name``, ``model`` (recorded in the trace meta), ``num_layers``, ``num_experts``,
+    ``top_k``, ``expert_bytes``. Every other field is a knob, overridable in :func:`generate` and on the
+    command line (``--knob key=value``); ranges are checked at construction.
+
+    Knobs:
+        popularity: where each domain's per-expert popularity comes from: ``synthetic`` (random, shaped by the
+            skew and specialisation knobs), ``olmoe-data`` or ``mixtral-data`` (real per-domain shares measured
+            at layers 0, 7 and 15; other layers reuse the nearest measured layer's profile with experts
+            permuted and its spread interpolated over depth).
+        skew_first, skew_last: ``synthetic`` only. Per-domain popularity skew (busiest expert's share of the
+            top-k assignments over the uniform share) at the first and last layer, linear in between;
+            1.0 is uniform, at most ``num_experts / top_k``.
+        specialisation_first, specialisation_last: ``synthetic`` only. Share (0..1) of the variance of the
+            log-popularity that is specific to a domain, at the first and last layer, linear in between.
+        locality_first, locality_peak, locality_last: share (0..1) of the hidden state taken by the
+            sequence's context at the first layer, at the peak layer and at the last layer (linear in
+            between): it sets how alike consecutive tokens route at each layer.
+        locality_peak_at: where the peak is, as a fraction (0..1) of the depth.
+        context_memory: AR(1) coefficient (0..1) of the context from one token to the next.
+        depth_memory: AR(1) coefficient (0..1) of the token part of the hidden state from one layer to the
+            next; higher makes a layer's choice more predictable from the previous layers'.
+        router_gain: scale (> 0) of the router's projection of the hidden state; higher routes more
+            deterministically given the hidden state (more predictable), lower adds routing noise.
+        latent_dim: dimension of the hidden state (1..256); lower makes a top-k set reveal more of it.
+        sequence_tokens_median, sequence_tokens_sigma: sequence lengths are log-normal with this median
+            (tokens, >= 2) and log-space standard deviation (0..3), clipped to [2, 32 x median].
+        domain_persistence: probability (0..1) that a sequence has the domain of the previous one.
+        domains: the domains drawn from (uniformly), comma-separated on the command line.
+        model_seed: seed of the router weights and biases (the "model"); the token stream comes from the
+            ``rng`` given to :func:`generate`.
+    """
+
+    name: str
+    model: str
+    num_layers: int
+    num_experts: int
+    top_k: int
+    expert_bytes: int
+    popularity: str = "synthetic"
+    skew_first: float = 2.0
+    skew_last: float = 2.0
+    specialisation_first: float = 0.02
+    specialisation_last: float = 0.35
+    locality_first: float = 0.0
+    locality_peak: float = 0.8
+    locality_last: float = 0.5
+    locality_peak_at: float = 0.35
+    context_memory: float = 0.95
+    depth_memory: float = 0.97
+    router_gain: float = 9.0
+    latent_dim: int = 8
+    sequence_tokens_median: int = 256
+    sequence_tokens_sigma: float = 0.8
+    domain_persistence: float = 0.7
+    domains: tuple[str, ...] = DEFAULT_DOMAINS
+    model_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("num_layers", "num_experts", "top_k", "expert_bytes"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"preset {self.name!r}: {key} must be a positive integer, got {value!r}")
+        if self.top_k > self.num_experts:
+            raise ValueError(f"preset {self.name!r}: top_k={self.top_k} exceeds num_experts={self.num_experts}")
+        if self.num_experts > 32767:
+            raise ValueError(f"preset {self.name!r}: num_experts={self.num_experts} exceeds int16 ids (32767)")
+        if self.popularity not in POPULARITY_SOURCES:
+            raise ValueError(f"knob popularity={self.popularity!r}: must be one of {POPULARITY_SOURCES}")
+        max_skew = self.num_experts / self.top_k
+        for key in ("skew_first", "skew_last"):
+            _check_range(key, getattr(self, key), 1.0, max_skew, f"(1 = uniform; at most num_experts / top_k)")
+        for key in (
+            "specialisation_first",
+            "specialisation_last",
+            "locality_peak_at",
+            "domain_persistence",
+        ):
+            _check_range(key, getattr(self, key), 0.0, 1.0)
+        for key in ("locality_first", "locality_peak", "locality_last", "context_memory", "depth_memory"):
+            # 1.0 would make the hidden state deterministic (a zero-variance innovation): keep it below.
+            _check_range(key, getattr(self, key), 0.0, 0.999)
+        _check_range("router_gain", self.router_gain, 1e-3, 100.0)
+        _check_range("latent_dim", self.latent_dim, 1, 256, integer=True)
+        _check_range("sequence_tokens_median", self.sequence_tokens_median, 2, 10_000_000, integer=True)
+        _check_range("sequence_tokens_sigma", self.sequence_tokens_sigma, 0.0, 3.0)
+        _check_range("model_seed", self.model_seed, 0, 2**63 - 1, integer=True)
+        if not isinstance(self.domains, tuple) or not self.domains:
+            raise ValueError(f"knob domains={self.domains!r}: must be a non-empty tuple of names")
+        if len(set(self.domains)) != len(self.domains):
+            raise ValueError(f"knob domains={self.domains!r}: names must be distinct")
+        if self.popularity != "synthetic":
+            known = _data_domains(self.popularity)
+            unknown = [d for d in self.domains if d not in known]
+            if unknown:
+                raise ValueError(
+                    f"knob domains: {unknown} not in the measured data of popularity={self.popularity!r}; "
+                    f"choose among {list(known)}"
+                )
+            source_model = _data_model(self.popularity)
+            if source_model["num_experts"] != self.num_experts:
+                raise ValueError(
+                    f"knob popularity={self.popularity!r} describes {source_model['num_experts']} experts per "
+                    f"layer but the preset has num_experts={self.num_experts}; use popularity=synthetic"
+                )
+
+    def knobs(self) -> dict[str, Any]:
+        """The knob values, JSON-able (tuples as lists)."""
+        out = {}
+        for f in fields(self):
+            if f.name in GEOMETRY_FIELDS:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+GEOMETRY_FIELDS = ("name", "model", "num_layers", "num_experts", "top_k", "expert_bytes")
+KNOB_NAMES = tuple(f.name for f in fields(SynthPreset) if f.name not in GEOMETRY_FIELDS)
+#: knobs that shape synthetic popularity only; they conflict with measured popularity
+_SYNTHETIC_POPULARITY_KNOBS = ("skew_first", "skew_last", "specialisation_first", "specialisation_last")
+
+
+def _check_range(key: str, value: Any, low: float, high: float, note: str = "", *, integer: bool = False) -> None:
+    kind_ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not kind_ok or not (low <= value <= high) or (
+        not integer and not math.isfinite(value)
+    ):
+        kind = "an integer" if integer else "a number"
+        raise ValueError(f"knob {key}={value!r}: must be {kind} in [{low}, {high}] {note}".rstrip())
+
+
+# Presets. Geometry from the models' published configurations; knob values chosen so that trace-stats of a
+# generated trace lands on the targets of routing-statistics.md (see the table in docs/trace-format.md).
+PRESETS: dict[str, SynthPreset] = {
+    # Qwen1.5-MoE-A2.7B as the seed system describes it: 24 MoE layers, 60 routed experts, top-4, and the
+    # seed's 28 MB expert.
+    "qwen1.5-moe": SynthPreset(
+        name="qwen1.5-moe",
+        model="Qwen1.5-MoE-A2.7B (synthetic)",
+        num_layers=24,
+        num_experts=60,
+        top_k=4,
+        expert_bytes=28 * 2**20,
+        skew_first=1.8,
+        skew_last=2.4,
+    ),
+    # OLMoE-1B-7B-0924: 16 layers, 64 experts, top-8, expert = 3 matrices of 2048 x 1024 in bf16; popularity per
+    # domain measured (allenai/OLMoE routing analysis).
+    "olmoe": SynthPreset(
+        name="olmoe",
+        model="OLMoE-1B-7B-0924 (synthetic)",
+        num_layers=16,
+        num_experts=64,
+        top_k=8,
+        expert_bytes=3 * 2048 * 1024 * 2,
+        popularity="olmoe-data",
+    ),
+    # Mixtral-8x7B: 32 layers, 8 experts, top-2, expert = 3 matrices of 4096 x 14336 in bf16; popularity per
+    # domain measured (allenai/OLMoE routing analysis of Mixtral-8x7B-v0.1).
+    "mixtral": SynthPreset(
+        name="mixtral",
+        model="Mixtral-8x7B (synthetic)",
+        num_layers=32,
+        num_experts=8,
+        top_k=2,
+        expert_bytes=3 * 4096 * 14336 * 2,
+        popularity="mixtral-data",
+        # Mixtral paper, Table 5: same first choice 13.6-14.9% at layer 0, 23.6-28.4% at layer 15, 19.7-26.3%
+        # at layer 31: a lower peak than the fine-grained models'.
+        locality_peak=0.45,
+        locality_last=0.3,
+    ),
+    # DeepSeek-V2-Lite: 26 MoE layers (the first of 27 is dense), 64 routed experts, top-6, expert = 3 matrices
+    # of 2048 x 1408 in bf16. Skew 1.4 .. 2.6 as in its public prefill traces (routing-statistics.md).
+    "deepseek-v2-lite": SynthPreset(
+        name="deepseek-v2-lite",
+        model="DeepSeek-V2-Lite (synthetic)",
+        num_layers=26,
+        num_experts=64,
+        top_k=6,
+        expert_bytes=3 * 2048 * 1408 * 2,
+        skew_first=1.6,
+        skew_last=2.4,
+        # Public prefill traces: top-6 overlap 0.14 at the first MoE layer, 0.34 at the eighth, 0.20 at the
+        # last; co-occurrence precision 0.46 (routing-statistics.md).
+        locality_first=0.15,
+        locality_peak=0.7,
+        locality_last=0.35,
+        locality_peak_at=0.28,
+        router_gain=5.0,
+    ),
+}
+
+
+def get_preset(preset: SynthPreset | str, **knob_overrides: Any) -> SynthPreset:
+    """Look a preset up by name (or take one as given) and apply knob overrides, validated."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; available: {', '.join(sorted(PRESETS))}")
+        preset = PRESETS[preset]
+    unknown = [k for k in knob_overrides if k not in KNOB_NAMES]
+    if unknown:
+        raise ValueError(f"unknown knob(s) {unknown}; knobs are: {', '.join(KNOB_NAMES)}")
+    popularity = knob_overrides.get("popularity", preset.popularity)
+    if popularity != "synthetic":
+        conflicting = [k for k in _SYNTHETIC_POPULARITY_KNOBS if k in knob_overrides]
+        if conflicting:
+            raise ValueError(
+                f"knob(s) {conflicting} shape synthetic popularity only, but popularity={popularity!r}; "
+                "add popularity=synthetic to use them"
+            )
+    if "domains" in knob_overrides and not isinstance(knob_overrides["domains"], tuple):
+        knob_overrides["domains"] = tuple(knob_overrides["domains"])
+    return dataclasses.replace(preset, **knob_overrides)
+
+
+def parse_knobs(items: list[str] | None) -> dict[str, Any]:
+    """Parse ``key=value`` strings (command line) into typed knob overrides."""
+    types = {f.name: f.type for f in fields(SynthPreset)}
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--knob {item!r}: expected key=value, e.g. --knob router_gain=3.0")
+        if key not in KNOB_NAMES:
+            raise ValueError(f"--knob {item!r}: unknown knob {key!r}; knobs are: {', '.join(KNOB_NAMES)}")
+        kind = str(types[key])
+        try:
+            if kind == "int":
+                value: Any = int(raw)
+            elif kind == "float":
+                value = float(raw)
+            elif kind.startswith("tuple"):
+                value = tuple(part.strip() for part in raw.split(",") if part.strip())
+            else:
+                value = raw.strip()
+        except ValueError:
+            raise ValueError(f"--knob {item!r}: {key} needs a value of type {kind}, got {raw!r}") from None
+        out[key] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------- popularity
+
+
+def _linear_profile(first: float, last: float, num_layers: int) -> np.ndarray:
+    return np.linspace(first, last, num_layers) if num_layers > 1 else np.array([first], dtype=float)
+
+
+def locality_profile(preset: SynthPreset) -> np.ndarray:
+    """Context share of the hidden state per layer: first -> peak (at ``locality_peak_at``) -> last."""
+    L = preset.num_layers
+    if L == 1:
+        return np.array([preset.locality_first])
+    peak = int(round(preset.locality_peak_at * (L - 1)))
+    if peak == 0:  # the peak is the first layer
+        xs, ys = [0, L - 1], [preset.locality_peak, preset.locality_last]
+    elif peak == L - 1:  # the peak is the last layer
+        xs, ys = [0, L - 1], [preset.locality_first, preset.locality_peak]
+    else:
+        xs, ys = [0, peak, L - 1], [preset.locality_first, preset.locality_peak, preset.locality_last]
+    return np.interp(np.arange(L), xs, ys)
+
+
+def _skew_of(log_pop: np.ndarray, scale: float, top_k: int) -> float:
+    """Busiest share over uniform share of softmax(scale * log_pop), capped as top-k routing caps it."""
+    shares = np.exp(scale * (log_pop - log_pop.max()))
+    shares /= shares.sum()
+    return float(min(shares.max(), 1.0 / top_k) * len(log_pop))
+
+
+def _scale_for_skew(direction: np.ndarray, target: float, top_k: int) -> float:
+    """The scale at which softmax(scale * direction) has the target skew (bisection: skew grows with scale)."""
+    if target <= 1.0 + 1e-9:
+        return 0.0
+    low, high = 0.0, 1.0
+    while _skew_of(direction, high, top_k) < target and high < 1e4:
+        high *= 2.0
+    for _ in range(60):
+        mid = 0.5 * (low + high)
+        if _skew_of(direction, mid, top_k) < target:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def _synthetic_popularity(preset: SynthPreset, rng: np.random.Generator) -> np.ndarray:
+    """(L, D, E) target shares: a shared and a domain-specific Gaussian log-profile, scaled to the skew."""
+    L, E, D = preset.num_layers, preset.num_experts, len(preset.domains)
+    skews = _linear_profile(preset.skew_first, preset.skew_last, L)
+    specialisation = _linear_profile(preset.specialisation_first, preset.specialisation_last, L)
+    shares = np.empty((L, D, E))
+    for l in range(L):
+        shared = rng.standard_normal(E)
+        own = rng.standard_normal((D, E))
+        for d in range(D):
+            direction = math.sqrt(1.0 - specialisation[l]) * shared + math.sqrt(specialisation[l]) * own[d]
+            scale = _scale_for_skew(direction, skews[l], preset.top_k)
+            logits = scale * (direction - direction.max())
+            shares[l, d] = np.exp(logits) / np.exp(logits).sum()
+    return shares
+
+
+def _measured_popularity(preset: SynthPreset, rng: np.random.Generator) -> np.ndarray:
+    """(L, D, E) target shares from the measured layers; other layers interpolate the spread over depth.
+
+    Measured layers keep the real expert ids. Another layer takes the log-shares of the nearest measured
+    layer, permuted by one random permutation shared by all domains (expert ids are not aligned across
+    layers, but the domains' agreement is kept), with the spread around the mean rescaled to the linear
+    interpolation of the two neighbouring measured layers' spreads.
+    """
+    data = _data_model(preset.popularity)
+    measured_layers = np.array(data["layers"], dtype=float)
+    L, E = preset.num_layers, preset.num_experts
+    # Floor at a tenth of the smallest measured share so the log stays finite for never-chosen experts.
+    log_shares = {}
+    for d in preset.domains:
+        arr = np.asarray(data["domains"][d], dtype=float)
+        positive = arr[arr > 0]
+        arr = np.maximum(arr, 0.1 * positive.min())
+        log_shares[d] = np.log(arr / arr.sum(axis=1, keepdims=True))
+    # Map the model's depth onto the measured layers' index range (the data's models have 16 and 32 layers).
+    data_depth = {"olmoe": 16, "mixtral": 32}[preset.popularity.removesuffix("-data")]
+    position = np.arange(L) * (data_depth - 1) / max(L - 1, 1)
+    shares = np.empty((L, len(preset.domains), E))
+    for l in range(L):
+        nearest = int(np.argmin(np.abs(measured_layers - position[l])))
+        exact = abs(measured_layers[nearest] - position[l]) < 1e-9
+        permutation = np.arange(E) if exact else rng.permutation(E)
+        for d_index, d in enumerate(preset.domains):
+            spreads = log_shares[d].std(axis=1)
+            target_spread = float(np.interp(position[l], measured_layers, spreads))
+            base = log_shares[d][nearest][permutation]
+            centred = base - base.mean()
+            profile = centred * (target_spread / spreads[nearest])
+            shares[l, d_index] = np.exp(profile) / np.exp(profile).sum()
+    return shares
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+
+def sample_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``k`` distinct columns per row from softmax(logits) without replacement, in draw order.
+
+    Gumbel top-k: the ``k`` largest of ``logits + Gumbel`` noise are a sample without replacement
+    (Plackett-Luce), and their order is the draw order (router rank). ``log(Exp(1)) = -Gumbel``.
+    """
+    noise = rng.standard_exponential(size=logits.shape, dtype=np.float32)
+    # The float32 draw can be exactly 0: floor it so the log stays finite (the odds change by < 1e-37).
+    np.maximum(noise, _TINY, out=noise)
+    key = np.log(noise)
+    key -= logits
+    if k < logits.shape[1]:
+        chosen = np.argpartition(key, k - 1, axis=1)[:, :k]
+    else:
+        chosen = np.broadcast_to(np.arange(k), key.shape).copy()
+    order = np.take_along_axis(key, chosen, axis=1).argsort(axis=1, kind="stable")
+    return np.take_along_axis(chosen, order, axis=1)
+
+
+@dataclass(frozen=True)
+class RouterModel:
+    """The fixed part of the synthetic model: router projections and calibrated per-domain biases."""
+
+    projection: np.ndarray  # (L, E, latent_dim) float32, rows of unit expected norm, times router_gain
+    bias: np.ndarray  # (L, D, E) float32
+    target_shares: np.ndarray  # (L, D, E) float64, the popularity each domain's bias was calibrated to
+    context_share: np.ndarray  # (L,) locality profile
+
+
+def _calibrate_bias(
+    projection: np.ndarray, target: np.ndarray, top_k: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Per-domain bias so that top-k routing over hidden states ~ N(0, I) hits the target shares.
+
+    Over-relaxed fixed-point iteration ``bias += step * (log(target) - log(measured))`` on common random numbers (the same hidden
+    states and noise every iteration), so the measured shares move smoothly with the bias.
+    """
+    D, E = target.shape
+    latent_dim = projection.shape[1]
+    hidden = rng.standard_normal((_CALIBRATION_SAMPLES, latent_dim)).astype(np.float32)
+    router = hidden @ projection.T  # (N, E)
+    noise = np.log(np.maximum(rng.standard_exponential((D, _CALIBRATION_SAMPLES, E), dtype=np.float32), _TINY))
+    log_target = np.log(target).astype(np.float32)
+    bias = log_target - log_target.mean(axis=1, keepdims=True)
+    rows = np.arange(D)[:, None] * E
+    for _ in range(_CALIBRATION_ITERATIONS):
+        key = noise - (router[None, :, :] + bias[:, None, :])
+        chosen = np.argpartition(key, top_k - 1, axis=2)[:, :, :top_k] if top_k < E else None
+        if chosen is None:
+            break  # every expert is always chosen: the bias cannot matter
+        counts = np.bincount((chosen.reshape(D, -1) + rows).ravel(), minlength=D * E).reshape(D, E)
+        measured = (counts + 0.5) / (counts.sum(axis=1, keepdims=True) + 0.5 * E)
+        bias += _CALIBRATION_STEP * (log_target - np.log(measured).astype(np.float32))
+        bias -= bias.mean(axis=1, keepdims=True)
+    return bias
+
+
+def build_model(preset: SynthPreset) -> RouterModel:
+    """The router model of ``preset`` (deterministic in the preset's knobs, including ``model_seed``)."""
+    return _build_model_cached(preset)
+
+
+@lru_cache(maxsize=16)
+def _build_model_cached(preset: SynthPreset) -> RouterModel:
+    # The model's randomness comes from model_seed and the preset name only: never from the trace's rng.
+    rng = np.random.default_rng([preset.model_seed, zlib.crc32(preset.name.encode())])
+    L, E = preset.num_layers, preset.num_experts
+    projection = rng.standard_normal((L, E, preset.latent_dim)) / math.sqrt(preset.latent_dim)
+    projection = (projection * preset.router_gain).astype(np.float32)
+    if preset.popularity == "synthetic":
+        target = _synthetic_popularity(preset, rng)
+    else:
+        target = _measured_popularity(preset, rng)
+    bias = np.stack([_calibrate_bias(projection[l], target[l], preset.top_k, rng) for l in range(L)])
+    projection.setflags(write=False)
+    bias.setflags(write=False)
+    target.setflags(write=False)
+    return RouterModel(projection, bias, target, locality_profile(preset))
+
+
+# ---------------------------------------------------------------------------------------------- sequences
+
+
+def _draw_sequences(
+    preset: SynthPreset, num_tokens: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence lengths (summing to ``num_tokens``) and the domain index of each sequence."""
+    lengths: list[int] = []
+    total = 0
+    median = preset.sequence_tokens_median
+    while total < num_tokens:
+        batch = rng.lognormal(math.log(median), preset.sequence_tokens_sigma, size=64)
+        for value in np.clip(np.rint(batch), 2, 32 * median).astype(np.int64):
+            lengths.append(int(min(value, num_tokens - total)))
+            total += lengths[-1]
+            if total >= num_tokens:
+                break
+    num_sequences = len(lengths)
+    keep = rng.random(num_sequences) < preset.domain_persistence
+    fresh = rng.integers(0, len(preset.domains), size=num_sequences)
+    domain = np.empty(num_sequences, dtype=np.int64)
+    domain[0] = fresh[0]
+    for s in range(1, num_sequences):
+        domain[s] = domain[s - 1] if keep[s] else fresh[s]
+    return np.asarray(lengths, dtype=np.int64), domain
+
+
+def _context_states(
+    lengths: np.ndarray, latent_dim: int, memory: float, rng: np.random.Generator
+) -> np.ndarray:
+    """(T, latent_dim) AR(1) context per sequence: stationary N(0, I), restarted at each sequence start.
+
+    Loops over the position within a sequence, vectorised over the sequences still running, so the Python
+    loop runs max(length) times rather than once per token.
+    """
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    states = rng.standard_normal((int(lengths.sum()), latent_dim)).astype(np.float32)
+    innovation = math.sqrt(1.0 - memory * memory)
+    order = np.argsort(-lengths, kind="stable")  # longest first: the running ones are a prefix
+    sorted_lengths = lengths[order]
+    sorted_starts = starts[order]
+    for position in range(1, int(sorted_lengths[0]) if len(lengths) else 0):
+        running = int(np.searchsorted(-sorted_lengths, -position, side="left"))
+        rows = sorted_starts[:running] + position
+        states[rows] = memory * states[rows - 1] + innovation * states[rows]
+    return states
+
+
+# ---------------------------------------------------------------------------------------------- generate
+
+
+def generate(
+    preset: SynthPreset | str,
+    num_tokens: int,
+    rng: np.random.Generator,
+    *,
+    phase: str = "decode",
+    with_weights: bool = False,
+    seed: int | None = None,
+    **knob_overrides: Any,
+) -> Trace:
+    """Generate a validated v1 trace of ``num_tokens`` tokens from a preset.
+
+    Args:
+        preset: a :data:`PRESETS` name or a :class:`SynthPreset`.
+        num_tokens: number of tokens (rows), at least 1.
+        rng: the source of the token stream (sequences, domains, hidden states, routing noise).
+        phase: ``decode`` or ``prefill``, recorded in the meta (the routing model is the same).
+        with_weights: also store gate weights (softmax of the router logits at the chosen experts).
+        seed: the seed ``rng`` was made from, recorded in the meta for provenance (read from ``rng`` when
+            omitted and it was made by ``np.random.default_rng(int)``).
+        **knob_overrides: knob values replacing the preset's (see :class:`SynthPreset`).
+    """
+    spec = get_preset(preset, **knob_overrides)
+    if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)) or num_tokens < 1:
+        raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    num_tokens = int(num_tokens)
+    model = build_model(spec)
+    L, E, K = spec.num_layers, spec.num_experts, spec.top_k
+
+    lengths, seq_domain = _draw_sequences(spec, num_tokens, rng)
+    token_domain = np.repeat(seq_domain, lengths)
+    context = _context_states(lengths, spec.latent_dim, spec.context_memory, rng)
+    token_part = rng.standard_normal((num_tokens, spec.latent_dim)).astype(np.float32)
+    depth_innovation = math.sqrt(1.0 - spec.depth_memory**2)
+
+    experts = np.empty((num_tokens, L, K), dtype=np.int16)
+    weights = np.empty((num_tokens, L, K), dtype=np.float32) if with_weights else None
+    for l in range(L):
+        if l > 0:  # the residual stream drifts a little from one layer to the next
+            token_part *= spec.depth_memory
+            token_part += depth_innovation * rng.standard_normal(token_part.shape, dtype=np.float32)
+        share = float(model.context_share[l])
+        hidden = math.sqrt(1.0 - share) * token_part + math.sqrt(share) * context
+        logits = hidden @ model.projection[l].T
+        logits += model.bias[l][token_domain]
+        chosen = sample_top_k(logits, K, rng)
+        experts[:, l, :] = chosen
+        if weights is not None:
+            logits -= logits.max(axis=1, keepdims=True)
+            np.exp(logits, out=logits)
+            logits /= logits.sum(axis=1, keepdims=True)
+            weights[:, l, :] = np.take_along_axis(logits, chosen, axis=1)
+
+    if seed is None:
+        seed_seq = getattr(rng.bit_generator, "seed_seq", None)
+        entropy = getattr(seed_seq, "entropy", None)
+        if isinstance(entropy, int) and not getattr(seed_seq, "spawn_key", ()):
+            seed = entropy
+    knobs = spec.knobs()
+    source = (
+        f"{GENERATOR_ID} preset={spec.name} seed={seed if seed is not None else 'unrecorded'} "
+        f"knobs={json.dumps(knobs, sort_keys=True, separators=(',', ':'))}"
+    )
+    meta = make_meta(
+        model=spec.model,
+        num_experts=E,
+        top_k=K,
+        num_layers=L,
+        expert_bytes=spec.expert_bytes,
+        phase=phase,
+        source=source,
+        domains=[spec.domains[d] for d in seq_domain],
+        name=f"synthetic/{spec.name}",
+        generator={"id": GENERATOR_ID, "preset": spec.name, "seed": seed, "knobs": knobs},
+    )
+    sequence = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    return Trace(experts=experts, sequence=sequence, meta=meta, weights=weights)
+
+
+def describe_presets() -> list[Mapping[str, Any]]:
+    """One row per preset: name, geometry and popularity source (for listings)."""
+    return [
+        {
+            "name": p.name,
+            "model": p.model,
+            "num_layers": p.num_layers,
+            "num_experts": p.num_experts,
+            "top_k": p.top_k,
+            "expert_bytes": p.expert_bytes,
+            "popularity": p.popularity,
+        }
+        for p in PRESETS.values()
+    ]
