@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "profiles": ("profiles", "list the hardware profiles or show one"),
     "calibrate": ("calibrate", "measure this machine's CUDA GPU and write a hardware profile"),
     "record": ("record", "record the routing of a local Hugging Face MoE model as traces"),
+    "import": ("import_trace", "import a CSV or JSONL per-token routing dump as a trace"),
 }
 
 
