@@ -101,15 +101,25 @@ class HardwareProfile:
 
     def expert_compute_ms(self, tokens: float, expert_bytes: float) -> float:
         """Compute time of one expert of ``expert_bytes`` bytes applied to ``tokens`` tokens."""
-        base = float(np.interp(tokens, self.compute_tokens, self.compute_ms))
-        return base * expert_bytes / self.compute_expert_bytes
+        return float(self._compute_curve(np.asarray([float(tokens)]), expert_bytes)[0])
 
     def compute_table(self, expert_bytes: float, max_tokens: int) -> np.ndarray:
         """Per-expert compute time for 0..max_tokens tokens (index = tokens), for the simulator's kernels."""
-        tokens = np.arange(max_tokens + 1, dtype=np.float64)
-        table = np.interp(tokens, self.compute_tokens, self.compute_ms) * (expert_bytes / self.compute_expert_bytes)
+        table = self._compute_curve(np.arange(max_tokens + 1, dtype=np.float64), expert_bytes)
         table[0] = 0.0
         return table
+
+    def _compute_curve(self, tokens: np.ndarray, expert_bytes: float) -> np.ndarray:
+        # Where the profile measured several expert shapes (checks.compute_scaling), a fixed cost per call plus
+        # a weight-read term fits every shape (within a few % on the H100); scaling one reference expert by
+        # bytes does not (3x off for Mixtral's large experts). Otherwise scale the reference expert by bytes.
+        affine = compute_affine_fit(self.raw)
+        if affine:
+            at = np.array([r["tokens"] for r in affine], dtype=np.float64)
+            ms = np.array([r["fixed_ms"] + expert_bytes / (r["weight_gbps"] * 1e6) for r in affine])
+            return np.interp(tokens, at, ms)
+        base = np.interp(tokens, self.compute_tokens, self.compute_ms)
+        return base * (expert_bytes / self.compute_expert_bytes)
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as written to JSON (raw fields first, fitted fields on top)."""
@@ -131,6 +141,24 @@ class HardwareProfile:
         if self.seed_table is not None:
             data["seed_table"] = dict(self.seed_table)
         return data
+
+
+def compute_affine_fit(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per token count, ``fixed_ms + expert_bytes / weight_gbps`` fitted to the compute times a profile measured
+    for several expert shapes (``checks.compute_scaling``); empty when the profile has fewer than two shapes."""
+    checks = raw.get("checks") or {}
+    scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
+    if not isinstance(scaling, Mapping) or not scaling.get("rows"):
+        return []
+    rows = []
+    for tokens in sorted({r["tokens"] for r in scaling["rows"]}):
+        points = [r for r in scaling["rows"] if r["tokens"] == tokens]
+        if len({r["expert_bytes"] for r in points}) < 2:
+            continue
+        fit = fit_transfer([r["expert_bytes"] for r in points], [r["measured_ms"] for r in points], relative=True)
+        rows.append({"tokens": tokens, "fixed_ms": fit.overhead_ms, "weight_gbps": fit.gbps,
+                     "max_rel_error": fit.max_rel_error, "points": len(points)})
+    return rows
 
 
 SEED_TABLE_KEYS = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from moe_cache_env.profiles.profile import HardwareProfile, fit_transfer, load_profile
+from moe_cache_env.profiles.profile import HardwareProfile, compute_affine_fit, fit_transfer, load_profile
 from moe_cache_env.profiles.shapes import MODEL_EXPERT_SHAPES
 
 MIB = 2**20
@@ -135,19 +135,7 @@ def compute_affine_rows(profile: Mapping[str, Any]) -> list[dict[str, Any]]:
     A fixed cost per expert call plus a weight-read term describes small and large experts alike, where
     scaling one reference expert by bytes does not.
     """
-    checks = profile.get("checks") or {}
-    scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
-    if not isinstance(scaling, Mapping) or not scaling.get("rows"):
-        return []
-    rows = []
-    for tokens in sorted({r["tokens"] for r in scaling["rows"]}):
-        points = [r for r in scaling["rows"] if r["tokens"] == tokens]
-        if len({r["expert_bytes"] for r in points}) < 2:
-            continue
-        fit = fit_transfer([r["expert_bytes"] for r in points], [r["measured_ms"] for r in points], relative=True)
-        rows.append({"tokens": tokens, "fixed_ms": fit.overhead_ms, "weight_gbps": fit.gbps,
-                     "max_rel_error": fit.max_rel_error, "points": len(points)})
-    return rows
+    return compute_affine_fit(profile)
 
 
 def format_calibration(profile: Mapping[str, Any]) -> str:
