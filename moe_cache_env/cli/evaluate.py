@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=1, help="concurrent sequences per step")
     parser.add_argument("--oracle-accuracy", type=float, default=0.4755, help="top-1 accuracy of noisy-oracle")
     parser.add_argument("--expert-bytes", type=int, default=0, help="override the trace's expert size")
+    parser.add_argument("--fit-trace", metavar="PATH|NAME",
+                        help="pre-fit the cross-layer predictor's co-occurrence table on this (training) trace")
     parser.add_argument("--window", type=int, default=0, help="also report metrics per window of this many steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
@@ -83,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise CommandError(f"unknown policy {unknown}; choose from {list(POLICIES)}")
     trace = load_named_trace(args.trace)
+    fit_trace = load_named_trace(args.fit_trace) if args.fit_trace else None
     capacity = args.capacity
     if capacity is None:
         capacity = default_capacity(trace.num_experts, trace.top_k)
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     for policy in policies:
         request = EvaluationRequest(policy=policy, config=config, controls=controls, seed=args.seed,
                                     window_steps=args.window)
-        result = evaluate(trace, request)
+        result = evaluate(trace, request, fit_trace=fit_trace)
         entry = dict(result["metrics"])
         entry["config"] = {
             "trace": trace.name,
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             "scope": args.scope,
             "batch": args.batch,
             "seed": args.seed,
+            "fit_trace": fit_trace.name if fit_trace is not None else None,
         }
         if "windows" in result:
             entry["windows"] = result["windows"]

@@ -1,0 +1,89 @@
+"""The evaluate and bench commands, run for real on a small bundled trace."""
+
+import json
+
+import numpy as np
+import pytest
+
+from moe_cache_env.cli import main
+from moe_cache_env.sim.reference import demand_hits
+from moe_cache_env.traces import load_trace, save_trace
+from moe_cache_env.traces.suite import resolve_trace
+
+
+@pytest.fixture(scope="module")
+def small_trace(tmp_path_factory):
+    """The first 1500 tokens' worth of sequences of the bundled default trace."""
+    trace = load_trace(resolve_trace("qwen1.5-moe"))
+    bounds = trace.sequence_bounds()
+    keep = [int(trace.sequence[s]) for s, e in bounds if e <= 1500]
+    path = tmp_path_factory.mktemp("traces") / "small.npz"
+    save_trace(trace.select_sequences(keep), path)
+    return path
+
+
+def test_same_inputs_give_byte_identical_json(small_trace, tmp_path, capsys):
+    args = ["evaluate", "--trace", str(small_trace), "--policy", "static", "--predictor", "noisy-oracle",
+            "--profile", "h100", "--batch", "4", "--seed", "7"]
+    assert main(args + ["--json", str(tmp_path / "a.json")]) == 0
+    assert main(args + ["--json", str(tmp_path / "b.json")]) == 0
+    a = (tmp_path / "a.json").read_bytes()
+    assert a == (tmp_path / "b.json").read_bytes()
+    data = json.loads(a)
+    for key in ("hit_rate", "perfect_coverage", "avg_coverage", "mean_latency_ms", "p95_latency_ms",
+                "bytes_transferred", "wasted_prefetch_bytes"):
+        assert key in data
+    out = capsys.readouterr().out
+    assert "perfect cov" in out and "static" in out
+
+
+@pytest.mark.parametrize("policy", ["lru", "belady"])
+@pytest.mark.parametrize("scope", ["per-layer", "global"])
+def test_reference_hit_rate_is_the_definition(small_trace, tmp_path, policy, scope):
+    capacity = 12 if scope == "per-layer" else 12 * 24
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--trace", str(small_trace), "--policy", policy, "--capacity", str(capacity),
+                 "--scope", scope, "--json", str(out)]) == 0
+    trace = load_trace(small_trace)
+    want = demand_hits(trace.experts, trace.num_experts, policy, capacity, scope).mean()
+    assert json.loads(out.read_text())["hit_rate"] == want
+
+
+def test_several_policies_and_windows(small_trace, tmp_path):
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--trace", str(small_trace), "--policy", "static,no-prefetch,perfect,lru,belady",
+                 "--window", "200", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())["policies"]
+    assert set(data) == {"static", "no-prefetch", "perfect", "lru", "belady"}
+    assert data["belady"]["hit_rate"] >= data["lru"]["hit_rate"]
+    assert len(data["static"]["windows"]) == int(np.ceil(data["static"]["steps"] / 200))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--policy", "fifo"], "unknown policy"),
+        (["--l2-threshold", "0.2", "--l3-threshold", "0.5"], "l3_threshold=0.5 is above"),
+        (["--capacity", "2"], "capacity=2 is below top_k=4"),
+        (["--profile", "tpu-v9"], "unknown profile 'tpu-v9'"),
+        (["--trace", "no-such-trace"], "no-such-trace"),
+    ],
+)
+def test_bad_input_is_one_clear_line(small_trace, capsys, args, message):
+    base = ["evaluate", "--trace", str(small_trace)]
+    assert main(base + args) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("moe-cache-env evaluate: error:")
+
+
+def test_malformed_trace_file_is_reported(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, experts=np.zeros((2, 1, 1), dtype=np.int64))
+    assert main(["evaluate", "--trace", str(bad)]) == 2
+    assert "missing array 'sequence'" in capsys.readouterr().err
+
+
+def test_bench_prints_json(small_trace, capsys):
+    assert main(["bench", "--trace", str(small_trace), "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["events_per_s"] > 0 and result["routing_events"] == load_trace(small_trace).num_tokens * 24
