@@ -33,13 +33,17 @@ PROMPTS = [[5, 17, 33, 2, 71, 64, 8], [90, 3, 3, 41], [12, 60, 29, 77, 15]]
 ATTN = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
             max_position_embeddings=128, tie_word_embeddings=False, eos_token_id=None, bos_token_id=None,
             pad_token_id=None)
+#: Multi-head latent attention sizes (DeepSeek-V2/V3 and their descendants).
+MLA = dict(kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8,
+           num_key_value_heads=4)
 
 
 def _config(name: str, **kwargs: Any) -> Any:
     return getattr(transformers, name)(**kwargs)
 
 
-#: family -> (config class, kwargs, causal-LM class). Sizes: 2-3 layers, hidden 32, 8 experts, top-2.
+#: family -> (config class, kwargs, causal-LM class). Sizes: 1-3 layers, hidden 32, 8 experts, top-2; the first
+#: layer is dense where the family allows it, to check that dense layers are skipped.
 FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
     "mixtral": ("MixtralConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=48, num_local_experts=8,
                                       num_experts_per_tok=2), "MixtralForCausalLM"),
@@ -86,6 +90,50 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
                                 attn_config=dict(kv_n_heads=2, rope_theta=1e4, clip_qkv=8.0), tie_word_embeddings=False,
                                 ffn_config=dict(ffn_hidden_size=24, moe_num_experts=8, moe_top_k=2)),
              "DbrxForCausalLM"),
+    "afmoe": ("AfmoeConfig", dict(ATTN, num_hidden_layers=3, intermediate_size=48, moe_intermediate_size=24,
+                                  num_experts=8, num_experts_per_tok=2, num_dense_layers=1), "AfmoeForCausalLM"),
+    "exaone_moe": ("ExaoneMoeConfig", dict(ATTN, num_hidden_layers=3, intermediate_size=48, moe_intermediate_size=24,
+                                           num_experts=8, num_experts_per_tok=2, first_k_dense_replace=1, n_group=2,
+                                           topk_group=1), "ExaoneMoeForCausalLM"),
+    "cohere2_moe": ("Cohere2MoeConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=48,
+                                             moe_intermediate_size=24, num_experts=8, num_experts_per_tok=2),
+                    "Cohere2MoeForCausalLM"),
+    "minimax_m2": ("MiniMaxM2Config", dict(ATTN, num_hidden_layers=2, intermediate_size=24, num_local_experts=8,
+                                           num_experts_per_tok=2), "MiniMaxM2ForCausalLM"),
+    "granitemoeshared": ("GraniteMoeSharedConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=24,
+                                                        num_local_experts=8, num_experts_per_tok=2,
+                                                        shared_intermediate_size=16), "GraniteMoeSharedForCausalLM"),
+    "glm4_moe_lite": ("Glm4MoeLiteConfig", dict(ATTN, **MLA, num_hidden_layers=3, intermediate_size=48,
+                                                moe_intermediate_size=24, n_routed_experts=8, num_experts_per_tok=2,
+                                                first_k_dense_replace=1, n_group=2, topk_group=1),
+                      "Glm4MoeLiteForCausalLM"),
+    "dots1": ("Dots1Config", dict(ATTN, num_hidden_layers=3, intermediate_size=48, moe_intermediate_size=24,
+                                  n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1, n_group=2,
+                                  topk_group=1, n_shared_experts=1), "Dots1ForCausalLM"),
+    "deepseek_v32": ("DeepseekV32Config", dict(ATTN, **MLA, num_hidden_layers=3, intermediate_size=48,
+                                               moe_intermediate_size=24, n_routed_experts=8, num_experts_per_tok=2,
+                                               first_k_dense_replace=1, n_group=2, topk_group=1, n_shared_experts=1,
+                                               index_n_heads=2, index_head_dim=16, index_topk=4),
+                     "DeepseekV32ForCausalLM"),
+    "flex_olmo": ("FlexOlmoConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=24, num_experts=8,
+                                         num_experts_per_tok=2, pad_token_id=0), "FlexOlmoForCausalLM"),
+    "jamba": ("JambaConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=24, num_experts=8,
+                                  num_experts_per_tok=2, attn_layer_period=1, attn_layer_offset=0,
+                                  expert_layer_period=2, expert_layer_offset=1, use_mamba_kernels=False),
+              "JambaForCausalLM"),
+    "lfm2_moe": ("Lfm2MoeConfig", dict(ATTN, num_hidden_layers=3, intermediate_size=48, moe_intermediate_size=24,
+                                       num_experts=8, num_experts_per_tok=2, num_dense_layers=1,
+                                       layer_types=["full_attention"] * 3), "Lfm2MoeForCausalLM"),
+    "qwen3_next": ("Qwen3NextConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=48, moe_intermediate_size=24,
+                                           num_experts=8, num_experts_per_tok=2, shared_expert_intermediate_size=16,
+                                           layer_types=["full_attention"] * 2), "Qwen3NextForCausalLM"),
+    "longcat_flash": ("LongcatFlashConfig", dict(ATTN, **MLA, num_layers=1, ffn_hidden_size=48,
+                                                 expert_ffn_hidden_size=24, n_routed_experts=8, moe_topk=2,
+                                                 zero_expert_num=0), "LongcatFlashForCausalLM"),
+    "jetmoe": ("JetMoeConfig", dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, kv_channels=8,
+                                    num_key_value_heads=2, num_hidden_layers=2, intermediate_size=24,
+                                    num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=128,
+                                    tie_word_embeddings=False), "JetMoeForCausalLM"),
     "llama4": ("Llama4TextConfig", dict(ATTN, num_hidden_layers=2, intermediate_size=24, intermediate_size_mlp=48,
                                         num_local_experts=8, num_experts_per_tok=2, moe_layers=[1],
                                         no_rope_layers=[1, 1]), "Llama4ForCausalLM"),
@@ -142,7 +190,8 @@ def sorted_rows(ids: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # Every family: recorded ids equal the ids the block handed to its experts, in prefill and in decode.
 
-EXPERT_HOOK_FAMILIES = [f for f in FAMILIES if f != "llama4"]  # Llama 4's experts take pre-weighted inputs
+# Llama 4's experts take pre-weighted inputs; JetMoE has no experts module (tested below).
+EXPERT_HOOK_FAMILIES = [f for f in FAMILIES if f not in ("llama4", "jetmoe")]
 
 
 @pytest.mark.parametrize("family", EXPERT_HOOK_FAMILIES)
@@ -194,7 +243,10 @@ def test_llama4_interleaved_moe_layers_match_router_logits() -> None:
 # This is what the recorder falls back on when a router returns logits only (transformers < 5).
 
 RULE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "gpt_oss", "phimoe", "granitemoe",
-                 "minimax", "hunyuan_v1_moe"]
+                 "minimax", "hunyuan_v1_moe", "granitemoeshared", "cohere2_moe", "flex_olmo", "jamba", "qwen3_next",
+                 "jetmoe"]
+BIASED_FAMILIES = ["deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe", "longcat_flash",
+                   "afmoe", "minimax_m2", "lfm2_moe"]
 
 
 @pytest.mark.parametrize("family", RULE_FAMILIES)
@@ -205,6 +257,8 @@ def test_family_rule_recomputes_the_routers_choice(family: str) -> None:
         out = model(torch.tensor([PROMPTS[0]]), output_router_logits=True)
     logits = [t for t in out.router_logits if t is not None]
     sites = find_router_sites(model)
+    if family == "jetmoe":  # its attention heads are routed too: attention router, then MLP router, per layer
+        logits = logits[1::2]
     assert len(logits) == len(sites)
     rule = routing_rule_for(text_config(model), sites[0].module)
     for layer, layer_logits in enumerate(logits):
@@ -214,6 +268,33 @@ def test_family_rule_recomputes_the_routers_choice(family: str) -> None:
         np.testing.assert_allclose(
             traces["prefill"].weights[:, layer], weights.gather(-1, order).numpy(), rtol=1e-5, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("family", BIASED_FAMILIES)
+def test_biased_families_are_never_recomputed(family: str) -> None:
+    model = build(family)
+    sites = find_router_sites(model)
+    with pytest.raises(RouterError, match="never recomputes"):
+        routing_rule_for(text_config(model), sites[0].module)
+    trace = record_routing(model, PROMPTS[:1])["prefill"]
+    assert trace.meta["routing"]["selection"] == ["read from the router output"]
+
+
+def test_a_family_without_a_known_rule_is_refused() -> None:
+    with pytest.raises(RouterError, match="knows no top-k rule"):
+        routing_rule_for(types.SimpleNamespace(model_type="made_up_moe"))
+
+
+def test_jetmoe_mlp_router_is_chosen_and_its_experts_sized() -> None:
+    """JetMoE routes attention heads and the MLP with the same router class; the MLP's is recorded, and its
+    expert size is read from the block's expert-stacked tensors (it has no 'experts' module)."""
+    model = build("jetmoe")
+    sites = find_router_sites(model)
+    assert [s.name for s in sites] == ["model.layers.0.mlp.router", "model.layers.1.mlp.router"]
+    trace = record_routing(model, PROMPTS[:1])["prefill"]
+    # input_linear (8, 2 * 24, 32) and output_linear (8, 32, 24) float32 weights per expert.
+    assert trace.meta["expert_bytes"] == (2 * 24 * 32 + 32 * 24) * 4
+    assert trace.meta["routing"]["selection"][0].startswith("recomputed from router logits: top-k of the logits")
 
 
 # ---------------------------------------------------------------------------------------------------------------

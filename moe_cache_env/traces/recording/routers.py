@@ -8,7 +8,8 @@ Routers differ across model families and transformers versions:
 * Some routers return logits only and the MoE block selects the experts, either in a method
   ``route_tokens_to_experts`` (DBRX, DeepSeek-V3 and GLM-4-MoE in some transformers releases) whose return
   value we capture, or inline (Mixtral, Qwen-MoE, OLMoE, Phi-MoE, ... before transformers 5). In the last case
-  the top-k is recomputed from the logits with the family's own rule (:func:`routing_rule_for`).
+  the top-k is recomputed from the logits with the family's own rule (:func:`routing_rule_for`); a family
+  without a known rule is refused rather than guessed.
 * Selection with a learned score-correction bias and group limits (DeepSeek-V3 style ``noaux_tc``) is never
   recomputed: the ids are read from the router or from ``route_tokens_to_experts``; if neither exposes them the
   recorder stops with an error rather than guess.
@@ -18,8 +19,8 @@ Torch is imported at module level: this module is only imported by the recorder.
 
 from __future__ import annotations
 
+import inspect
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -385,27 +386,44 @@ _TOPK_SOFTMAX_FAMILIES = ("gpt_oss", "granitemoe", "granitemoeshared", "granitem
 _TOPK_SIGMOID_FAMILIES = ("llama4", "llama4_text")
 
 
+#: Families whose selection adds a learned bias to the scores (DeepSeek-V3's auxiliary-loss-free balancing) or
+#: limits it to groups of experts; their ids are read, never recomputed.
+_BIASED_FAMILIES = (
+    "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe", "longcat_flash", "afmoe",
+    "minimax_m2", "kimi_linear",
+)
+
+
 def uses_biased_selection(config: Any, router: nn.Module | None = None) -> bool:
-    """True for DeepSeek-V3-style selection (score-correction bias, sigmoid scores, group limits)."""
-    if router is not None and any("e_score_correction_bias" in n for n, _ in router.named_buffers()):
-        return True
-    if router is not None and any("e_score_correction_bias" in n for n, _ in router.named_parameters()):
-        return True
+    """True for DeepSeek-V3-style selection: a score-correction bias (a router buffer, or a bias the block passes
+    to the router's forward), sigmoid scores with ``noaux_tc``, or a family known to select that way."""
+    if router is not None:
+        named = [n for n, _ in router.named_buffers()] + [n for n, _ in router.named_parameters()]
+        if any("e_score_correction_bias" in n for n in named):
+            return True
+        try:
+            params = inspect.signature(router.forward).parameters
+        except (TypeError, ValueError):
+            params = {}
+        if any("bias" in name for name in params):
+            return True
     if getattr(config, "topk_method", None) == "noaux_tc" or getattr(config, "scoring_func", None) == "sigmoid":
         return True
-    return getattr(config, "model_type", "") in ("deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1")
+    if getattr(config, "use_expert_bias", False):
+        return True
+    return getattr(config, "model_type", "") in _BIASED_FAMILIES
 
 
 def routing_rule_for(config: Any, router: nn.Module | None = None) -> RoutingRule:
     """The top-k rule of ``config``'s family, to recompute a selection from logits.
 
-    Raises :class:`RouterError` for biased, group-limited selection (DeepSeek-V3 style), which must be read.
-    An unknown family gets softmax top-k (renormalised iff ``config.norm_topk_prob``) with a warning.
+    Raises :class:`RouterError` for biased or group-limited selection (DeepSeek-V3 style), which must be read,
+    and for families without a known rule: guessing would record wrong ids silently.
     """
     model_type = str(getattr(config, "model_type", ""))
     if uses_biased_selection(config, router):
         raise RouterError(
-            f"{model_type or 'this model'} selects experts with a score-correction bias and group limits; "
+            f"{model_type or 'this model'} selects experts with a score-correction bias or group limits; "
             "the recorder reads such selections from the router output or route_tokens_to_experts and never "
             "recomputes them, but this router returned logits only"
         )
@@ -413,7 +431,9 @@ def routing_rule_for(config: Any, router: nn.Module | None = None) -> RoutingRul
         return softmax_topk(True)
     if model_type in _SOFTMAX_NORM_FLAG_FAMILIES:
         return softmax_topk(bool(getattr(config, "norm_topk_prob", False)))
-    if model_type in _TOPK_SOFTMAX_FAMILIES:
+    if model_type in _TOPK_SOFTMAX_FAMILIES or (
+        model_type == "cohere2_moe" and getattr(config, "expert_selection_fn", "softmax") == "softmax"
+    ):
         return RoutingRule("topk-softmax", "top-k of the logits, softmax over the k selected", _topk_softmax)
     if model_type in _TOPK_SIGMOID_FAMILIES:
         return RoutingRule("topk-sigmoid", "top-k of the logits, sigmoid of each", _topk_sigmoid)
@@ -426,13 +446,11 @@ def routing_rule_for(config: Any, router: nn.Module | None = None) -> RoutingRul
             int(getattr(config, "topk_group", 1) or 1),
             float(getattr(config, "routed_scaling_factor", 1.0)),
         )
-    normalize = bool(getattr(config, "norm_topk_prob", False))
-    warnings.warn(
-        f"model type {model_type!r} has no known top-k rule; recomputing softmax top-k "
-        f"(renormalised={normalize}) from its router logits. Check the recorded ids against the model.",
-        stacklevel=3,
+    raise RouterError(
+        f"the router of model type {model_type!r} returns logits only and this recorder knows no top-k rule for "
+        "that family; add it to routing_rule_for (moe_cache_env/traces/recording/routers.py) after checking it "
+        "against the model's own selection"
     )
-    return softmax_topk(normalize)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -451,6 +469,16 @@ def expert_bytes_of(site: RouterSite, num_experts: int) -> int:
     counted.
     """
     experts = getattr(site.block, "experts", None) if site.block is not None else None
+    if not isinstance(experts, nn.Module) and site.block is not None:
+        # No 'experts' module (JetMoE keeps input_linear and output_linear): count the block's tensors that are
+        # stacked over the experts, leaving out the router's.
+        router_params = {id(p) for p in site.module.parameters()}
+        stacked = [
+            p for p in site.block.parameters()
+            if id(p) not in router_params and p.ndim >= 2 and p.shape[0] == num_experts
+        ]
+        if stacked:
+            return sum(p.numel() * p.element_size() for p in stacked) // num_experts
     if not isinstance(experts, nn.Module):
         raise RouterError(
             f"no 'experts' module next to router {site.name}; pass expert_bytes (bytes of one expert's weights)"
