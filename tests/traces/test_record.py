@@ -246,7 +246,7 @@ RULE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "g
                  "minimax", "hunyuan_v1_moe", "granitemoeshared", "cohere2_moe", "flex_olmo", "jamba", "qwen3_next",
                  "jetmoe"]
 BIASED_FAMILIES = ["deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe", "longcat_flash",
-                   "afmoe", "minimax_m2", "lfm2_moe"]
+                   "afmoe", "minimax_m2", "lfm2_moe", "ernie4_5_moe"]
 
 
 @pytest.mark.parametrize("family", RULE_FAMILIES)

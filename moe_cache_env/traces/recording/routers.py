@@ -374,12 +374,11 @@ def deepseek_v2(topk_method: str, num_group: int, topk_group: int, scaling: floa
 
 #: Families whose router scores experts with softmax over all experts, then takes the top-k and renormalises
 #: iff ``config.norm_topk_prob`` (transformers modeling_<family>.py).
-_SOFTMAX_NORM_FLAG_FAMILIES = (
-    "qwen2_moe", "qwen3_moe", "qwen3_next", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_vl_moe", "olmoe",
-    "flex_olmo", "jamba", "ernie4_5_moe",
+_SOFTMAX_NORM_FLAG_FAMILIES = ("qwen2_moe", "qwen3_moe", "qwen3_next", "olmoe", "flex_olmo", "jamba")
+#: Softmax top-k, always renormalised (Mixtral and its descendants, Hunyuan, Qwen3.5-MoE and Qwen3-VL-MoE).
+_SOFTMAX_RENORM_FAMILIES = (
+    "mixtral", "minimax", "hunyuan_v1_moe", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_vl_moe", "qwen3_vl_moe_text",
 )
-#: Softmax top-k, always renormalised (Mixtral and its descendants, Hunyuan).
-_SOFTMAX_RENORM_FAMILIES = ("mixtral", "minimax", "hunyuan_v1_moe")
 #: Top-k of the raw logits, softmax over the k selected (GPT-OSS, Granite-MoE, JetMoE).
 _TOPK_SOFTMAX_FAMILIES = ("gpt_oss", "granitemoe", "granitemoeshared", "granitemoehybrid", "jetmoe")
 #: Top-k of the raw logits, sigmoid of each (Llama 4).
@@ -390,7 +389,7 @@ _TOPK_SIGMOID_FAMILIES = ("llama4", "llama4_text")
 #: limits it to groups of experts; their ids are read, never recomputed.
 _BIASED_FAMILIES = (
     "deepseek_v3", "deepseek_v32", "glm4_moe", "glm4_moe_lite", "dots1", "exaone_moe", "longcat_flash", "afmoe",
-    "minimax_m2", "kimi_linear",
+    "minimax_m2", "kimi_linear", "ernie4_5_moe",
 )
 
 
