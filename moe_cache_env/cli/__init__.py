@@ -15,10 +15,13 @@ from typing import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "replay a trace under a policy and print its metrics"),
     "bench": ("bench", "measure simulator throughput (routing events per second)"),
+    "predictors": ("predictors", "report each predictor's top-1 accuracy and top-k recall on a trace"),
     "synth": ("synth", "write a synthetic trace from a model preset"),
     "trace-stats": ("trace_stats", "print a trace's routing statistics"),
     "profiles": ("profiles", "list the hardware profiles or show one"),
     "calibrate": ("calibrate", "measure this machine's CUDA GPU and write a hardware profile"),
+    "train": ("train", "train a Stable-Baselines3 agent on an expert-cache environment"),
+    "compare": ("compare", "run agents on the same held-out episodes and compare their rewards and metrics"),
     "record": ("record", "record the routing of a local Hugging Face MoE model as traces"),
     "import": ("import_trace", "import a CSV or JSONL per-token routing dump as a trace"),
 }

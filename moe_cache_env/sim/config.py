@@ -177,6 +177,9 @@ class SimConfig:
     stats_decay: float = 0.995
     #: override the trace's expert size (bytes); 0 = use the trace's meta.expert_bytes.
     expert_bytes: int = 0
+    #: map the learned predictors' raw scores to observed hit frequencies (online, from outcomes already seen),
+    #: so a threshold of 0.7 means "needed 70% of the time" whichever predictor is used.
+    calibrate_confidence: bool = True
 
     def __post_init__(self) -> None:
         from moe_cache_env.sim.predictors import PREDICTORS
@@ -186,5 +189,7 @@ class SimConfig:
         _check_range("sim", "oracle_accuracy", self.oracle_accuracy, 0.0, 1.0)
         _check_range("sim", "stats_decay", self.stats_decay, 0.0, 1.0)
         _check_range("sim", "expert_bytes", self.expert_bytes, 0, 10**12, integer=True)
+        if not isinstance(self.calibrate_confidence, bool):
+            raise ConfigError(f"sim.calibrate_confidence must be a bool, got {self.calibrate_confidence!r}")
         if not isinstance(self.profile, str) or not self.profile:
             raise ConfigError(f"sim.profile must be a profile name or path, got {self.profile!r}")

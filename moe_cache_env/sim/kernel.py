@@ -71,7 +71,12 @@ I_SEED_TIMING = 4
 I_PREDICTOR = 5
 I_LEARN_ONLINE = 6
 I_TOTAL_SLOTS = 7
-NUM_ICONF = 8
+I_CALIBRATE = 8
+NUM_ICONF = 9
+
+# ---- confidence calibration: raw scores are binned; a bin answers its observed hit frequency -------------------
+NUM_CAL_BINS = 20
+CAL_PRIOR = 4.0  # pseudo-observations at the bin's midpoint: an unvisited bin answers the raw score
 
 # ---- float configuration indices -------------------------------------------------------------------------------
 F_TRANSFER_MS = 0
@@ -227,6 +232,7 @@ def run_steps(
     k_tier, k_state, k_arrival, k_last, k_uses, k_conf, k_prefetched, k_qpos, k_pin, k_pos,
     mem, cnt, link, q_key, q_issue, qht,
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
+    cal_hits, cal_count, pend_raw, pend_target,
     counters, step_latency_ms, step_hits, step_requests,
 ):
     """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
@@ -237,6 +243,7 @@ def run_steps(
     seed_timing = iconf[I_SEED_TIMING] == 1
     predictor = iconf[I_PREDICTOR]
     learn_online = iconf[I_LEARN_ONLINE] == 1
+    calibrate = iconf[I_CALIBRATE] == 1 and predictor != P_PERFECT and predictor != P_NOISY_ORACLE
     total_slots = iconf[I_TOTAL_SLOTS]
     base_transfer_ms = fconf[F_TRANSFER_MS]
     layer_overhead_ms = fconf[F_LAYER_OVERHEAD_MS]
@@ -375,6 +382,18 @@ def run_steps(
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
             _make_room(pool, 1, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
                        k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+            # ---- 3b. the prediction that targeted this event meets its outcome: calibrate ----------------------
+            if calibrate:
+                slot = event % 3
+                if pend_target[slot] == event:
+                    for e in range(E):
+                        b = int(pend_raw[slot, e] * NUM_CAL_BINS)
+                        if b >= NUM_CAL_BINS:
+                            b = NUM_CAL_BINS - 1
+                        cal_count[b] += 1.0
+                        if mark[e] == event:
+                            cal_hits[b] += 1.0
+                    pend_target[slot] = -1
             # ---- 4. coverage --------------------------------------------------------------------------------
             counters[C_STEP_LAYERS] += 1
             counters[C_REQUESTS] += nneed
@@ -394,6 +413,19 @@ def run_steps(
                 _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
                          experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,
                          event, conf, prod, truth)
+                if calibrate:
+                    # keep the raw scores until the target runs; answer with the calibrated probability
+                    target = st * L + lt
+                    slot = target % 3
+                    pend_target[slot] = target
+                    for e in range(E):
+                        r = conf[e]
+                        pend_raw[slot, e] = r
+                        b = int(r * NUM_CAL_BINS)
+                        if b >= NUM_CAL_BINS:
+                            b = NUM_CAL_BINS - 1
+                        mid = (b + 0.5) / NUM_CAL_BINS
+                        conf[e] = (cal_hits[b] + CAL_PRIOR * mid) / (cal_count[b] + CAL_PRIOR)
                 nst = step_ntokens[st]
                 # accuracy against the truth (the simulator knows it; the predictor did not read it)
                 ntruth = 0

@@ -86,6 +86,7 @@ class Simulator:
         self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
         self._iconf[K.I_LEARN_ONLINE] = 1
         self._iconf[K.I_TOTAL_SLOTS] = cache.total_slots
+        self._iconf[K.I_CALIBRATE] = 1 if self.config.calibrate_confidence else 0
         self._fconf = np.zeros(K.NUM_FCONF, dtype=np.float64)
         self._fconf[K.F_TRANSFER_MS] = self.profile.transfer_ms(self.expert_bytes)
         self._fconf[K.F_LAYER_OVERHEAD_MS] = self.profile.layer_overhead_ms
@@ -136,6 +137,10 @@ class Simulator:
         else:
             self._pair = np.zeros((2, L, E, E), dtype=np.float64)
             self._src = np.zeros((2, L, E), dtype=np.float64)
+        self._cal_hits = np.zeros(K.NUM_CAL_BINS, dtype=np.float64)
+        self._cal_count = np.zeros(K.NUM_CAL_BINS, dtype=np.float64)
+        self._pend_raw = np.zeros((3, E), dtype=np.float64)
+        self._pend_target = np.full(3, -1, dtype=np.int64)
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
         self.step_latency_ms = np.zeros(S, dtype=np.float64)
@@ -172,6 +177,7 @@ class Simulator:
             self._k_prefetched, self._k_qpos, self._k_pin, self._k_pos,
             self._mem, self._cnt, self._link, self._q_key, self._q_issue, self._qht,
             self._pop_cnt, self._pop_obs, self._pop_weight, self._reuse_hit, self._reuse_tot, self._pair, self._src,
+            self._cal_hits, self._cal_count, self._pend_raw, self._pend_target,
             self.counters, self.step_latency_ms, self.step_hits, self.step_requests,
         )
         window = self.counters - before
