@@ -422,19 +422,28 @@ def sample_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> np.nda
     """Draw ``k`` distinct columns per row from softmax(logits) without replacement, in draw order.
 
     Gumbel top-k: the ``k`` largest of ``logits + Gumbel`` noise are a sample without replacement
-    (Plackett-Luce), and their order is the draw order (router rank). ``log(Exp(1)) = -Gumbel``.
+    (Plackett-Luce), and their order is the draw order. ``logits`` is left unchanged.
+    """
+    return _noisy_top_k(logits, k, rng)[0]
+
+
+def _noisy_top_k(logits: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Chosen columns (rank order) and the noisy logits ``logits + Gumbel`` they were ranked by.
+
+    The noisy logits are the router's realised logits: the Gumbel noise stands for the part of the router
+    input that the latent state does not capture. ``-log(Exp(1))`` is a Gumbel draw.
     """
     noise = rng.standard_exponential(size=logits.shape, dtype=np.float32)
     # The float32 draw can be exactly 0: floor it so the log stays finite (the odds change by < 1e-37).
     np.maximum(noise, _TINY, out=noise)
-    key = np.log(noise)
-    key -= logits
+    noisy = np.log(noise)
+    np.subtract(logits, noisy, out=noisy)
     if k < logits.shape[1]:
-        chosen = np.argpartition(key, k - 1, axis=1)[:, :k]
+        chosen = np.argpartition(-noisy, k - 1, axis=1)[:, :k]
     else:
-        chosen = np.broadcast_to(np.arange(k), key.shape).copy()
-    order = np.take_along_axis(key, chosen, axis=1).argsort(axis=1, kind="stable")
-    return np.take_along_axis(chosen, order, axis=1)
+        chosen = np.broadcast_to(np.arange(k), noisy.shape).copy()
+    order = (-np.take_along_axis(noisy, chosen, axis=1)).argsort(axis=1, kind="stable")
+    return np.take_along_axis(chosen, order, axis=1), noisy
 
 
 @dataclass(frozen=True)
@@ -566,7 +575,8 @@ def generate(
         num_tokens: number of tokens (rows), at least 1.
         rng: the source of the token stream (sequences, domains, hidden states, routing noise).
         phase: ``decode`` or ``prefill``, recorded in the meta (the routing model is the same).
-        with_weights: also store gate weights (softmax of the router logits at the chosen experts).
+        with_weights: also store gate weights: the softmax over all experts of the realised (noisy) router
+            logits, at the chosen experts; they decrease with rank.
         seed: the seed ``rng`` was made from, recorded in the meta for provenance (read from ``rng`` when
             omitted and it was made by ``np.random.default_rng(int)``).
         **knob_overrides: knob values replacing the preset's (see :class:`SynthPreset`).
@@ -584,6 +594,9 @@ def generate(
 
     lengths, seq_domain = _draw_sequences(spec, num_tokens, rng)
     token_domain = np.repeat(seq_domain, lengths)
+    latent_dim = spec.latent_dim
+    features = np.zeros((num_tokens, latent_dim + len(spec.domains)), dtype=np.float32)
+    features[np.arange(num_tokens), latent_dim + token_domain] = 1.0
     context = _context_states(lengths, spec.latent_dim, spec.context_memory, rng)
     token_part = rng.standard_normal((num_tokens, spec.latent_dim)).astype(np.float32)
     depth_innovation = math.sqrt(1.0 - spec.depth_memory**2)
@@ -595,16 +608,17 @@ def generate(
             token_part *= spec.depth_memory
             token_part += depth_innovation * rng.standard_normal(token_part.shape, dtype=np.float32)
         share = float(model.context_share[l])
-        hidden = math.sqrt(1.0 - share) * token_part + math.sqrt(share) * context
-        logits = hidden @ model.projection[l].T
-        logits += model.bias[l][token_domain]
-        chosen = sample_top_k(logits, K, rng)
+        # One matrix product gives projection and domain bias: [hidden | one-hot domain] @ [G^T ; bias].
+        np.multiply(math.sqrt(1.0 - share), token_part, out=features[:, :latent_dim])
+        features[:, :latent_dim] += math.sqrt(share) * context
+        logits = features @ np.concatenate([model.projection[l].T, model.bias[l]], axis=0)
+        chosen, noisy = _noisy_top_k(logits, K, rng)
         experts[:, l, :] = chosen
-        if weights is not None:
-            logits -= logits.max(axis=1, keepdims=True)
-            np.exp(logits, out=logits)
-            logits /= logits.sum(axis=1, keepdims=True)
-            weights[:, l, :] = np.take_along_axis(logits, chosen, axis=1)
+        if weights is not None:  # softmax of the realised logits, at the chosen experts (descending)
+            noisy -= noisy.max(axis=1, keepdims=True)
+            np.exp(noisy, out=noisy)
+            noisy /= noisy.sum(axis=1, keepdims=True)
+            weights[:, l, :] = np.take_along_axis(noisy, chosen, axis=1)
 
     if seed is None:
         seed_seq = getattr(rng.bit_generator, "seed_seq", None)

@@ -1,0 +1,45 @@
+"""The bundled trace suite: names resolve to files, paths pass through, errors list what exists."""
+
+from __future__ import annotations
+
+import pytest
+
+from moe_cache_env.traces import load_trace
+from moe_cache_env.traces.suite import DEFAULT_TRACE, TRACES_ENV, list_bundled_traces, resolve_trace, traces_root
+
+
+def test_bundled_synthetic_traces_are_listed_and_load():
+    names = list_bundled_traces()
+    for preset in ("qwen1.5-moe", "olmoe", "mixtral", "deepseek-v2-lite"):
+        assert f"synthetic/{preset}" in names
+    assert DEFAULT_TRACE in names
+    assert load_trace(resolve_trace(DEFAULT_TRACE)).num_layers == 24
+
+
+def test_short_name_full_name_and_path_agree():
+    full = resolve_trace("synthetic/qwen1.5-moe")
+    assert resolve_trace("qwen1.5-moe") == full
+    assert resolve_trace("synthetic/qwen1.5-moe.npz") == full
+    assert resolve_trace(str(full)) == full
+    assert full.parent.parent == traces_root()
+
+
+def test_env_var_overrides_the_root(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "a.npz").write_bytes(b"")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "a.npz").write_bytes(b"")
+    monkeypatch.setenv(TRACES_ENV, str(tmp_path))
+    assert list(list_bundled_traces()) == ["mine/a", "other/a"]
+    assert resolve_trace("mine/a") == tmp_path / "mine" / "a.npz"
+    with pytest.raises(ValueError, match=r"'a' is ambiguous: it matches \['mine/a', 'other/a'\]"):
+        resolve_trace("a")
+    with pytest.raises(FileNotFoundError, match=r"bundled traces: mine/a, other/a"):
+        resolve_trace("qwen1.5-moe")
+
+
+def test_missing_root_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv(TRACES_ENV, str(tmp_path / "absent"))
+    assert list_bundled_traces() == {}
+    with pytest.raises(FileNotFoundError, match="none \\(no .npz under"):
+        resolve_trace("anything")

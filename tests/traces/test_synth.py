@@ -1,0 +1,205 @@
+"""The synthetic generator: determinism, valid presets, knob validation, the bundled traces, the synth command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moe_cache_env.cli import main
+from moe_cache_env.traces import load_trace
+from moe_cache_env.traces import synth
+from moe_cache_env.traces.suite import resolve_trace
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: geometry each preset must have (issue 2): layers, experts, top-k, expert bytes
+GEOMETRY = {
+    "qwen1.5-moe": (24, 60, 4, 28 * 2**20),
+    "olmoe": (16, 64, 8, 3 * 2048 * 1024 * 2),
+    "mixtral": (32, 8, 2, 3 * 4096 * 14336 * 2),
+    "deepseek-v2-lite": (26, 64, 6, 3 * 2048 * 1408 * 2),
+}
+
+#: the bundled traces and the command line that made them (traces/synthetic/make.sh)
+BUNDLED = {"qwen1.5-moe": 20000, "olmoe": 10000, "mixtral": 10000, "deepseek-v2-lite": 10000}
+
+
+def test_same_seed_same_trace_other_seed_other_trace():
+    a = synth.generate("qwen1.5-moe", 1500, np.random.default_rng(3), with_weights=True)
+    b = synth.generate("qwen1.5-moe", 1500, np.random.default_rng(3), with_weights=True)
+    c = synth.generate("qwen1.5-moe", 1500, np.random.default_rng(4), with_weights=True)
+    np.testing.assert_array_equal(a.experts, b.experts)
+    np.testing.assert_array_equal(a.weights, b.weights)
+    np.testing.assert_array_equal(a.sequence, b.sequence)
+    assert dict(a.meta) == dict(b.meta)
+    assert not np.array_equal(a.experts, c.experts)
+
+
+def test_global_rng_is_untouched():
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    synth.generate("mixtral", 300, np.random.default_rng(0))
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+
+
+def test_model_comes_from_model_seed_not_from_the_trace_rng():
+    # Same model for two trace seeds (a predictor fitted on one trace transfers to the other) ...
+    preset = synth.PRESETS["mixtral"]
+    assert synth.build_model(preset) is synth.build_model(preset)
+    other = synth.get_preset("mixtral", model_seed=1)
+    assert not np.array_equal(synth.build_model(preset).projection, synth.build_model(other).projection)
+    # ... and a different model_seed gives another trace from the same stream seed.
+    a = synth.generate("mixtral", 400, np.random.default_rng(0))
+    b = synth.generate("mixtral", 400, np.random.default_rng(0), model_seed=1)
+    assert not np.array_equal(a.experts, b.experts)
+
+
+@pytest.mark.parametrize("name", sorted(GEOMETRY))
+def test_each_preset_makes_a_valid_trace(name):
+    trace = synth.generate(name, 700, np.random.default_rng(1), phase="prefill", with_weights=True)
+    layers, experts, top_k, expert_bytes = GEOMETRY[name]
+    assert trace.experts.shape == (700, layers, top_k)
+    assert (trace.num_experts, trace.expert_bytes) == (experts, expert_bytes)
+    assert trace.meta["phase"] == "prefill"
+    assert f"preset={name}" in trace.meta["source"] and "seed=1" in trace.meta["source"]
+    assert trace.meta["generator"]["knobs"] == synth.PRESETS[name].knobs()
+    assert len(trace.domains()) == len(trace.sequence_bounds())
+    assert set(trace.domains()) <= set(synth.PRESETS[name].domains)
+    # Gate weights: probabilities, decreasing with rank (rank order is the realised logit order).
+    assert (trace.weights > 0).all() and (trace.weights.sum(axis=2) <= 1.0 + 1e-5).all()
+    assert (np.diff(trace.weights, axis=2) <= 0).all()
+
+
+def test_calibrated_bias_reproduces_the_measured_olmoe_popularity():
+    model = synth.build_model(synth.PRESETS["olmoe"])
+    # Layer 7 of the c4 domain is a measured layer: the data's shares, the real expert ids.
+    data = json.loads(synth.DATA_FILE.read_text())["models"]["olmoe"]["domains"]["c4"][1]
+    domain = synth.PRESETS["olmoe"].domains.index("c4")
+    np.testing.assert_allclose(model.target_shares[7, domain], np.asarray(data) / np.sum(data), rtol=1e-6)
+    # Route fresh hidden states through the calibrated router: shares within 15% of the targets.
+    rng = np.random.default_rng(9)
+    hidden = rng.standard_normal((40000, synth.PRESETS["olmoe"].latent_dim)).astype(np.float32)
+    logits = hidden @ model.projection[7].T + model.bias[7, domain]
+    chosen = synth.sample_top_k(logits, 8, rng)
+    shares = np.bincount(chosen.ravel(), minlength=64) / chosen.size
+    target = model.target_shares[7, domain]
+    assert abs(shares.max() / target.max() - 1) < 0.1
+    big = target > 0.01
+    assert np.abs(shares[big] / target[big] - 1).max() < 0.15
+
+
+def test_locality_profile_shape():
+    profile = synth.locality_profile(synth.PRESETS["qwen1.5-moe"])
+    peak = int(np.argmax(profile))
+    assert profile[0] == 0.0 and 0 < peak < 23 and profile[-1] < profile[peak]
+    assert synth.locality_profile(synth.get_preset("qwen1.5-moe", locality_peak_at=0.0))[0] == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"router_gain": 0.0}, r"knob router_gain=0.0: must be a number in \[0.001, 100.0\]"),
+        ({"skew_first": 20.0}, r"knob skew_first=20.0: must be a number in \[1.0, 15.0\]"),
+        ({"latent_dim": 2.5}, r"knob latent_dim=2.5: must be an integer in \[1, 256\]"),
+        ({"context_memory": 1.0}, r"knob context_memory=1.0: must be a number in \[0.0, 0.999\]"),
+        ({"popularity": "magic"}, r"knob popularity='magic': must be one of"),
+        ({"domains": ()}, r"knob domains=\(\): must be a non-empty tuple"),
+        ({"colour": 1}, r"unknown knob\(s\) \['colour'\]; knobs are:"),
+    ],
+)
+def test_bad_knobs_are_named(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        synth.get_preset("qwen1.5-moe", **overrides)
+
+
+def test_measured_popularity_conflicts_are_explained():
+    with pytest.raises(ValueError, match=r"\['skew_first'\] shape synthetic popularity only"):
+        synth.get_preset("olmoe", skew_first=2.0)
+    with pytest.raises(ValueError, match=r"\['chat'\] not in the measured data"):
+        synth.get_preset("olmoe", domains=("c4", "chat"))
+    with pytest.raises(ValueError, match="describes 64 experts per layer but the preset has num_experts=60"):
+        synth.get_preset("qwen1.5-moe", popularity="olmoe-data")
+    assert synth.get_preset("olmoe", popularity="synthetic", skew_first=2.0).skew_first == 2.0
+
+
+def test_generate_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown preset 'gpt'; available: deepseek-v2-lite, mixtral"):
+        synth.generate("gpt", 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="num_tokens must be a positive integer"):
+        synth.generate("mixtral", 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="phase must be one of"):
+        synth.generate("mixtral", 10, np.random.default_rng(0), phase="train")
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        synth.generate("mixtral", 10, 0)
+
+
+def test_parse_knobs_types_values():
+    knobs = synth.parse_knobs(["router_gain=3", "latent_dim=4", "domains=c4, github", "popularity=synthetic"])
+    assert knobs == {"router_gain": 3.0, "latent_dim": 4, "domains": ("c4", "github"), "popularity": "synthetic"}
+    with pytest.raises(ValueError, match="latent_dim needs a value of type int"):
+        synth.parse_knobs(["latent_dim=four"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        synth.parse_knobs(["router_gain"])
+
+
+def test_short_sequences_and_single_token():
+    trace = synth.generate("mixtral", 1, np.random.default_rng(0))
+    assert trace.experts.shape == (1, 32, 2)
+    trace = synth.generate("mixtral", 500, np.random.default_rng(0), sequence_tokens_median=2, sequence_tokens_sigma=0)
+    lengths = np.diff(trace.sequence_bounds(), axis=1).ravel()
+    assert (lengths == 2).all()
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED))
+def test_bundled_trace_is_reproducible(name):
+    bundled = load_trace(resolve_trace(f"synthetic/{name}"))
+    fresh = synth.generate(name, BUNDLED[name], np.random.default_rng(0), seed=0)
+    np.testing.assert_array_equal(bundled.experts, fresh.experts)
+    np.testing.assert_array_equal(bundled.sequence, fresh.sequence)
+    assert dict(bundled.meta) == dict(fresh.meta)
+    assert resolve_trace(f"synthetic/{name}").stat().st_size < 2 * 2**20
+
+
+def test_synth_command_writes_a_trace(tmp_path, capsys):
+    out = tmp_path / "t.npz"
+    code = main(["synth", "--preset", "mixtral", "--tokens", "300", "--seed", "5", "-o", str(out),
+                 "--phase", "prefill", "--knob", "router_gain=4", "--weights"])
+    assert code == 0
+    trace = load_trace(out)
+    assert trace.meta["phase"] == "prefill" and trace.weights is not None
+    assert trace.meta["generator"]["knobs"]["router_gain"] == 4.0
+    expected = synth.generate("mixtral", 300, np.random.default_rng(5), phase="prefill", router_gain=4.0)
+    np.testing.assert_array_equal(trace.experts, expected.experts)
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--tokens", "0"], "--tokens must be at least 1"),
+        (["--knob", "router_gain=-2"], "knob router_gain=-2.0: must be a number"),
+        (["--knob", "nope=1"], "unknown knob 'nope'"),
+    ],
+)
+def test_synth_command_reports_user_errors(tmp_path, capsys, argv, message):
+    base = ["synth", "--preset", "mixtral", "--tokens", "10", "--seed", "0", "-o", str(tmp_path / "t.npz")]
+    # Later options win in argparse, so the bad value replaces the base one.
+    assert main(base + argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_console_script_exit_code(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "moe_cache_env", "synth", "--preset", "olmoe", "--tokens", "5", "--seed", "0",
+         "-o", str(tmp_path / "t.npz"), "--knob", "skew_last=3"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 2
+    assert "shape synthetic popularity only" in result.stderr and "Traceback" not in result.stderr
