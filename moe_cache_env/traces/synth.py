@@ -230,6 +230,10 @@ PRESETS: dict[str, SynthPreset] = {
         top_k=8,
         expert_bytes=3 * 2048 * 1024 * 2,
         popularity="olmoe-data",
+        # No published temporal locality for OLMoE: a Mixtral-like peak (same first choice ~25% mid-depth),
+        # lower than the default because its strong per-domain skew already makes consecutive tokens alike.
+        locality_peak=0.5,
+        locality_last=0.3,
     ),
     # Mixtral-8x7B: 32 layers, 8 experts, top-2, expert = 3 matrices of 4096 x 14336 in bf16; popularity per
     # domain measured (allenai/OLMoE routing analysis of Mixtral-8x7B-v0.1).
