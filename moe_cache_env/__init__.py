@@ -9,3 +9,7 @@ Layers, from the bottom up:
 """
 
 __version__ = "0.1.0"
+
+# Registers the Gymnasium environments (MoECache-v0 and variants), so gymnasium.make("moe_cache_env:MoECache-v0")
+# works after a plain import.
+from moe_cache_env import envs as _envs  # noqa: E402,F401

@@ -1,0 +1,210 @@
+"""Compare agents on the same held-out episodes: a table, CSV, JSON and a figure.
+
+Every agent plays episodes ``reset(seed=seed + i)``, i < episodes, of the environment on the chosen split
+(``test`` by default), so all see the same traces, start points and workload schedules. Beside the agents, the
+simulator's reference bounds are evaluated on the same episode traces under the same workload schedule:
+``lru`` and ``belady`` (demand-only caches of the same slots) and ``perfect`` (the cache fed by the perfect
+predictor at the seed's 0.7 / 0.3 thresholds).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from agents.evaluation import OracleChooser, make_agent, make_env, run_agent, run_episode, tune_static
+from moe_cache_env._io import atomic_write, atomic_write_json, atomic_write_text
+
+BOUNDS = ("lru", "belady", "perfect")
+SUMMARY_KEYS = ("reward", "perfect_coverage", "mean_latency_ms", "p95_latency_ms", "wasted_prefetch_bytes")
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std())}
+
+
+def bounds_for_episode(env, seed: int) -> dict[str, dict[str, Any]]:
+    """Reference-bound metrics on the episode ``env.reset(seed=seed)`` would play, same workload schedule."""
+    from moe_cache_env.sim.evaluate import EvaluationRequest, evaluate
+
+    env.reset(seed=seed)
+    base = env.unwrapped
+    # the environment seeded its simulator with this generator state; rebuild the same seed for evaluate()
+    sim_seed = base.sim_seed
+    out = {}
+    for policy in BOUNDS:
+        request = EvaluationRequest(policy=policy, config=base.config.sim, seed=sim_seed)
+        out[policy] = evaluate(base.episode_trace, request)["metrics"]
+    return out
+
+
+def compare(
+    env_id: str,
+    agent_specs: Sequence[str],
+    episodes: int,
+    seed: int,
+    out_dir: str | Path | None = None,
+    *,
+    split: str = "test",
+    overrides: dict[str, Any] | None = None,
+    tune_episodes: int = 3,
+    with_bounds: bool = True,
+    oracle: bool = False,
+) -> dict[str, Any]:
+    """Run every agent; return (and write under ``out_dir``) the per-agent summary and per-episode rows."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    if not agent_specs:
+        raise ValueError("no agents given")
+    env = make_env(env_id, split, overrides)
+    tuned = None
+    tuning_rows: list[dict[str, Any]] = []
+    if "static-tuned" in agent_specs:
+        tuned, tuning_rows = tune_static(env_id, tune_episodes, seed + 10_000, overrides=overrides)
+    agents = [make_agent(spec, tuned) for spec in agent_specs]
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    timing: dict[str, float] = {}
+    for agent in agents:
+        start = time.time()
+        records = run_agent(env, agent, episodes, seed)
+        timing[agent.name] = round(time.time() - start, 2)
+        episode_rows = [r.summary() for r in records]
+        rows.extend(episode_rows)
+        summary[agent.name] = {key: _mean_std([r[key] for r in episode_rows]) for key in SUMMARY_KEYS}
+    if oracle:
+        chooser = OracleChooser()
+        start = time.time()
+        records = []
+        for i in range(episodes):
+            record = run_episode(env, _Named(chooser.name), seed + i, i, choose=chooser)
+            records.append(record)
+        timing[chooser.name] = round(time.time() - start, 2)
+        episode_rows = [r.summary() for r in records]
+        rows.extend(episode_rows)
+        summary[chooser.name] = {key: _mean_std([r[key] for r in episode_rows]) for key in SUMMARY_KEYS}
+    bounds: dict[str, Any] = {}
+    if with_bounds:
+        per_episode = [bounds_for_episode(env, seed + i) for i in range(episodes)]
+        for policy in BOUNDS:
+            bounds[policy] = {
+                key: _mean_std([b[policy][key] for b in per_episode])
+                for key in SUMMARY_KEYS if key != "reward" and key in per_episode[0][policy]
+            }
+    env.close()
+    result = {
+        "env": env_id,
+        "split": split,
+        "episodes": episodes,
+        "seed": seed,
+        "env_overrides": overrides or {},
+        "agents": summary,
+        "bounds": bounds,
+        "static_tuned": {"thresholds": list(tuned), "grid": tuning_rows, "tune_episodes": tune_episodes,
+                         "tune_seed": seed + 10_000, "split": "train"} if tuned else None,
+        "wall_s": timing,
+        "episodes_detail": rows,
+    }
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir))
+    return result
+
+
+class _Named:
+    """A stand-in agent that only carries a name (for choosers driven by ``run_episode(choose=...)``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """Mean ± std per agent, then the bounds."""
+    header = f"{'agent':<16} {'episode reward':>18} {'perfect cov':>15} {'mean ms/tok':>16} {'p95 ms/tok':>16} {'GB wasted':>14}"
+    lines = [header, "-" * len(header)]
+
+    def cell(stats: dict[str, float] | None, fmt: str, scale: float = 1.0) -> str:
+        if stats is None:
+            return "-"
+        return f"{fmt.format(stats['mean'] / scale)} ± {fmt.format(stats['std'] / scale)}"
+
+    for name, s in result["agents"].items():
+        lines.append(
+            f"{name:<16} {cell(s['reward'], '{:.2f}'):>18} {cell(s['perfect_coverage'], '{:.3f}'):>15} "
+            f"{cell(s['mean_latency_ms'], '{:.2f}'):>16} {cell(s['p95_latency_ms'], '{:.2f}'):>16} "
+            f"{cell(s['wasted_prefetch_bytes'], '{:.2f}', 1e9):>14}"
+        )
+    for name, s in result["bounds"].items():
+        lines.append(
+            f"{'(' + name + ')':<16} {'-':>18} {cell(s.get('perfect_coverage'), '{:.3f}'):>15} "
+            f"{cell(s.get('mean_latency_ms'), '{:.2f}'):>16} {cell(s.get('p95_latency_ms'), '{:.2f}'):>16} "
+            f"{cell(s.get('wasted_prefetch_bytes'), '{:.2f}', 1e9):>14}"
+        )
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict[str, Any], out: Path) -> None:
+    """compare.json, compare.csv (one row per agent and episode), summary.csv and compare.png."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "compare.json", result)
+    rows = result["episodes_detail"]
+    if rows:
+        columns = list(rows[0])
+        lines = [",".join(columns)] + [",".join(str(r[c]) for c in columns) for r in rows]
+        atomic_write_text(out / "compare.csv", "\n".join(lines) + "\n")
+    summary_lines = ["agent," + ",".join(f"{k}_mean,{k}_std" for k in SUMMARY_KEYS)]
+    for name, s in list(result["agents"].items()) + [(f"({k})", v) for k, v in result["bounds"].items()]:
+        cells = []
+        for key in SUMMARY_KEYS:
+            cells += [str(s[key]["mean"]), str(s[key]["std"])] if key in s else ["", ""]
+        summary_lines.append(name + "," + ",".join(cells))
+    atomic_write_text(out / "summary.csv", "\n".join(summary_lines) + "\n")
+    plot(result, out / "compare.png")
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Bars of mean ± std episode reward, perfect coverage and mean latency per agent (bounds hatched)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["agents"])
+    bound_names = list(result["bounds"])
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    panels = (("reward", "episode reward (higher is better)"), ("perfect_coverage", "perfect coverage"),
+              ("mean_latency_ms", "mean latency per token (ms)"))
+    for ax, (key, title) in zip(axes, panels):
+        labels, means, stds, hatches = [], [], [], []
+        for n in names:
+            labels.append(n)
+            means.append(result["agents"][n][key]["mean"])
+            stds.append(result["agents"][n][key]["std"])
+            hatches.append("")
+        if key != "reward":
+            for n in bound_names:
+                if key in result["bounds"][n]:
+                    labels.append(f"({n})")
+                    means.append(result["bounds"][n][key]["mean"])
+                    stds.append(result["bounds"][n][key]["std"])
+                    hatches.append("//")
+        bars = ax.bar(range(len(labels)), means, yerr=stds, capsize=3, color="#4C72B0")
+        for bar, hatch in zip(bars, hatches):
+            if hatch:
+                bar.set_hatch(hatch)
+                bar.set_color("#BBBBBB")
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(f"{result['env']} on the {result['split']} split, {result['episodes']} episodes, seed {result['seed']}",
+                 fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))

@@ -1,0 +1,175 @@
+"""Action types: how an agent's action becomes the simulator's :class:`~moe_cache_env.sim.config.Controls`.
+
+Each type owns its Gymnasium space, decodes an action into controls (given the current ones, for relative
+moves) and encodes desired thresholds back into an action, so hand-written agents can act on any type.
+
+- ``continuous``: ``Box(-1, 1, (2,))``; each component maps linearly onto its threshold's range
+  (L2 ``l2_range``, L3 ``l3_range``).
+- ``discrete``: ``Discrete(9)``; action ``3 * i + j`` moves L2 by ``(i - 1)`` and L3 by ``(j - 1)`` times
+  ``discrete_step`` (down / keep / up), clipped to the ranges.
+- ``extended``: ``Box(-1, 1, (8,))``: the two thresholds as ``continuous``, then lookahead (< 0: 1 layer,
+  >= 0: 2 layers), prefetch budget (one of ``budget_levels``, the last = unlimited), the L2 share of a finite
+  budget [0, 1], and the eviction weights of recency, frequency and confidence, each in [0, 2].
+
+Every type keeps L3 at or below L2: when the L3 range reaches above the L2 threshold (the seed's ranges overlap
+in 0.5-0.6), the L3 threshold is clipped down to the L2 threshold.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from moe_cache_env.sim.config import Controls
+
+EVICTION_WEIGHT_MAX = 2.0
+
+
+def _to_unit(value: float, lo: float, hi: float) -> float:
+    """[lo, hi] -> [-1, 1]."""
+    return float(np.clip(2.0 * (value - lo) / (hi - lo) - 1.0, -1.0, 1.0))
+
+
+def _from_unit(u: float, lo: float, hi: float) -> float:
+    """[-1, 1] -> [lo, hi] (clipped)."""
+    return float(lo + (np.clip(u, -1.0, 1.0) + 1.0) * 0.5 * (hi - lo))
+
+
+class ActionType:
+    """Base class: a space, ``decode`` (action -> controls) and ``encode`` (thresholds -> action)."""
+
+    name = "base"
+
+    def __init__(self, l2_range: tuple[float, float], l3_range: tuple[float, float], discrete_step: float,
+                 max_prefetch_budget: int) -> None:
+        self.l2_range = l2_range
+        self.l3_range = l3_range
+        self.discrete_step = discrete_step
+        self.budget_levels = self._budget_levels(max_prefetch_budget)
+
+    @staticmethod
+    def _budget_levels(max_budget: int) -> list[int]:
+        """Powers of two up to ``max_budget``, then 0 (unlimited)."""
+        levels = [1]
+        while levels[-1] * 2 <= max_budget:
+            levels.append(levels[-1] * 2)
+        if levels[-1] != max_budget:
+            levels.append(max_budget)
+        return levels + [0]
+
+    def clip_thresholds(self, l2: float, l3: float) -> tuple[float, float]:
+        l2 = float(np.clip(l2, *self.l2_range))
+        l3 = float(np.clip(l3, *self.l3_range))
+        return l2, min(l3, l2)
+
+    @property
+    def space(self) -> spaces.Space:
+        raise NotImplementedError
+
+    def decode(self, action: Any, current: Controls) -> Controls:
+        raise NotImplementedError
+
+    def encode(self, l2: float, l3: float, current: Controls) -> Any:
+        """The action that sets the thresholds as close to (l2, l3) as this type can from ``current``."""
+        raise NotImplementedError
+
+
+class ContinuousThresholds(ActionType):
+    name = "continuous"
+
+    @property
+    def space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
+
+    def decode(self, action: Any, current: Controls) -> Controls:
+        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        l2, l3 = self.clip_thresholds(_from_unit(a[0], *self.l2_range), _from_unit(a[1], *self.l3_range))
+        return current.replace(l2_threshold=l2, l3_threshold=l3)
+
+    def encode(self, l2: float, l3: float, current: Controls) -> np.ndarray:
+        return np.array([_to_unit(l2, *self.l2_range), _to_unit(l3, *self.l3_range)], dtype=np.float32)
+
+
+class DiscreteThresholds(ActionType):
+    name = "discrete"
+
+    @property
+    def space(self) -> spaces.Discrete:
+        return spaces.Discrete(9)
+
+    def decode(self, action: Any, current: Controls) -> Controls:
+        index = int(np.asarray(action).reshape(-1)[0])
+        if not 0 <= index < 9:
+            raise ValueError(f"discrete action must be in 0..8, got {index}")
+        d2, d3 = index // 3 - 1, index % 3 - 1
+        l2, l3 = self.clip_thresholds(
+            current.l2_threshold + d2 * self.discrete_step, current.l3_threshold + d3 * self.discrete_step
+        )
+        return current.replace(l2_threshold=l2, l3_threshold=l3)
+
+    def encode(self, l2: float, l3: float, current: Controls) -> int:
+        # the move of each threshold that lands closest to its target (keep when within half a step)
+        def move(target: float, now: float) -> int:
+            delta = target - now
+            if abs(delta) < 0.5 * self.discrete_step:
+                return 0
+            return 1 if delta > 0 else -1
+
+        return 3 * (move(l2, current.l2_threshold) + 1) + (move(l3, current.l3_threshold) + 1)
+
+
+class ExtendedControls(ActionType):
+    name = "extended"
+
+    @property
+    def space(self) -> spaces.Box:
+        return spaces.Box(-1.0, 1.0, shape=(8,), dtype=np.float32)
+
+    def decode(self, action: Any, current: Controls) -> Controls:
+        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        l2, l3 = self.clip_thresholds(_from_unit(a[0], *self.l2_range), _from_unit(a[1], *self.l3_range))
+        n = len(self.budget_levels)
+        level = int(min(n - 1, np.floor((a[3] + 1.0) * 0.5 * n)))
+        return Controls(
+            l2_threshold=l2,
+            l3_threshold=l3,
+            lookahead=1 if a[2] < 0 else 2,
+            prefetch_budget=self.budget_levels[level],
+            l2_share=_from_unit(a[4], 0.0, 1.0),
+            w_recency=_from_unit(a[5], 0.0, EVICTION_WEIGHT_MAX),
+            w_frequency=_from_unit(a[6], 0.0, EVICTION_WEIGHT_MAX),
+            w_confidence=_from_unit(a[7], 0.0, EVICTION_WEIGHT_MAX),
+            demand_overtakes=current.demand_overtakes,
+        )
+
+    def encode(self, l2: float, l3: float, current: Controls) -> np.ndarray:
+        """Thresholds (l2, l3) with every other control kept at its value in ``current``."""
+        n = len(self.budget_levels)
+        budget = current.prefetch_budget if current.prefetch_budget in self.budget_levels else 0
+        level = self.budget_levels.index(budget)
+        return np.array(
+            [
+                _to_unit(l2, *self.l2_range),
+                _to_unit(l3, *self.l3_range),
+                -0.5 if current.lookahead == 1 else 0.5,
+                2.0 * (level + 0.5) / n - 1.0,
+                _to_unit(current.l2_share, 0.0, 1.0),
+                _to_unit(current.w_recency, 0.0, EVICTION_WEIGHT_MAX),
+                _to_unit(current.w_frequency, 0.0, EVICTION_WEIGHT_MAX),
+                _to_unit(current.w_confidence, 0.0, EVICTION_WEIGHT_MAX),
+            ],
+            dtype=np.float32,
+        )
+
+
+ACTION_CLASSES: dict[str, type[ActionType]] = {
+    cls.name: cls for cls in (ContinuousThresholds, DiscreteThresholds, ExtendedControls)
+}
+
+
+def make_action_type(name: str, l2_range: tuple[float, float], l3_range: tuple[float, float], discrete_step: float,
+                     max_prefetch_budget: int) -> ActionType:
+    """The action type called ``name`` (``continuous``, ``discrete`` or ``extended``)."""
+    return ACTION_CLASSES[name](l2_range, l3_range, discrete_step, max_prefetch_budget)

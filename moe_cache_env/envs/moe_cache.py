@@ -1,0 +1,287 @@
+"""``MoECacheEnv``: adapt a three-tier GPU expert cache's prefetch thresholds while a MoE model serves requests.
+
+The environment is thin: it translates an action into the simulator's controls, replays one window of steps
+(``moe_cache_env.sim``), and turns the window's statistics into an observation, a reward and ``info``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from moe_cache_env.envs.actions import make_action_type
+from moe_cache_env.envs.config import EnvConfig, make_config
+from moe_cache_env.envs.observation import (
+    FEATURE_NAMES,
+    encode_observation,
+    expert_shares,
+    observation_space,
+    popularity_entropy,
+    popularity_shift,
+)
+from moe_cache_env.envs.reward import DemandAllReference, reward_terms
+from moe_cache_env.envs.suite import load_split
+from moe_cache_env.sim.config import Controls
+from moe_cache_env.sim.simulator import Simulator, WindowResult
+from moe_cache_env.traces.format import Trace
+
+
+class MoECacheEnv(gym.Env):
+    """
+    ## Description
+
+    A Mixture-of-Experts model serves requests on a GPU that holds only part of its experts. Before each MoE
+    layer runs, a predictor scores every expert of an upcoming layer; experts scoring at least the **L2
+    threshold** are prefetched into the high-confidence tier L2, those scoring at least the **L3 threshold**
+    into the speculative tier L3; the experts a step needs and does not find are copied on demand. Prefetches
+    share the host-to-GPU link with demand loads, so prefetching too much delays the loads that matter, and
+    prefetching too little leaves the model waiting. The serving conditions change during an episode (batch
+    size, the KV cache's share of memory, other traffic on the link, the domain of the requests), so the best
+    thresholds change too. The agent sets the thresholds once per window of ``window_steps`` forward passes.
+
+    ## Action Space
+
+    ``action_type="continuous"`` (default): ``Box(-1, 1, (2,), float32)``, the L2 and L3 thresholds mapped
+    linearly onto ``l2_range`` (0.5-0.9) and ``l3_range`` (0.1-0.6). ``"discrete"``: ``Discrete(9)``, each
+    threshold down / keep / up by ``discrete_step``. ``"extended"``: ``Box(-1, 1, (8,))``, the thresholds plus
+    lookahead, prefetch budget, L2 share of the budget and the three eviction weights. The L3 threshold is
+    clipped to at most the L2 threshold. See ``moe_cache_env/envs/actions.py``.
+
+    ## Observation Space
+
+    ``Box(low, high, (30,), float32)``: normalised statistics of the last window, in [0, 1] except the
+    thresholds and trends in [-1, 1]. Feature by feature in ``moe_cache_env/envs/observation.py`` and
+    ``docs/environment.md``.
+
+    ## Rewards
+
+    ``coverage_weight * perfect_coverage - latency_weight * latency_ratio`` per window (defaults 1 and 1),
+    where ``latency_ratio`` is the mean per-token latency over the window's demand-all reference latency
+    (``moe_cache_env/envs/reward.py``). Each term is in ``info["reward_terms"]``.
+
+    ## Starting State
+
+    ``reset`` draws a suite trace and a starting sequence with ``self.np_random``, takes whole sequences from
+    there (wrapping around) up to ``episode_tokens`` tokens of the configured split, builds the workload
+    schedule from a seed drawn from ``self.np_random``, and replays one warm-up window at
+    ``initial_thresholds`` (0.7 / 0.3): the first observation describes that window.
+    ``reset(options={"trace": i, "start_sequence": j})`` fixes the trace index and start.
+
+    ## Episode End
+
+    Terminated when the episode's tokens have all been served; truncated after ``max_episode_steps`` windows.
+
+    ## Arguments
+
+    ``gymnasium.make("moe_cache_env:MoECache-v0", config={...}, render_mode="ansi")``: ``config`` is merged
+    onto ``moe_cache_env.envs.config.DEFAULT_CONFIG``; unknown keys and bad values raise ``ConfigError``.
+
+    ## Version History
+
+    - v0: initial release.
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
+        self.config: EnvConfig = make_config(config)
+        self.render_mode = render_mode
+        raw = self.config.raw
+        self.action_type = make_action_type(
+            raw["action_type"], self.config.l2_range, self.config.l3_range, raw["discrete_step"],
+            raw["max_prefetch_budget"],
+        )
+        self.action_space = self.action_type.space
+        self.observation_space = observation_space()
+        self.window_steps = int(raw["window_steps"])
+        self.max_episode_steps = int(raw["max_episode_steps"])
+        l2, l3 = self.config.initial_thresholds
+        self.initial_controls = Controls(l2_threshold=l2, l3_threshold=min(l3, l2))
+        self.controls = self.initial_controls
+        self.sim: Simulator | None = None
+        self.trace_name = ""
+        self.elapsed_steps = 0
+        self._last_line = ""
+
+    # ---- episodes ------------------------------------------------------------------------------------------
+    def _split(self, name: str, split: str) -> Trace:
+        raw = self.config.raw
+        return load_split(name, split, tuple(float(f) for f in raw["split_fractions"]), int(raw["split_seed"]))
+
+    def _episode_trace(self, trace: Trace, start: int) -> Trace:
+        """Whole sequences from ``start`` (wrapping around) until ``episode_tokens`` are reached."""
+        bounds = trace.sequence_bounds()
+        ids = trace.sequence[bounds[:, 0]]
+        lengths = bounds[:, 1] - bounds[:, 0]
+        order = (start + np.arange(len(ids))) % len(ids)
+        cumulative = np.cumsum(lengths[order])
+        take = int(np.searchsorted(cumulative, self.config["episode_tokens"], side="left")) + 1
+        return trace.select_sequences(ids[order[: min(take, len(ids))]])
+
+    def _fit_trace(self, name: str) -> Trace | None:
+        """The cross-layer predictor's offline data: the first ``predictor_fit_tokens`` train-split tokens."""
+        tokens = int(self.config["predictor_fit_tokens"])
+        if self.config["predictor"] != "cross-layer" or tokens == 0:
+            return None
+        train = self._split(name, "train")
+        bounds = train.sequence_bounds()
+        ids = train.sequence[bounds[:, 0]]
+        keep = int(np.searchsorted(bounds[:, 1], tokens, side="left")) + 1
+        return train.select_sequences(ids[: min(keep, len(ids))])
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        options = dict(options or {})
+        unknown = sorted(set(options) - {"trace", "start_sequence"})
+        if unknown:
+            raise ValueError(f"unknown reset option(s) {unknown}; known: ['trace', 'start_sequence']")
+        names = self.config["traces"]
+        index = options.get("trace")
+        if index is None:
+            index = int(self.np_random.integers(len(names)))
+        if not 0 <= int(index) < len(names):
+            raise ValueError(f"reset option trace={index} is out of range; the suite has {len(names)} trace(s)")
+        self.trace_name = names[int(index)]
+        trace = self._split(self.trace_name, self.config["split"])
+        num_sequences = len(trace.sequence_bounds())
+        start = options.get("start_sequence")
+        if start is None:
+            start = int(self.np_random.integers(num_sequences))
+        if not 0 <= int(start) < num_sequences:
+            raise ValueError(f"reset option start_sequence={start} is out of range [0, {num_sequences})")
+        self.episode_trace = self._episode_trace(trace, int(start))
+        self.start_sequence = int(start)
+        # the simulator's own seed (workload schedule, noisy oracle), recorded so a replay can be rebuilt
+        self.sim_seed = int(self.np_random.integers(0, 2**63 - 1))
+        sim_rng = np.random.default_rng(self.sim_seed)
+        self.sim = Simulator(self.episode_trace, self.config.sim, rng=sim_rng, fit_trace=self._fit_trace(self.trace_name))
+        schedule = self.sim.schedule
+        self.reference = DemandAllReference(
+            self.episode_trace, self.sim.profile, self.sim.expert_bytes, self.config["timing"], schedule.step_tokens.shape[1]
+        )
+        self.controls = self.initial_controls
+        self.elapsed_steps = 0
+        self._previous_shares: np.ndarray | None = None
+        self._previous_raw: dict[str, float] | None = None
+        window = self.sim.run(self.window_steps, self.controls)
+        obs, info = self._observe(window)
+        self._render_line(info)
+        return obs, info
+
+    def step(self, action):
+        if self.sim is None:
+            raise RuntimeError("call reset() before step()")
+        if self.sim.done:
+            raise RuntimeError("the episode has ended; call reset()")
+        self.controls = self.action_type.decode(action, self.controls)
+        window = self.sim.run(self.window_steps, self.controls)
+        self.elapsed_steps += 1
+        obs, info = self._observe(window)
+        terminated = bool(self.sim.done)
+        truncated = bool(self.elapsed_steps >= self.max_episode_steps and not terminated)
+        self._render_line(info)
+        return obs, info["reward_terms"]["reward"], terminated, truncated, info
+
+    # ---- observation, reward, info --------------------------------------------------------------------------
+    def _observe(self, window: WindowResult) -> tuple[np.ndarray, dict[str, Any]]:
+        sim = self.sim
+        assert sim is not None
+        m = window.metrics
+        s0, s1 = window.first_step, window.first_step + window.num_steps
+        schedule = sim.schedule
+        step_tokens = schedule.step_tokens[s0:s1]
+        link_share = schedule.link_share[s0:s1]
+        reference_ms = self.reference.mean_latency_ms(step_tokens, schedule.step_ntokens[s0:s1], link_share)
+        terms = reward_terms(m, reference_ms, **self.config["reward"])
+        tokens = step_tokens[step_tokens >= 0]
+        shares = expert_shares(self.episode_trace.experts[tokens], self.episode_trace.num_experts)
+        copied = max(1, m["bytes_transferred"])
+        token_weights = schedule.step_ntokens[s0:s1].astype(np.float64)
+        cfg = self.config
+        E = self.episode_trace.num_experts
+        raw = {
+            "l2_threshold": 2.0 * (self.controls.l2_threshold - cfg.l2_range[0]) / (cfg.l2_range[1] - cfg.l2_range[0]) - 1.0,
+            "l3_threshold": 2.0 * (self.controls.l3_threshold - cfg.l3_range[0]) / (cfg.l3_range[1] - cfg.l3_range[0]) - 1.0,
+            "perfect_coverage": m["perfect_coverage"],
+            "avg_coverage": m["avg_coverage"],
+            "zero_coverage": m["zero_coverage"],
+            "hit_rate_l1": m["hit_rate_l1"],
+            "hit_rate_l2": m["hit_rate_l2"],
+            "hit_rate_l3": m["hit_rate_l3"],
+            "latency_ratio": terms["latency_ratio"],
+            "p95_latency_ratio": m["p95_latency_ms"] / reference_ms if reference_ms > 0 else 0.0,
+            "layer_latency": m["mean_latency_ms"] / self.episode_trace.num_layers,
+            "link_utilization": m["link_utilization"],
+            "memory_pressure": m["memory_pressure"],
+            "expert_memory_share": float(sim.current_capacities().sum() / sim.config.cache.total_slots),
+            "bandwidth_share": float(link_share @ token_weights / token_weights.sum()),
+            "batch_share": float(token_weights.mean() / step_tokens.shape[1]),
+            "prefetch_precision": m["prefetch_precision"],
+            "wasted_share": m["wasted_prefetch_bytes"] / copied,
+            "prefetch_share": m["prefetch_bytes"] / copied,
+            "predictor_top1_accuracy": m["predictor_top1_accuracy"],
+            "predictor_topk_recall": m["predictor_topk_recall"],
+            "predictor_max_confidence": m["predictor_mean_max_confidence"],
+            "candidates_above_l2": m["candidates_above_l2_per_prediction"] / E,
+            "candidates_above_l3": m["candidates_above_l3_per_prediction"] / E,
+            "popularity_entropy": popularity_entropy(shares),
+            "popularity_shift": popularity_shift(shares, self._previous_shares),
+        }
+        previous = self._previous_raw or raw
+        for trend, source in (
+            ("trend_perfect_coverage", "perfect_coverage"),
+            ("trend_latency_ratio", "latency_ratio"),
+            ("trend_link_utilization", "link_utilization"),
+            ("trend_predictor_accuracy", "predictor_top1_accuracy"),
+        ):
+            raw[trend] = raw[source] - previous[source]
+        self._previous_shares = shares
+        self._previous_raw = raw
+        obs = encode_observation(raw)
+        info = {
+            "reward_terms": terms,
+            "metrics": m,
+            "controls": self.controls.to_dict(),
+            "workload": {
+                "batch": float(schedule.batch[s0:s1].mean()),
+                "kv_fraction": float(schedule.kv_fraction[s0:s1].mean()),
+                "link_share": float(link_share.mean()),
+            },
+            "trace": self.trace_name,
+            "start_sequence": self.start_sequence,
+            "sim_seed": self.sim_seed,
+            "window": self.elapsed_steps,
+            "first_step": s0,
+            "num_steps": window.num_steps,
+            "tokens": int(token_weights.sum()),
+        }
+        return obs, info
+
+    # ---- helpers for agents and humans ---------------------------------------------------------------------
+    def threshold_action(self, l2: float, l3: float):
+        """The action that moves the thresholds as close to (l2, l3) as this action type allows."""
+        return self.action_type.encode(l2, l3, self.controls)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return FEATURE_NAMES
+
+    def _render_line(self, info: dict[str, Any]) -> None:
+        t = info["reward_terms"]
+        m = info["metrics"]
+        w = info["workload"]
+        self._last_line = (
+            f"window {info['window']:4d}  L2 {self.controls.l2_threshold:.3f}  L3 {self.controls.l3_threshold:.3f}  "
+            f"batch {w['batch']:5.2f}  kv {w['kv_fraction']:.2f}  link {w['link_share']:.2f}  "
+            f"cov {m['perfect_coverage']:.3f}  lat {m['mean_latency_ms']:7.2f} ms  ratio {t['latency_ratio']:.3f}  "
+            f"reward {t['reward']:+.3f}"
+        )
+
+    def render(self) -> str | None:
+        if self.render_mode == "ansi":
+            return self._last_line
+        return None
