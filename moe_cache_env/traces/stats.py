@@ -3,7 +3,8 @@
 :func:`trace_statistics` measures, per layer and in summary:
 
 - popularity: skew (busiest expert's share of the layer's top-k assignments over the uniform share ``1/E``),
-  normalised entropy of the shares, share taken by the top 10% of experts; the same skew per domain;
+  normalised entropy of the shares, share taken by the top 10% of experts; the same skew within each domain
+  (``domain_skews``) and its mean over domains (``domain_skew``);
 - temporal locality (consecutive tokens of one sequence, same layer): the fraction of the top-k set shared
   with the previous token (``overlap``; chance ``k/E``), the rate of an identical first choice
   (``same_top1``; chance ``1/E``) and of at least one shared expert (``any_shared``);
@@ -185,7 +186,10 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
         # Per-domain popularity and specialisation.
         if domain_masks:
             domain_shares = [_shares(at_layer[mask], E) for _, mask in domain_masks]
-            row["domain_skew"] = float(np.mean([popularity_skew(s) for s in domain_shares]))
+            row["domain_skews"] = {
+                name: popularity_skew(s) for (name, _), s in zip(domain_masks, domain_shares)
+            }
+            row["domain_skew"] = float(np.mean(list(row["domain_skews"].values())))
             if len(domain_shares) >= 2:
                 top_sets = [set(np.argsort(-s, kind="stable")[:top_n].tolist()) for s in domain_shares]
                 jaccards = [len(a & b) / len(a | b) for a, b in itertools.combinations(top_sets, 2)]

@@ -44,12 +44,18 @@ GENERATOR_ID = "moe_cache_env.traces.synth/1"
 DEFAULT_DOMAINS = ("arxiv", "book", "c4", "github", "wikipedia")
 POPULARITY_SOURCES = ("synthetic", "olmoe-data", "mixtral-data")
 
-# Calibration of the per-domain router bias: samples per (layer, domain), fixed-point iterations and step.
-# Measured on the olmoe preset: 4096 samples, 10 steps of 1.8 put the realised shares within 4% (mean
-# |log ratio|) of their targets, as close as 25 plain steps; fewer samples leave ~6%.
+# Calibration of the per-domain router bias: samples per (layer, domain), iterations, and the adaptive step
+# (per expert: grows while the error keeps its sign, shrinks when it flips). Measured on the olmoe and
+# qwen1.5-moe presets: 12 iterations bring the busiest expert's share within 3% of its target even where it is
+# near saturation (OLMoE arxiv, layer 0: in 98% of the tokens' top-8), and the shares of the experts above a
+# third of the uniform share within 4-6% (mean |log ratio|, the sampling noise of 4096 samples); a fixed step
+# left the saturated experts 15-25% short.
 _CALIBRATION_SAMPLES = 4096
-_CALIBRATION_ITERATIONS = 10
-_CALIBRATION_STEP = 1.8
+_CALIBRATION_ITERATIONS = 12
+_CALIBRATION_FIRST_STEP = 1.8
+_CALIBRATION_STEP_GROWTH = 1.5
+_CALIBRATION_STEP_SHRINK = 0.5
+_CALIBRATION_STEP_RANGE = (0.1, 64.0)
 _TINY = np.finfo(np.float32).tiny
 
 
@@ -465,10 +471,14 @@ def _calibrate_bias(
 ) -> np.ndarray:
     """Per-domain bias so that top-k routing over hidden states ~ N(0, I) hits the target shares.
 
-    Over-relaxed fixed-point iteration ``bias += step * (log(target) - log(measured))`` on common random numbers (the same hidden
-    states and noise every iteration), so the measured shares move smoothly with the bias.
+    Iterates ``bias += step * (log(target) - log(measured))`` on common random numbers (the same hidden
+    states and noise every iteration, so the measured shares move smoothly with the bias), with a per-expert
+    step that grows while the error keeps its sign (a nearly saturated expert needs a large bias) and shrinks
+    when it flips.
     """
     D, E = target.shape
+    if top_k >= E:
+        return np.zeros((D, E), dtype=np.float32)  # every expert is always chosen: the bias cannot matter
     latent_dim = projection.shape[1]
     hidden = rng.standard_normal((_CALIBRATION_SAMPLES, latent_dim)).astype(np.float32)
     router = hidden @ projection.T  # (N, E)
@@ -476,15 +486,24 @@ def _calibrate_bias(
     log_target = np.log(target).astype(np.float32)
     bias = log_target - log_target.mean(axis=1, keepdims=True)
     rows = np.arange(D)[:, None] * E
+    step = np.full((D, E), _CALIBRATION_FIRST_STEP, dtype=np.float32)
+    previous_error = np.zeros((D, E), dtype=np.float32)
+    low, high = _CALIBRATION_STEP_RANGE
     for _ in range(_CALIBRATION_ITERATIONS):
         key = noise - (router[None, :, :] + bias[:, None, :])
-        chosen = np.argpartition(key, top_k - 1, axis=2)[:, :, :top_k] if top_k < E else None
-        if chosen is None:
-            break  # every expert is always chosen: the bias cannot matter
+        chosen = np.argpartition(key, top_k - 1, axis=2)[:, :, :top_k]
         counts = np.bincount((chosen.reshape(D, -1) + rows).ravel(), minlength=D * E).reshape(D, E)
         measured = (counts + 0.5) / (counts.sum(axis=1, keepdims=True) + 0.5 * E)
-        bias += _CALIBRATION_STEP * (log_target - np.log(measured).astype(np.float32))
+        error = log_target - np.log(measured).astype(np.float32)
+        same_sign = np.sign(error) == np.sign(previous_error)
+        step = np.where(
+            same_sign,
+            np.minimum(step * _CALIBRATION_STEP_GROWTH, high),
+            np.maximum(step * _CALIBRATION_STEP_SHRINK, low),
+        ).astype(np.float32)
+        bias += step * error
         bias -= bias.mean(axis=1, keepdims=True)
+        previous_error = error
     return bias
 
 
