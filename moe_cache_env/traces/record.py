@@ -227,7 +227,9 @@ class _RouterHooks:
     def _resolve(self, site: RouterSite, output: Any, selected: list[Any], num_tokens: int) -> _LayerRows:
         decoded = decode_router_output(output, num_tokens, site.num_experts, site.logits_index)
         ids, weights, selection = decoded.ids, decoded.weights, "read from the router output"
-        if ids is None and len(selected) == 1:
+        if len(selected) > 1:
+            raise RouterError(f"{site.name.rpartition('.')[0]}.route_tokens_to_experts ran {len(selected)} times in one pass")
+        if ids is None and selected:
             chosen = decode_router_output(selected[0], num_tokens, site.num_experts)
             ids, weights = chosen.ids, chosen.weights
             selection = "read from the MoE block's route_tokens_to_experts"
@@ -257,7 +259,7 @@ def _detach(output: Any) -> Any:
     if isinstance(output, torch.Tensor):
         return output.detach()
     if isinstance(output, (tuple, list)):
-        return type(output)(_detach(o) for o in output) if isinstance(output, tuple) else [_detach(o) for o in output]
+        return tuple(_detach(o) for o in output)
     return output
 
 
@@ -324,19 +326,26 @@ def _config_fingerprint(model: nn.Module) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _check_inputs(sequences: Sequence[Sequence[int]], domains: list[str] | None, vocab: int | None, max_new: int) -> None:
-    if not isinstance(sequences, (list, tuple)) or not sequences:
+def _as_token_lists(sequences: Any, vocab: int | None) -> list[list[int]]:
+    """Validate the prompts (lists or 1-D integer arrays of token ids) and return them as lists of ints."""
+    if isinstance(sequences, (str, bytes)) or not hasattr(sequences, "__len__") or len(sequences) == 0:
         raise ValueError("sequences must be a non-empty list of token-id lists")
+    result = []
     for i, seq in enumerate(sequences):
-        if len(seq) == 0:
-            raise ValueError(f"sequence {i} is empty; every prompt needs at least one token")
-        bad = [t for t in seq if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
-        if bad:
-            raise ValueError(f"sequence {i} holds non-integer token {bad[0]!r}")
-        if vocab is not None and (min(seq) < 0 or max(seq) >= vocab):
+        array = np.asarray(seq)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(f"sequence {i} must be a non-empty 1-D list of token ids, got shape {array.shape}")
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"sequence {i} holds non-integer tokens (dtype {array.dtype})")
+        if array.min() < 0 or (vocab is not None and array.max() >= vocab):
             raise ValueError(f"sequence {i} holds token ids outside [0, {vocab}) (the model's vocab_size)")
-    if domains is not None and len(domains) != len(sequences):
-        raise ValueError(f"domains has {len(domains)} entries for {len(sequences)} sequences; give one per sequence")
+        result.append(array.astype(np.int64).tolist())
+    return result
+
+
+def _check_options(num_sequences: int, domains: list[str] | None, max_new: int) -> None:
+    if domains is not None and len(domains) != num_sequences:
+        raise ValueError(f"domains has {len(domains)} entries for {num_sequences} sequences; give one per sequence")
     if isinstance(max_new, bool) or not isinstance(max_new, int) or max_new < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new!r}")
 
@@ -430,7 +439,7 @@ def _build_trace(
 
 def record_routing(
     model: nn.Module,
-    sequences: list[list[int]],
+    sequences: Sequence[Sequence[int]],
     *,
     max_new_tokens: int = 0,
     domains: list[str] | None = None,
@@ -446,7 +455,7 @@ def record_routing(
 
     Args:
         model: a transformers causal LM with MoE layers (any family :func:`find_router_modules` recognises).
-        sequences: prompts as lists of token ids; each runs alone, in order.
+        sequences: prompts as lists (or 1-D integer arrays) of token ids; each runs alone, in order.
         max_new_tokens: generated tokens per prompt (greedy); 0 records the prefill only.
         domains: one domain label per sequence, stored in the traces' meta.
         expert_bytes: bytes of one routed expert; by default the experts module's parameter bytes / experts.
@@ -464,7 +473,8 @@ def record_routing(
     """
     config = text_config(model)
     vocab = getattr(config, "vocab_size", None)
-    _check_inputs(sequences, domains, vocab if isinstance(vocab, int) else None, max_new_tokens)
+    sequences = _as_token_lists(sequences, vocab if isinstance(vocab, int) else None)
+    _check_options(len(sequences), domains, max_new_tokens)
     sites = find_router_sites(model)
     num_experts_set = {site.num_experts for site in sites}
     if None in num_experts_set or len(num_experts_set) != 1:
@@ -524,7 +534,7 @@ def record_routing(
     try:
         with torch.inference_mode(), _RouterHooks(model, sites, record_logits) as hooks:
             for seq_id, tokens in enumerate(sequences):
-                input_ids = torch.tensor([list(map(int, tokens))], dtype=torch.long, device=run_device)
+                input_ids = torch.tensor([tokens], dtype=torch.long, device=run_device)
                 out = model(input_ids=input_ids, use_cache=max_new_tokens > 0, **last_only)
                 prefill.add(seq_id, hooks.collect(len(tokens)))
                 if max_new_tokens == 0:

@@ -506,7 +506,8 @@ def test_training_mode_is_restored() -> None:
     "sequences, kwargs, message",
     [
         ([], {}, "non-empty"),
-        ([[1, 2], []], {}, "sequence 1 is empty"),
+        ([[1, 2], []], {}, "sequence 1 must be a non-empty"),
+        ([[1, 2.5]], {}, "non-integer"),
         ([[1, VOCAB]], {}, "outside"),
         ([[1, 2]], {"domains": ["a", "b"]}, "one per sequence"),
         ([[1, 2]], {"max_new_tokens": -1}, "max_new_tokens"),
@@ -626,3 +627,12 @@ def test_prompts_file_errors_name_the_line(tmp_path: Any, content: str, message:
     path.write_text(content)
     with pytest.raises(ValueError, match=message):
         read_prompts(path)
+
+
+def test_prompts_may_be_integer_arrays() -> None:
+    model = build("olmoe")
+    as_lists = record_routing(model, PROMPTS)["prefill"]
+    as_arrays = record_routing(model, [np.array(p, dtype=np.int32) for p in PROMPTS])["prefill"]
+    np.testing.assert_array_equal(as_lists.experts, as_arrays.experts)
+    stacked = record_routing(model, np.array([PROMPTS[2], PROMPTS[2]]))["prefill"]
+    np.testing.assert_array_equal(stacked.experts[:5], stacked.experts[5:])
