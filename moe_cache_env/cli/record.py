@@ -77,13 +77,16 @@ def _load_model(args: argparse.Namespace, transformers: Any, torch: Any) -> tupl
             " Model hubs are unreachable: pass a local directory holding config.json and the weights "
             "(the output of save_pretrained), or an id already in the local Hugging Face cache."
         )
-        raise CommandError(f"cannot load model {where} {args.model!r} offline: {str(exc).splitlines()[0].rstrip('.')}.{hint}")
+        reason = str(exc).splitlines()[0].rstrip(".")
+        raise CommandError(f"cannot load model {where} {args.model!r} offline: {reason}.{hint}") from None
     return model.to(device), device
 
 
 #: Files one of which a local model directory needs for its tokenizer; without them transformers 5 returns an
 #: empty tokenizer of the model's default class instead of failing.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tokenizer_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model", "tokenizer_config.json",
+)
 
 
 def _load_tokenizer(args: argparse.Namespace, transformers: Any) -> Any:

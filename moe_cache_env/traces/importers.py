@@ -34,7 +34,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -245,7 +246,8 @@ def rows_to_arrays(
         if (row.weights is None) != (first_row.weights is None):
             has, lacks = (row, first_row) if row.weights is not None else (first_row, row)
             raise TraceImportError(
-                f"{source_name}:{lacks.line}: no weights, but line {has.line} has some; give weights on every row or none"
+                f"{source_name}:{lacks.line}: no weights, but line {has.line} has some; "
+                "give weights on every row or none"
             )
         bad = [e for e in row.experts if e >= num_experts]
         if bad:
@@ -276,7 +278,9 @@ def rows_to_arrays(
     labelled = [d for d, _ in seq_domain.values() if d is not None]
     if labelled and len(labelled) != len(seq_domain):
         unlabelled = next(line for d, line in seq_domain.values() if d is None)
-        raise TraceImportError(f"{source_name}:{unlabelled}: this sequence has no domain but others do; label all or none")
+        raise TraceImportError(
+            f"{source_name}:{unlabelled}: this sequence has no domain but others do; label all or none"
+        )
 
     layers = sorted({layer for _, _, layer in cells})
     layer_pos = {layer: i for i, layer in enumerate(layers)}

@@ -24,7 +24,8 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -166,7 +167,7 @@ class _RouterHooks:
         self._wrapped: list[tuple[nn.Module, bool, Any]] = []
         self._rule = None
 
-    def __enter__(self) -> "_RouterHooks":
+    def __enter__(self) -> _RouterHooks:
         for i, site in enumerate(self.sites):
             self._handles.append(site.module.register_forward_hook(self._router_hook(i)))
             route = getattr(site.block, "route_tokens_to_experts", None) if site.block is not None else None
@@ -228,7 +229,8 @@ class _RouterHooks:
         decoded = decode_router_output(output, num_tokens, site.num_experts, site.logits_index)
         ids, weights, selection = decoded.ids, decoded.weights, "read from the router output"
         if len(selected) > 1:
-            raise RouterError(f"{site.name.rpartition('.')[0]}.route_tokens_to_experts ran {len(selected)} times in one pass")
+            block_name = site.name.rpartition(".")[0]
+            raise RouterError(f"{block_name}.route_tokens_to_experts ran {len(selected)} times in one forward pass")
         if ids is None and selected:
             chosen = decode_router_output(selected[0], num_tokens, site.num_experts)
             ids, weights = chosen.ids, chosen.weights
@@ -407,12 +409,16 @@ def _build_trace(
     meta_extra = dict(base_meta)
     meta_extra["routing"] = dict(meta_extra["routing"], selection=sorted(buffer.selection))
     if weights is not None and (~np.isfinite(weights) | (weights < 0)).any():
-        warnings.warn(f"{phase}: the router's gate weights include negative or non-finite values; dropping them")
+        warnings.warn(
+            f"{phase}: the router's gate weights include negative or non-finite values; dropping them", stacklevel=3
+        )
         weights = None
         meta_extra["routing"]["weights_dropped"] = "negative or non-finite gate weights"
     experts, weights = _rank_by_weight(experts, weights)
     if experts.min() < 0 or experts.max() >= num_experts:
-        raise RouterError(f"{phase}: recorded expert ids span [{experts.min()}, {experts.max()}], not [0, {num_experts})")
+        raise RouterError(
+            f"{phase}: recorded expert ids span [{experts.min()}, {experts.max()}], not [0, {num_experts})"
+        )
     logits = None
     if record_logits:
         logits = np.concatenate(buffer.logits, axis=0).astype(np.float32)  # type: ignore[arg-type]
@@ -493,7 +499,9 @@ def record_routing(
         if next(model.parameters()).device != device:
             model.to(device)
     run_device = next(model.parameters()).device
-    name = model_name or getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__
+    name = (
+        model_name or getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or type(model).__name__
+    )
     try:
         import transformers
 
@@ -552,18 +560,13 @@ def record_routing(
     finally:
         model.train(was_training)
 
-    traces = {
-        "prefill": _build_trace(
-            prefill, "prefill", base_meta=base_meta, num_experts=num_experts, domains=domains, record_logits=record_logits
-        )
-    }
+    build = dict(base_meta=base_meta, num_experts=num_experts, domains=domains, record_logits=record_logits)
+    traces = {"prefill": _build_trace(prefill, "prefill", **build)}
     if max_new_tokens > 0:
         if not decode:
             raise RouterError(
                 "every prompt's first generated token is an end-of-sequence token, so decoding recorded nothing; "
                 "pass stop_at_eos=False to record past it"
             )
-        traces["decode"] = _build_trace(
-            decode, "decode", base_meta=base_meta, num_experts=num_experts, domains=domains, record_logits=record_logits
-        )
+        traces["decode"] = _build_trace(decode, "decode", **build)
     return traces

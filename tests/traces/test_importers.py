@@ -72,12 +72,12 @@ def test_per_rank_columns_and_jsonl_give_the_same_trace(tmp_path: Path) -> None:
     ranked = tmp_path / "ranked.csv"
     ranked.write_text(
         "seq_id,position,layer_idx,expert_0,expert_1,weight_0,weight_1\n"
-        + "".join(f"{s},{t},{l},{e[0]},{e[1]},{w[0]},{w[1]}\n" for s, t, l, e, w in rows)
+        + "".join(f"{s},{t},{layer},{e[0]},{e[1]},{w[0]},{w[1]}\n" for s, t, layer, e, w in rows)
     )
     jsonl = tmp_path / "dump.jsonl"
     jsonl.write_text(
-        "".join(json.dumps({"sequence": s, "token": t, "layer": l, "experts": e, "weights": w}) + "\n"
-                for s, t, l, e, w in rows)
+        "".join(json.dumps({"sequence": s, "token": t, "layer": layer, "experts": e, "weights": w}) + "\n"
+                for s, t, layer, e, w in rows)
     )
     for other in (import_trace(ranked, num_experts=8, expert_bytes=1024),
                   import_trace(jsonl, num_experts=8, expert_bytes=1024)):
@@ -103,7 +103,8 @@ def test_domains_and_no_weights(tmp_path: Path) -> None:
     "rows, message",
     [
         # a token missing a layer
-        ("a,0,0,1 2\na,0,1,1 2\na,1,0,2 3\n", r"dump.csv:4: misaligned layers: sequence 'a', token 1 has no row for layer\(s\) \[1\]"),
+        ("a,0,0,1 2\na,0,1,1 2\na,1,0,2 3\n",
+         r"dump.csv:4: misaligned layers: sequence 'a', token 1 has no row for layer\(s\) \[1\]"),
         # a missing token (row) inside a sequence
         ("a,0,0,1 2\na,2,0,2 3\n", r"missing rows: sequence 'a' has tokens 0..2 but none for token\(s\) \[1\]"),
         ("a,0,0,1 2\na,0,0,2 3\n", r"dump.csv:3: duplicate row for sequence 'a', token 0, layer 0 \(first on line 2\)"),

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import types
 import warnings
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -64,7 +65,8 @@ FAMILIES: dict[str, tuple[str, dict[str, Any], str]] = {
                                              v_head_dim=8, routed_scaling_factor=1.5), "DeepseekV2ForCausalLM"),
     "deepseek_v3": ("DeepseekV3Config", dict(ATTN, num_hidden_layers=3, intermediate_size=48,
                                              moe_intermediate_size=24, n_routed_experts=8, num_experts_per_tok=2,
-                                             n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2, num_key_value_heads=4,
+                                             n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
+                                             num_key_value_heads=4,
                                              kv_lora_rank=16, q_lora_rank=16, qk_nope_head_dim=8,
                                              qk_rope_head_dim=8, v_head_dim=8, norm_topk_prob=True,
                                              routed_scaling_factor=2.5), "DeepseekV3ForCausalLM"),
@@ -441,7 +443,8 @@ def test_decode_stops_at_end_of_sequence() -> None:
     traces = record_routing(model, PROMPTS, max_new_tokens=5, domains=["x", "y", "z"])
     decode = traces["decode"]
     assert 1 not in set(decode.sequence.tolist())
-    assert decode.domains() == [d for s, d in zip(range(3), "xyz") if s in set(decode.sequence.tolist())]
+    kept = set(decode.sequence.tolist())
+    assert decode.domains() == [d for s, d in enumerate("xyz") if s in kept]
     model.generation_config.eos_token_id = first
     with pytest.raises(RouterError, match="stop_at_eos=False"):
         record_routing(model, PROMPTS, max_new_tokens=5)
@@ -588,7 +591,8 @@ def test_record_command_token_prompts_need_no_tokenizer(tmp_path: Any) -> None:
     build("olmoe").save_pretrained(tmp_path / "bare")  # no tokenizer files
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"tokens": [1, 2, 3]}\n{"tokens": [4, 5]}\n')
-    assert run_record(["--model", str(tmp_path / "bare"), "--prompts", str(prompts), "-o", str(tmp_path / "t.npz")]) == 0
+    argv = ["--model", str(tmp_path / "bare"), "--prompts", str(prompts), "-o", str(tmp_path / "t.npz")]
+    assert run_record(argv) == 0
     trace = load_trace(tmp_path / "t.npz")
     assert trace.num_tokens == 5 and trace.domains() is None and not (tmp_path / "t-decode.npz").exists()
     text_prompts = tmp_path / "p.txt"

@@ -20,9 +20,9 @@ Torch is imported at module level: this module is only imported by the recorder.
 from __future__ import annotations
 
 import inspect
-import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -277,8 +277,9 @@ def decode_router_output(
     logits = None
     if num_experts is not None:
         ordered = floats
-        if logits_index is not None and 0 <= logits_index < len(items) and isinstance(items[logits_index], torch.Tensor):
-            ordered = [items[logits_index]] + floats
+        declared = items[logits_index] if logits_index is not None and 0 <= logits_index < len(items) else None
+        if isinstance(declared, torch.Tensor):
+            ordered = [declared] + floats
         for t in ordered:
             if t is dense_scores or not t.is_floating_point():
                 continue
