@@ -107,14 +107,23 @@ class _Columns:
             )
 
 
+_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+
+
 def _parse_int(value: Any, what: str, where: str) -> int:
+    if type(value) is str and value.isascii() and value.isdigit():  # the common case, fast: dumps are long
+        return int(value)
+    if type(value) is int:
+        if value < 0:
+            raise TraceImportError(f"{where}: {what} must be non-negative, got {value}")
+        return value
     if isinstance(value, bool):
         raise TraceImportError(f"{where}: {what} must be an integer, got {value!r}")
     if isinstance(value, int):
         result = value
     elif isinstance(value, float) and value.is_integer():
         result = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+    elif isinstance(value, str) and _INT_TEXT.fullmatch(value):
         result = int(value)
     else:
         raise TraceImportError(f"{where}: {what} must be an integer, got {value!r}")
@@ -123,7 +132,23 @@ def _parse_int(value: Any, what: str, where: str) -> int:
     return result
 
 
+def _plain_ints(values: list[Any]) -> list[int] | None:
+    """The values as ints when all are non-negative ints or ASCII digit strings (the fast, common case)."""
+    out = []
+    for v in values:
+        kind = type(v)
+        if kind is int and v >= 0:
+            out.append(v)
+        elif kind is str and v.isascii() and v.isdigit():
+            out.append(int(v))
+        else:
+            return None
+    return out
+
+
 def _parse_float(value: Any, what: str, where: str) -> float:
+    if type(value) is float and math.isfinite(value) and value >= 0:
+        return value
     try:
         result = float(value) if not isinstance(value, bool) else math.nan
     except (TypeError, ValueError):
@@ -164,7 +189,9 @@ def _parse_row(record: dict[str, Any], columns: _Columns, path: Path, line: int)
             raise TraceImportError(f"{where}: an expert_i column is empty; every rank column needs an id")
     else:
         raw_experts = _split_list(_field(record, columns, "experts"), "experts", where)
-    experts = [_parse_int(v, "expert id", where) for v in raw_experts]
+    experts = _plain_ints(raw_experts)
+    if experts is None:  # something unusual: check item by item for a precise message
+        experts = [_parse_int(v, "expert id", where) for v in raw_experts]
     if not experts:
         raise TraceImportError(f"{where}: the row lists no expert")
     if len(set(experts)) != len(experts):
@@ -178,7 +205,12 @@ def _parse_row(record: dict[str, Any], columns: _Columns, path: Path, line: int)
             raw, "weights", where
         )
     if raw_weights is not None:
-        weights = [_parse_float(v, "weight", where) for v in raw_weights]
+        try:
+            weights = [float(v) for v in raw_weights if type(v) is not bool]
+        except (TypeError, ValueError):
+            weights = []
+        if len(weights) != len(raw_weights) or not all(math.isfinite(w) and w >= 0 for w in weights):
+            weights = [_parse_float(v, "weight", where) for v in raw_weights]
         if len(weights) != len(experts):
             raise TraceImportError(f"{where}: {len(weights)} weights for {len(experts)} experts; give one per expert")
     domain = _field(record, columns, "domain")

@@ -191,3 +191,21 @@ def test_import_command_expert_bytes_from_a_preset_or_an_error(tmp_path: Path) -
     assert load_trace(out).expert_bytes == 3 * shape.hidden * shape.intermediate * 2  # bf16 SwiGLU expert
     with pytest.raises(CommandError, match="give --expert-bytes"):
         run_import([str(small_csv(tmp_path)), "-o", str(out), "--num-experts", "8"])
+
+
+def test_unusual_numbers_get_precise_messages(tmp_path: Path) -> None:
+    """The fast parsing path must not let through what the careful one refuses."""
+    cases = [
+        ('{"sequence": "a", "token": 0, "layer": 0, "experts": [1, true]}', "expert id must be an integer, got True"),
+        ('{"sequence": "a", "token": 0, "layer": 0, "experts": [1], "weights": [true]}', "weight must be a finite"),
+        ('{"sequence": "a", "token": 0, "layer": 0, "experts": ["\\u00b2"]}', "expert id must be an integer"),
+        ('{"sequence": "a", "token": 0, "layer": 0, "experts": [1], "weights": ["nan"]}', "weight must be a finite"),
+    ]
+    for line, message in cases:
+        path = write(tmp_path / "d.jsonl", line + "\n")
+        with pytest.raises(TraceImportError, match=message):
+            import_trace(path, num_experts=8, expert_bytes=1)
+    ok = write(tmp_path / "ok.jsonl", '{"sequence": 1, "token": "0", "layer": 0.0, "experts": ["3", 4], '
+                                      '"weights": ["0.25", 0.75]}\n')
+    trace = import_trace(ok, num_experts=8, expert_bytes=1)
+    assert trace.experts.tolist() == [[[3, 4]]] and trace.weights.tolist() == [[[0.25, 0.75]]]
