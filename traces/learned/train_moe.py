@@ -1,8 +1,11 @@
 """Train a small OLMoE-style Mixture-of-Experts language model from random initialisation on the byte corpus.
 
-The model is ``transformers``' ``OlmoeForCausalLM`` (softmax router, top-k without renormalisation, the
-Switch-style load-balancing loss weighted by ``router_aux_loss_coef`` as in OLMoE) at a small geometry: by
-default 12 layers of 64 experts, 8 routed per token. Weights are bf16 for the forward and backward passes;
+The model is ``transformers``' ``OlmoeForCausalLM`` (softmax router, top-k without renormalisation) at a small
+geometry: by default 12 layers of 64 experts, 8 routed per token. The router losses are OLMoE's (arXiv
+2409.02060, section 2: load-balancing weight 0.01, router z-loss weight 0.001), computed per layer and averaged
+over layers (:func:`router_losses`). transformers' own ``load_balancing_loss_func`` pools the assignments of
+all layers before balancing them, which leaves each single layer free to be very unbalanced; a first run with
+it gave per-layer skews up to 8 (docs/traces.md), so it is not used. Weights are bf16 for the forward and backward passes;
 the optimizer keeps fp32 master copies (the usual mixed-precision recipe), so small updates are not lost to
 bf16 rounding. Batches mix the three domains equally, each row a random window of one domain's train stream.
 
@@ -81,7 +84,9 @@ class TrainArgs:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     aux_loss_coef: float = 0.01
-    """load-balancing loss weight; 0.01 as OLMoE and Mixtral"""
+    """load-balancing loss weight; 0.01 as OLMoE"""
+    z_loss_coef: float = 0.001
+    """router z-loss weight; 0.001 as OLMoE"""
     seed: int = 0
     log_every: int = 10
     eval_every: int = 250
@@ -159,6 +164,28 @@ def fixed_windows(stream: np.ndarray, count: int, seq_len: int) -> np.ndarray:
     for i, s in enumerate(starts):
         out[i, 1:] = stream[s : s + seq_len - 1]
     return out
+
+
+def router_losses(router_logits: tuple[torch.Tensor, ...], top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-layer Switch load-balancing loss and router z-loss, each averaged over layers.
+
+    For one layer with token fractions ``f_e`` (share of tokens that have expert ``e`` among their top-k; the
+    ``f_e`` sum to ``k``) and mean router probabilities ``P_e``, the balancing loss is ``E * sum_e f_e P_e``:
+    ``k`` when perfectly balanced (transformers' scale). The z-loss is the mean squared log-sum-exp of the
+    logits (ST-MoE, arXiv 2202.08906). Also returns the mean over layers of the busiest expert's load over the
+    uniform load (the popularity skew of the training batch), for the log.
+    """
+    balance, z, skew = [], [], []
+    for logits in router_logits:
+        logits = logits.float()
+        probs = torch.softmax(logits, dim=-1)
+        num_experts = probs.shape[-1]
+        chosen = torch.topk(probs, top_k, dim=-1).indices
+        fractions = torch.zeros_like(probs).scatter_(1, chosen, 1.0).mean(dim=0)
+        balance.append(num_experts * (fractions * probs.mean(dim=0)).sum())
+        z.append(torch.logsumexp(logits, dim=-1).square().mean())
+        skew.append(fractions.detach().max() * num_experts / top_k)
+    return torch.stack(balance).mean(), torch.stack(z).mean(), torch.stack(skew).mean()
 
 
 def lr_at(step: int, args: TrainArgs) -> float:
@@ -264,7 +291,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     start = time.perf_counter()
     model.train()
     stopped_early = False
-    last_train = {"loss": float("nan"), "aux": float("nan")}
+    last_train = {"loss": float("nan"), "aux": float("nan"), "z": float("nan")}
     steps_done = 0
     for step in range(args.steps):
         if args.time_limit_s and time.perf_counter() - start > args.time_limit_s:
@@ -274,8 +301,12 @@ def train(args: TrainArgs) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = torch.from_numpy(sampler.batch(args.batch_size)).to(device, non_blocking=True)
-        out = model(input_ids=batch, labels=batch)
-        out.loss.backward()
+        out = model(input_ids=batch, output_router_logits=True)
+        lm_loss = torch.nn.functional.cross_entropy(
+            out.logits[:, :-1].float().reshape(-1, out.logits.size(-1)), batch[:, 1:].reshape(-1)
+        )
+        balance_loss, z_loss, batch_skew = router_losses(out.router_logits, shape.top_k)
+        (lm_loss + args.aux_loss_coef * balance_loss + args.z_loss_coef * z_loss).backward()
         for p, m in zip(params, master):
             m.grad = p.grad.float() if p.grad is not None else torch.zeros_like(m)
             p.grad = None
@@ -287,15 +318,15 @@ def train(args: TrainArgs) -> dict[str, Any]:
         steps_done = step + 1
 
         if steps_done % args.log_every == 0 or steps_done == args.steps:
-            aux = float(out.aux_loss.detach())
-            total = float(out.loss.detach())
-            last_train = {"loss": total - args.aux_loss_coef * aux, "aux": aux}
+            last_train = {"loss": float(lm_loss.detach()), "aux": float(balance_loss.detach()), "z": float(z_loss.detach())}
             row: dict[str, Any] = {
                 "step": steps_done,
                 "tokens": steps_done * args.batch_size * args.seq_len,
                 "lr": lr,
                 "train_loss": round(last_train["loss"], 5),
-                "aux_loss": round(aux, 5),
+                "aux_loss": round(last_train["aux"], 5),
+                "z_loss": round(last_train["z"], 5),
+                "batch_skew": round(float(batch_skew), 4),
                 "grad_norm": round(float(grad_norm), 4),
                 "elapsed_s": round(time.perf_counter() - start, 1),
             }
@@ -309,7 +340,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     if rows and f"heldout_{DOMAINS[0]}" not in rows[-1]:
         rows[-1].update({f"heldout_{d}": round(v, 5) for d, v in final_eval.items()})
 
-    fieldnames = ["step", "tokens", "lr", "train_loss", "aux_loss", "grad_norm", "elapsed_s"]
+    fieldnames = ["step", "tokens", "lr", "train_loss", "aux_loss", "z_loss", "batch_skew", "grad_norm", "elapsed_s"]
     fieldnames += [f"heldout_{d}" for d in DOMAINS]
     tmp = loss_path.with_suffix(".tmp")
     with tmp.open("w", newline="") as handle:
@@ -332,6 +363,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         "tokens_seen": steps_done * args.batch_size * args.seq_len,
         "final_train_loss": last_train["loss"],
         "final_aux_loss": last_train["aux"],
+        "final_z_loss": last_train["z"],
         "final_heldout_loss": final_eval,
         "wall_s": round(wall_s, 1),
         "hardware": hardware_info(device),
