@@ -209,3 +209,16 @@ def test_unusual_numbers_get_precise_messages(tmp_path: Path) -> None:
                                       '"weights": ["0.25", 0.75]}\n')
     trace = import_trace(ok, num_experts=8, expert_bytes=1)
     assert trace.experts.tolist() == [[[3, 4]]] and trace.weights.tolist() == [[[0.25, 0.75]]]
+
+
+def test_import_through_the_console_entry_point(tmp_path: Path, capsys: Any) -> None:
+    from moe_cache_env.cli import main
+
+    out = tmp_path / "t.npz"
+    assert main(["import", str(small_csv(tmp_path)), "-o", str(out), "--num-experts", "8", "--expert-bytes", "64"]) == 0
+    assert load_trace(out).num_tokens == 4
+    bad = write(tmp_path / "bad.csv", "sequence,token,layer,experts\na,0,0,1 2\na,0,0,3 4\n")
+    assert main(["import", str(bad), "-o", str(tmp_path / "u.npz"), "--num-experts", "8", "--expert-bytes", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.csv:3: duplicate row for sequence 'a', token 0, layer 0" in err[0]
+    assert not (tmp_path / "u.npz").exists()
