@@ -640,3 +640,18 @@ def test_prompts_may_be_integer_arrays() -> None:
     np.testing.assert_array_equal(as_lists.experts, as_arrays.experts)
     stacked = record_routing(model, np.array([PROMPTS[2], PROMPTS[2]]))["prefill"]
     np.testing.assert_array_equal(stacked.experts[:5], stacked.experts[5:])
+
+
+def test_missing_transformers_names_the_extra(monkeypatch: Any, tmp_path: Any) -> None:
+    import sys
+
+    from moe_cache_env.cli import CommandError
+    from moe_cache_env.traces.record import require_transformers
+
+    monkeypatch.setitem(sys.modules, "transformers", None)  # what an environment without the extra looks like
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[record\]"'):
+        require_transformers()
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat\n")
+    with pytest.raises(CommandError, match=r"the 'record' extra"):
+        run_record(["--model", str(tmp_path), "--prompts", str(prompts), "-o", str(tmp_path / "t.npz")])
