@@ -43,6 +43,8 @@ def format_table(stats: dict[str, Any]) -> str:
         ("xl.next", "xlayer_next", 3),
         ("xl.next2", "xlayer_next2", 3),
         ("pop.next", "popularity_next", 3),
+        ("xl.top1", "xlayer_top1", 3),
+        ("pop.top1", "popularity_top1", 3),
     ]
     lines.append("  ".join(f"{title:>10}" for title, _, _ in columns))
     for row in stats["layers"]:
@@ -58,7 +60,8 @@ def format_table(stats: dict[str, Any]) -> str:
         f"{stats['domains']['specialisation_top_n']} sets;",
         "  overlap / same.top1 / any.shared = vs the previous token of the same sequence;",
         "  xl.next / xl.next2 = precision of a co-occurrence table (fitted on the first half of the sequences)",
-        "  predicting the top-k one / two layers ahead on the second half; pop.next = popularity alone.",
+        "  predicting the top-k one / two layers ahead on the second half; pop.next = popularity alone;",
+        "  xl.top1 / pop.top1 = accuracy of the next layer's first choice from this layer's first choice / popularity.",
         "",
         "summary (mean over layers):",
         f"  skew {_fmt(summary['mean_skew'], 2)} (min / median / max "
@@ -73,6 +76,8 @@ def format_table(stats: dict[str, Any]) -> str:
         f"  cross-layer precision: next layer {_fmt(summary['mean_xlayer_next'])}, two ahead "
         f"{_fmt(summary['mean_xlayer_next2'])}, popularity alone {_fmt(summary['mean_popularity_next'])}, "
         f"previous token {_fmt(summary['mean_overlap'])}, chance {chance['precision']:.3f}",
+        f"  first choice from the previous layer's first choice {_fmt(summary['mean_xlayer_top1'])}, popularity "
+        f"alone {_fmt(summary['mean_popularity_top1'])}, chance {chance['same_top1']:.3f}",
     ]
     if summary.get("mean_domain_jaccard") is not None:
         lines.append(

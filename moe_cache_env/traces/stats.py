@@ -12,7 +12,9 @@
   ``l + 2``'s) is counted on the first half of the sequences; on the second half, each token's next-layer
   prediction is the ``k`` experts with the largest summed counts over its ``k`` experts at layer ``l``, and the
   precision is the fraction of the predicted ``k`` that the token really uses. Beside it, popularity alone (the
-  ``k`` most used experts of the first half) and chance (``k/E``);
+  ``k`` most used experts of the first half) and chance (``k/E``). Also the accuracy of predicting the next
+  layer's first choice from this layer's first choice (``xlayer_top1``) and from popularity alone
+  (``popularity_top1``);
 - domain mix and specialisation: mean pairwise Jaccard similarity of the domains' top-``n`` sets per layer
   (``n = max(k, E // 4)``; 1 = no specialisation).
 
@@ -114,6 +116,28 @@ def cooccurrence_precision(
     return table_precision, popularity_precision
 
 
+def top1_transition_accuracy(
+    train_source: np.ndarray,
+    train_target: np.ndarray,
+    test_source: np.ndarray,
+    test_target: np.ndarray,
+    num_experts: int,
+) -> tuple[float, float]:
+    """Accuracy of predicting the next layer's first choice from this layer's first choice, and of popularity.
+
+    Arrays are (tokens,) first-choice ids. The table counts (first choice at l, first choice at l') pairs on
+    train; the prediction is the row's most frequent successor (ties and unseen rows: the most frequent first
+    choice at l'), which is also the popularity prediction.
+    """
+    table = np.bincount(
+        train_source.astype(np.int64) * num_experts + train_target, minlength=num_experts * num_experts
+    ).reshape(num_experts, num_experts).astype(np.float64)
+    popularity = np.bincount(train_target, minlength=num_experts).astype(np.float64)
+    table += popularity / (popularity.sum() + 1.0)  # below one count: breaks ties only
+    predicted = table.argmax(axis=1)[test_source.astype(np.int64)]
+    return float((predicted == test_target).mean()), float((test_target == popularity.argmax()).mean())
+
+
 def token_domains(trace: Trace) -> tuple[np.ndarray, list[str]] | None:
     """Domain index of each token and the domain names, when the trace records per-sequence domains."""
     domains = trace.domains()
@@ -211,7 +235,7 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
             if split_token is None or l + ahead >= L:
                 row[f"xlayer_{key}"] = None
                 if ahead == 1:
-                    row["popularity_next"] = None
+                    row["popularity_next"] = row["xlayer_top1"] = row["popularity_top1"] = None
                 continue
             table_p, popular_p = cooccurrence_precision(
                 experts[:split_token, l, :],
@@ -223,6 +247,13 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
             row[f"xlayer_{key}"] = table_p
             if ahead == 1:
                 row["popularity_next"] = popular_p
+                row["xlayer_top1"], row["popularity_top1"] = top1_transition_accuracy(
+                    experts[:split_token, l, 0],
+                    experts[:split_token, l + 1, 0],
+                    experts[split_token:, l, 0],
+                    experts[split_token:, l + 1, 0],
+                    E,
+                )
         layers.append(row)
 
     def mean_of(key: str) -> float | None:
@@ -247,6 +278,8 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
         "xlayer_next",
         "xlayer_next2",
         "popularity_next",
+        "xlayer_top1",
+        "popularity_top1",
     ):
         summary[f"mean_{key}"] = mean_of(key)
     for key in ("skew", "overlap", "same_top1", "domain_jaccard"):

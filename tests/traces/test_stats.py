@@ -67,6 +67,12 @@ def test_tiny_trace_cross_layer_precision():
     # Layer 1 -> 2 predicts {0, 3} for every test token; actual {2, 1}, {2, 0}, {2, 1}.
     assert layer1["xlayer_next"] == pytest.approx(1 / 6)
     assert layer1["popularity_next"] == pytest.approx(1 / 6)
+    # First choices, layer 0 -> 1: train pairs 0->1, 0->1, 0->2; test first choices 3, 3, 0 (row 3 unseen:
+    # popularity, expert 1) predict 1, 1, 1 against 0, 0, 1.
+    assert layer0["xlayer_top1"] == pytest.approx(1 / 3)
+    assert layer0["popularity_top1"] == pytest.approx(1 / 3)
+    # Layer 1 -> 2: every prediction is 3 (train successors and popularity), actual first choices 2, 2, 2.
+    assert layer1["xlayer_top1"] == 0.0 and layer1["popularity_top1"] == 0.0
     # Layer 0 -> 2 (two ahead) also predicts {0, 3}.
     assert layer0["xlayer_next2"] == pytest.approx(1 / 6)
     assert layer1["xlayer_next2"] is None and layer2["xlayer_next"] is None
@@ -156,6 +162,9 @@ def test_mixtral_trace_meets_the_targets(bundled_stats):
     assert layers[0]["same_top1"] == pytest.approx(0.14, abs=0.04)
     assert layers[15]["same_top1"] == pytest.approx(0.26, abs=0.06)
     assert layers[31]["same_top1"] == pytest.approx(0.23, abs=0.06)
+    # Decode traces: the first choice at l predicts the first choice at l+1 with 0.34-0.38 (marginal 0.21).
+    assert s["summary"]["mean_xlayer_top1"] == pytest.approx(0.36, abs=0.05)
+    assert s["summary"]["mean_xlayer_top1"] > s["summary"]["mean_popularity_top1"] + 0.1
 
 
 def test_olmoe_trace_keeps_the_measured_domain_skew(bundled_stats):
