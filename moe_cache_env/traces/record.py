@@ -145,12 +145,29 @@ class RecordedTrace(Trace):
 
 @dataclass
 class _LayerRows:
-    """Routing of one forward pass at one MoE layer."""
+    """Routing of one forward pass at one MoE layer, still on the model's device."""
 
-    ids: np.ndarray  # (T, K) int64
-    weights: np.ndarray | None  # (T, K) float32
-    logits: np.ndarray | None  # (T, E) float32
+    ids: torch.Tensor  # (T, K) int64
+    weights: torch.Tensor | None  # (T, K) float32
+    logits: torch.Tensor | None  # (T, E) float32
     selection: str  # how the ids were obtained, for the trace's meta
+
+
+@dataclass
+class _ForwardRows:
+    """Routing of one forward pass at every MoE layer, on the CPU."""
+
+    ids: np.ndarray  # (T, L, K) int64
+    weights: np.ndarray | None  # (T, L, K) float32
+    logits: np.ndarray | None  # (T, L, E) float32
+    selection: set[str]
+
+
+def _stack_to_cpu(tensors: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
+    """Stack per-layer (T, X) tensors into (T, L, X) and copy once: one device sync per forward, not per layer."""
+    device = tensors[0].device
+    stacked = torch.stack([t.to(device=device, dtype=dtype) for t in tensors], dim=1)
+    return stacked.cpu().numpy()
 
 
 class _RouterHooks:
@@ -211,9 +228,9 @@ class _RouterHooks:
 
         return wrapped
 
-    def collect(self, num_tokens: int) -> list[_LayerRows]:
-        """The routing of the forward pass just run, one entry per MoE layer; clears the captures."""
-        rows = []
+    def collect(self, num_tokens: int) -> _ForwardRows:
+        """The routing of the forward pass just run, at every MoE layer; clears the captures."""
+        rows: list[_LayerRows] = []
         for i, site in enumerate(self.sites):
             captured, selected = self._captured[i], self._selected[i]
             self._captured[i], self._selected[i] = [], []
@@ -223,7 +240,17 @@ class _RouterHooks:
                     "(a model that reuses a router across steps is not supported)"
                 )
             rows.append(self._resolve(site, captured[0], selected, num_tokens))
-        return rows
+        ks = {r.ids.shape[1] for r in rows}
+        if len(ks) != 1:
+            raise RouterError(f"MoE layers select different numbers of experts {sorted(ks)}; format v1 needs one top-k")
+        weights = [r.weights for r in rows]
+        logits = [r.logits for r in rows]
+        return _ForwardRows(
+            ids=_stack_to_cpu([r.ids for r in rows], torch.int64),
+            weights=_stack_to_cpu(weights, torch.float32) if all(w is not None for w in weights) else None,
+            logits=_stack_to_cpu(logits, torch.float32) if all(x is not None for x in logits) else None,
+            selection={r.selection for r in rows},
+        )
 
     def _resolve(self, site: RouterSite, output: Any, selected: list[Any], num_tokens: int) -> _LayerRows:
         decoded = decode_router_output(output, num_tokens, site.num_experts, site.logits_index)
@@ -249,12 +276,7 @@ class _RouterHooks:
         logits = decoded.logits if self.record_logits else None
         if self.record_logits and logits is None:
             raise RouterError(f"router {site.name} does not expose its logits; record without record_logits")
-        return _LayerRows(
-            ids=ids.cpu().numpy().astype(np.int64),
-            weights=None if weights is None else weights.float().cpu().numpy(),
-            logits=None if logits is None else logits.float().cpu().numpy(),
-            selection=selection,
-        )
+        return _LayerRows(ids=ids, weights=weights, logits=logits, selection=selection)
 
 
 def _detach(output: Any) -> Any:
@@ -363,19 +385,14 @@ class _PhaseBuffer:
         self.sequence_order: list[int] = []
         self.selection: set[str] = set()
 
-    def add(self, seq_id: int, layers: list[_LayerRows]) -> None:
-        ks = {rows.ids.shape[1] for rows in layers}
-        if len(ks) != 1:
-            raise RouterError(f"MoE layers select different numbers of experts {sorted(ks)}; format v1 needs one top-k")
-        self.ids.append(np.stack([rows.ids for rows in layers], axis=1))
-        has_weights = all(rows.weights is not None for rows in layers)
-        self.weights.append(np.stack([rows.weights for rows in layers], axis=1) if has_weights else None)
-        has_logits = all(rows.logits is not None for rows in layers)
-        self.logits.append(np.stack([rows.logits for rows in layers], axis=1) if has_logits else None)
-        self.sequence.append(np.full(layers[0].ids.shape[0], seq_id, dtype=np.int32))
+    def add(self, seq_id: int, rows: _ForwardRows) -> None:
+        self.ids.append(rows.ids)
+        self.weights.append(rows.weights)
+        self.logits.append(rows.logits)
+        self.sequence.append(np.full(rows.ids.shape[0], seq_id, dtype=np.int32))
         if not self.sequence_order or self.sequence_order[-1] != seq_id:
             self.sequence_order.append(seq_id)
-        self.selection.update(rows.selection for rows in layers)
+        self.selection.update(rows.selection)
 
     def __bool__(self) -> bool:
         return bool(self.ids)
