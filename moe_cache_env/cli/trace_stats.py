@@ -81,7 +81,7 @@ def format_table(stats: dict[str, Any]) -> str:
     ]
     if summary.get("mean_domain_jaccard") is not None:
         lines.append(
-            f"  domain specialisation: Jaccard first / middle / last "
+            "  domain specialisation: Jaccard first / middle / last "
             + " / ".join(_fmt(v, 2) for v in summary["domain_jaccard_first_mid_last"])
             + f", within-domain skew {_fmt(summary['mean_domain_skew'], 2)}"
         )
