@@ -26,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"override a knob, repeatable; knobs: {', '.join(KNOB_NAMES)}",
     )
     parser.add_argument("--weights", action="store_true", help="also store gate weights (larger file)")
+    parser.add_argument("--name", help="trace name recorded in the meta (default: a loaded trace takes its file name)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         phase=args.phase,
         with_weights=args.weights,
         seed=args.seed,
+        name=args.name,
         **knobs,
     )
     path = save_trace(trace, args.output)

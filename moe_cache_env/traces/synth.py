@@ -592,6 +592,7 @@ def generate(
     phase: str = "decode",
     with_weights: bool = False,
     seed: int | None = None,
+    name: str | None = None,
     **knob_overrides: Any,
 ) -> Trace:
     """Generate a validated v1 trace of ``num_tokens`` tokens from a preset.
@@ -605,6 +606,8 @@ def generate(
             logits, at the chosen experts; they decrease with rank.
         seed: the seed ``rng`` was made from, recorded in the meta for provenance (read from ``rng`` when
             omitted and it was made by ``np.random.default_rng(int)``).
+        name: the trace's name, recorded in the meta (``Trace.name``); without it, a loaded trace is named
+            after its file.
         **knob_overrides: knob values replacing the preset's (see :class:`SynthPreset`).
     """
     spec = get_preset(preset, **knob_overrides)
@@ -665,24 +668,8 @@ def generate(
         phase=phase,
         source=source,
         domains=[spec.domains[d] for d in seq_domain],
-        name=f"synthetic/{spec.name}",
         generator={"id": GENERATOR_ID, "preset": spec.name, "seed": seed, "knobs": knobs},
+        **({"name": name} if name else {}),
     )
     sequence = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
     return Trace(experts=experts, sequence=sequence, meta=meta, weights=weights)
-
-
-def describe_presets() -> list[Mapping[str, Any]]:
-    """One row per preset: name, geometry and popularity source (for listings)."""
-    return [
-        {
-            "name": p.name,
-            "model": p.model,
-            "num_layers": p.num_layers,
-            "num_experts": p.num_experts,
-            "top_k": p.top_k,
-            "expert_bytes": p.expert_bytes,
-            "popularity": p.popularity,
-        }
-        for p in PRESETS.values()
-    ]

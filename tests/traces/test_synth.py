@@ -158,7 +158,7 @@ def test_short_sequences_and_single_token():
 @pytest.mark.parametrize("name", sorted(BUNDLED))
 def test_bundled_trace_is_reproducible(name):
     bundled = load_trace(resolve_trace(f"synthetic/{name}"))
-    fresh = synth.generate(name, BUNDLED[name], np.random.default_rng(0), seed=0)
+    fresh = synth.generate(name, BUNDLED[name], np.random.default_rng(0), seed=0, name=f"synthetic/{name}")
     np.testing.assert_array_equal(bundled.experts, fresh.experts)
     np.testing.assert_array_equal(bundled.sequence, fresh.sequence)
     assert dict(bundled.meta) == dict(fresh.meta)
@@ -176,6 +176,9 @@ def test_synth_command_writes_a_trace(tmp_path, capsys):
     expected = synth.generate("mixtral", 300, np.random.default_rng(5), phase="prefill", router_gain=4.0)
     np.testing.assert_array_equal(trace.experts, expected.experts)
     assert "wrote" in capsys.readouterr().out
+    assert trace.name == "t"  # no --name: named after its file
+    main(["synth", "--preset", "mixtral", "--tokens", "30", "--seed", "5", "-o", str(out), "--name", "mine"])
+    assert load_trace(out).name == "mine"
 
 
 @pytest.mark.parametrize(
