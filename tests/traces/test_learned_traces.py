@@ -97,8 +97,8 @@ def uniform_noise_skew(num_tokens: int, top_k: int, num_experts: int, rng: np.ra
     """95th percentile of the skew that perfectly uniform routing shows by chance on ``num_tokens`` tokens
     (each token picks k distinct experts uniformly)."""
     draws = []
-    for _ in range(200):
-        picks = np.argsort(rng.random((num_tokens, num_experts)), axis=1)[:, :top_k]
+    for _ in range(100):
+        picks = np.argpartition(rng.random((num_tokens, num_experts)), top_k, axis=1)[:, :top_k]
         counts = np.bincount(picks.ravel(), minlength=num_experts)
         draws.append(counts.max() / (counts.sum() / num_experts))
     return float(np.quantile(draws, 0.95))
@@ -189,3 +189,82 @@ def test_statistics_functions_on_a_hand_made_trace() -> None:
     # for both (expert 2 has no row, popularity breaks the tie), so precision 0.5, equal to popularity's.
     table_p, popular_p = cooccurrence_precisions(t)
     assert table_p.tolist() == [0.5] and popular_p.tolist() == [0.5]
+
+
+def _load_script(name: str):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(LEARNED_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location(f"learned_{name}", LEARNED_DIR / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(LEARNED_DIR))
+    return module
+
+
+def test_corpus_split_depends_on_names_only() -> None:
+    corpus = _load_script("prepare_corpus")
+    docs = [corpus.Document("prose", f"doc{i}.txt", bytes([97 + i % 26]) * (600 + i)) for i in range(300)]
+    settings = dict(budget_bytes=10**7, heldout_fraction=0.1, max_doc_bytes=10**6, min_doc_bytes=512)
+    streams, manifest = corpus.build_domain(iter(docs), **settings)
+    streams_reversed, manifest_reversed = corpus.build_domain(iter(docs[::-1]), **settings)
+    assert manifest == manifest_reversed
+    assert all(np.array_equal(streams[s], streams_reversed[s]) for s in streams)
+    train_names = {d["name"] for d in manifest["train"]}
+    heldout_names = {d["name"] for d in manifest["heldout"]}
+    assert not train_names & heldout_names
+    assert len(train_names) + len(heldout_names) == 300
+    assert 10 <= len(heldout_names) <= 60  # about 10% of 300
+    # Documents are separated by EOS and hold only bytes otherwise.
+    assert (streams["train"] == corpus.EOS_ID).sum() == len(train_names)
+    assert streams["train"][streams["train"] != corpus.EOS_ID].max() < 256
+
+
+@pytest.mark.slow
+def test_train_and_record_scripts_run_end_to_end(tmp_path: Path) -> None:
+    """The real scripts, tiny preset, a few steps on CPU: training writes its record, recording writes two
+    valid traces and cards that agree with them."""
+    pytest.importorskip("transformers")
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for domain, alphabet in (("code", b"def x():\n    return 1\n"), ("prose", b"the cat sat. "), ("structured", b'{"a": 1},\n')):
+        for split, size in (("train", 4000), ("heldout", 2000)):
+            arrays[f"{domain}/{split}"] = np.frombuffer(alphabet, dtype=np.uint8)[
+                rng.integers(0, len(alphabet), size)
+            ].astype(np.uint16)
+    arrays["manifest"] = np.array(json.dumps({"settings": {}, "domains": {d: {"train": {}, "heldout": {}} for d in DOMAINS}}))
+    corpus_path = tmp_path / "corpus.npz"
+    np.savez_compressed(corpus_path, **arrays)
+    env = dict(os.environ, PYTHONPATH=str(LEARNED_DIR.parents[1]))
+    run_dir, out_dir = tmp_path / "run", tmp_path / "traces"
+    common = [sys.executable]
+    subprocess.run(
+        common + [str(LEARNED_DIR / "train_moe.py"), "--corpus", str(corpus_path), "--out-dir", str(run_dir),
+                  "--preset", "tiny", "--steps", "3", "--batch-size", "3", "--seq-len", "32", "--log-every", "1",
+                  "--eval-every", "3", "--eval-windows", "1", "--device", "cpu"],
+        check=True, env=env, capture_output=True,
+    )
+    record = json.loads((run_dir / "train_run.json").read_text())
+    assert record["steps_done"] == 3 and record["model_shape"]["num_experts"] == 8
+    subprocess.run(
+        common + [str(LEARNED_DIR / "record_traces.py"), "--run-dir", str(run_dir), "--corpus", str(corpus_path),
+                  "--out-dir", str(out_dir), "--prefill-per-domain", "2", "--decode-per-domain", "1",
+                  "--prompt-len", "16", "--max-new-tokens", "4", "--device", "cpu"],
+        check=True, env=env, capture_output=True,
+    )
+    prefill = load_trace(out_dir / "tiny-olmoe-2L-8E-prefill.npz")
+    decode = load_trace(out_dir / "tiny-olmoe-2L-8E-decode.npz")
+    assert prefill.experts.shape == (6 * 16, 2, 2)
+    assert prefill.domains() == ["code", "prose", "structured"] * 2
+    assert decode.num_tokens <= 3 * 4
+    card = json.loads((out_dir / "tiny-olmoe-2L-8E-prefill.card.json").read_text())
+    assert card["sha256"] == hashlib.sha256((out_dir / "tiny-olmoe-2L-8E-prefill.npz").read_bytes()).hexdigest()
+    assert card["training"]["steps"] == 3
