@@ -4,7 +4,8 @@ Prompts are windows of each domain's held-out stream (documents never seen in tr
 evenly spaced windows per domain, each moved forward to the start of a line and BOS-prefixed, ``prompt_len``
 tokens long. Domains are interleaved (code, prose, structured, code, ...), so any contiguous half of the
 sequences holds all domains in equal parts. The prefill trace records every prompt; the decode trace records
-greedy generation of ``max_new_tokens`` tokens after the first ``decode_per_domain`` prompts of each domain.
+greedy generation of ``max_new_tokens`` tokens after the first ``decode_per_domain`` prompts of each domain;
+as the order is the same, decode sequence ``i`` continues the prompt of prefill sequence ``i``.
 Recording is :func:`moe_cache_env.traces.record.record_routing` (hooks on every router).
 
 Writes ``<name>-prefill.npz`` / ``<name>-decode.npz`` (trace format v1) and a provenance card
