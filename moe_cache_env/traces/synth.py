@@ -148,7 +148,9 @@ class SynthPreset:
             raise ValueError(f"preset {self.name!r}: num_experts={self.num_experts} exceeds int16 ids (32767)")
         if self.popularity not in POPULARITY_SOURCES:
             raise ValueError(f"knob popularity={self.popularity!r}: must be one of {POPULARITY_SOURCES}")
-        max_skew = self.num_experts / self.top_k
+        # With top_k == num_experts every expert is always chosen: popularity cannot be skewed, so the skew
+        # knobs are moot (and only their lower bound is checked).
+        max_skew = self.num_experts / self.top_k if self.top_k < self.num_experts else math.inf
         for key in ("skew_first", "skew_last"):
             _check_range(key, getattr(self, key), 1.0, max_skew, "(1 = uniform; at most num_experts / top_k)")
         for key in (
@@ -361,7 +363,7 @@ def _skew_of(log_pop: np.ndarray, scale: float, top_k: int) -> float:
 
 def _scale_for_skew(direction: np.ndarray, target: float, top_k: int) -> float:
     """The scale at which softmax(scale * direction) has the target skew (bisection: skew grows with scale)."""
-    if target <= 1.0 + 1e-9:
+    if target <= 1.0 + 1e-9 or top_k >= len(direction):
         return 0.0
     low, high = 0.0, 1.0
     while _skew_of(direction, high, top_k) < target and high < 1e4:

@@ -206,3 +206,21 @@ def test_console_script_exit_code(tmp_path):
     )
     assert result.returncode == 2
     assert "shape synthetic popularity only" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [dict(num_layers=3, num_experts=4, top_k=4), dict(num_layers=2, num_experts=5, top_k=1),
+     dict(num_layers=1, num_experts=6, top_k=2)],
+    ids=["all-experts", "top-1", "one-layer"],
+)
+def test_edge_geometries_make_valid_traces(geometry):
+    from moe_cache_env.traces.stats import trace_statistics
+
+    preset = synth.SynthPreset(name="edge", model="edge", expert_bytes=1, **geometry)
+    trace = synth.generate(preset, 200, np.random.default_rng(0), with_weights=True)
+    assert trace.experts.shape == (200, geometry["num_layers"], geometry["top_k"])
+    stats = trace_statistics(trace)
+    assert len(stats["layers"]) == geometry["num_layers"]
+    if geometry["top_k"] == geometry["num_experts"]:
+        assert stats["summary"]["mean_overlap"] == 1.0
