@@ -19,8 +19,9 @@ The generator is a small latent-variable model of a router (see ``docs/trace-for
   ``specialisation_last`` over depth);
 - the top-k experts are drawn without replacement from the softmax of the logits (Gumbel top-k), in rank order.
 
-The router weights and calibrated biases (the "model") come from ``model_seed`` alone, so traces drawn with
-different ``rng`` seeds are different prompts to the same model: a predictor fitted on one transfers to another.
+The router weights and calibrated biases (the "model") come from the preset's knobs, ``model_seed`` among them,
+never from the ``rng`` of :func:`generate`, so traces drawn with different ``rng`` seeds are different prompts
+to the same model: a predictor fitted on one transfers to another.
 """
 
 from __future__ import annotations
