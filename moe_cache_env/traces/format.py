@@ -204,6 +204,10 @@ def load_trace(path: str | os.PathLike) -> Trace:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"trace file {path} does not exist")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic[:2] != b"PK":
+        raise TraceFormatError(f"{path}: not a .npz (zip) archive; write traces with save_trace or numpy.savez")
     try:
         archive = np.load(path, allow_pickle=False)
     except ValueError as exc:  # object arrays need pickle: refuse them
@@ -220,9 +224,20 @@ def load_trace(path: str | os.PathLike) -> Trace:
             meta = json.loads(str(meta_raw[()] if meta_raw.shape == () else meta_raw.item()))
         except (ValueError, json.JSONDecodeError) as exc:
             raise TraceFormatError(f"{path}: meta is not a JSON string ({exc})") from exc
-        experts = archive["experts"]
-        sequence = archive["sequence"]
-        weights = archive["weights"] if "weights" in names else None
+        arrays: dict[str, np.ndarray] = {}
+        for name in ("experts", "sequence", "weights"):
+            if name not in names:
+                continue
+            try:
+                arrays[name] = archive[name]
+            except ValueError as exc:  # an object array would need pickle: refuse it
+                raise TraceFormatError(
+                    f"{path}: array {name!r} is an object array ({exc}); v1 arrays are plain integer or float "
+                    "arrays, written without pickle"
+                ) from None
+        experts = arrays["experts"]
+        sequence = arrays["sequence"]
+        weights = arrays.get("weights")
     try:
         return Trace(experts=experts, sequence=sequence, meta=meta, weights=weights, path=str(path))
     except TraceFormatError as exc:
