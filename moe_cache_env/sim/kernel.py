@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+# error_model="numpy": divisions follow IEEE rules instead of checking for zero and raising, which keeps
+# branches out of the per-event loop (every division here has a nonzero divisor by construction).
+
 # ---- counter indices (Simulator.counters) --------------------------------------------------------------------
 C_STEPS = 0
 C_TOKENS = 1
@@ -102,7 +105,7 @@ ST_READY = 1  # transfer committed: arrival time known (maybe in the future)
 ST_QUEUED = 2  # prefetch waiting in the link queue, not started
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _mix64(x):
     # splitmix64 finaliser: a counter-based RNG that touches no global state
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
@@ -110,13 +113,13 @@ def _mix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, inline="always", error_model="numpy")
 def _uniform(seed, counter):
     x = _mix64(np.uint64(seed) + np.uint64(counter) * np.uint64(0x9E3779B97F4A7C15))
     return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _score(key, clock, u, k_last, k_uses, k_conf):
     age = clock - k_last[key]
     uses = k_uses[key]
@@ -127,7 +130,7 @@ def _score(key, clock, u, k_last, k_uses, k_conf):
     )
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tier_add(pool, tier, key, mem, cnt, k_tier, k_pos):
     i = cnt[pool, tier - 1]
     mem[pool, tier - 1, i] = key
@@ -136,7 +139,7 @@ def _tier_add(pool, tier, key, mem, cnt, k_tier, k_pos):
     k_tier[key] = tier
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
     t = k_tier[key] - 1
     i = k_pos[key]
@@ -148,7 +151,7 @@ def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
     k_tier[key] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters):
     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
     if k_state[key] == ST_QUEUED:
@@ -161,7 +164,7 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
     k_uses[key] = 0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _make_room(pool, tier, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
                k_last, k_conf, k_pin, k_qpos, q_key, counters):
     """Shed entries from ``tier`` down: over-full tiers demote their lowest-score unpinned entry one tier down
@@ -187,7 +190,7 @@ def _make_room(pool, tier, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_sta
                 _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
     """Start the prefetch at the head of the link queue (cancelled entries are skipped)."""
     Q = q_key.shape[0]
@@ -209,7 +212,7 @@ def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
         return
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
     """Start every queued prefetch that the link reaches by time ``now`` (FIFO among prefetches)."""
     Q = q_key.shape[0]
@@ -223,7 +226,7 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
         _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def run_steps(
     s0, s1,
     step_tokens, step_ntokens, prev_token, step_of_token, tier_caps, link_share,
@@ -232,7 +235,7 @@ def run_steps(
     k_tier, k_state, k_arrival, k_last, k_uses, k_conf, k_prefetched, k_qpos, k_pin, k_pos,
     mem, cnt, link, q_key, q_issue, qht,
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
-    cal_hits, cal_count, pend_raw, pend_target,
+    cal_hits, cal_count, pend_bin, pend_target,
     counters, step_latency_ms, step_hits, step_requests,
 ):
     """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
@@ -270,6 +273,8 @@ def run_steps(
     prod = np.empty(E, dtype=np.float64)
     truth = np.zeros(E, dtype=np.int64)
     cand = np.empty(E, dtype=np.int64)
+    top = np.empty(E, dtype=np.int64)
+    cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
     caps = np.empty(3, dtype=np.int64)
 
     for s in range(s0, s1):
@@ -387,9 +392,7 @@ def run_steps(
                 slot = event % 3
                 if pend_target[slot] == event:
                     for e in range(E):
-                        b = int(pend_raw[slot, e] * NUM_CAL_BINS)
-                        if b >= NUM_CAL_BINS:
-                            b = NUM_CAL_BINS - 1
+                        b = pend_bin[slot, e]
                         cal_count[b] += 1.0
                         if mark[e] == event:
                             cal_hits[b] += 1.0
@@ -414,18 +417,18 @@ def run_steps(
                          experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,
                          event, conf, prod, truth)
                 if calibrate:
-                    # keep the raw scores until the target runs; answer with the calibrated probability
+                    # keep each expert's score bin until the target runs; answer with the bin's hit frequency
+                    for b in range(NUM_CAL_BINS):
+                        cal_table[b] = (cal_hits[b] + CAL_PRIOR * (b + 0.5) / NUM_CAL_BINS) / (cal_count[b] + CAL_PRIOR)
                     target = st * L + lt
                     slot = target % 3
                     pend_target[slot] = target
                     for e in range(E):
-                        r = conf[e]
-                        pend_raw[slot, e] = r
-                        b = int(r * NUM_CAL_BINS)
+                        b = int(conf[e] * NUM_CAL_BINS)
                         if b >= NUM_CAL_BINS:
                             b = NUM_CAL_BINS - 1
-                        mid = (b + 0.5) / NUM_CAL_BINS
-                        conf[e] = (cal_hits[b] + CAL_PRIOR * mid) / (cal_count[b] + CAL_PRIOR)
+                        pend_bin[slot, e] = b
+                        conf[e] = cal_table[b]
                 nst = step_ntokens[st]
                 # accuracy against the truth (the simulator knows it; the predictor did not read it)
                 ntruth = 0
@@ -436,45 +439,48 @@ def run_steps(
                         if truth[e] != event + 1:
                             truth[e] = event + 1
                             ntruth += 1
-                # top-1: the first most confident expert; recall: truth experts ranked within the top |truth|
+                # One pass: the most confident expert (top-1), the |truth| most confident (recall), and the
+                # admission candidates (confidence >= the L3 threshold); all ordered by confidence, ties to the
+                # lower expert id.
                 best = 0
-                for e in range(1, E):
-                    if conf[e] > conf[best]:
-                        best = e
-                counters[C_PRED_EVENTS] += 1
-                if truth[best] == event + 1:
-                    counters[C_PRED_TOP1] += 1
-                found = 0
-                for e in range(E):
-                    if truth[e] == event + 1:
-                        rank = 0
-                        ce = conf[e]
-                        for j in range(E):
-                            if conf[j] > ce or (conf[j] == ce and j < e):
-                                rank += 1
-                        if rank < ntruth:
-                            found += 1
-                counters[C_PRED_RECALL] += found / ntruth
-                counters[C_CONF_MAX_SUM] += conf[best]
-                # admission candidates: confidence >= the L3 threshold, most confident first (ties: lower id)
+                ntop = 0
                 ncand = 0
+                base_key = lt * E
                 for e in range(E):
-                    if conf[e] >= l3_thr:
-                        c = conf[e]
+                    c = conf[e]
+                    k_conf[base_key + e] = c
+                    if c > conf[best]:
+                        best = e
+                    if ntop < ntruth or c > conf[top[ntop - 1]]:
+                        pos = ntop if ntop < ntruth else ntruth - 1
+                        while pos > 0 and conf[top[pos - 1]] < c:
+                            top[pos] = top[pos - 1]
+                            pos -= 1
+                        top[pos] = e
+                        if ntop < ntruth:
+                            ntop += 1
+                    if c >= l3_thr:
                         pos = ncand
                         while pos > 0 and conf[cand[pos - 1]] < c:
                             cand[pos] = cand[pos - 1]
                             pos -= 1
                         cand[pos] = e
                         ncand += 1
+                counters[C_PRED_EVENTS] += 1
+                if truth[best] == event + 1:
+                    counters[C_PRED_TOP1] += 1
+                found = 0
+                for r in range(ntop):
+                    if truth[top[r]] == event + 1:
+                        found += 1
+                counters[C_PRED_RECALL] += found / ntruth
+                counters[C_CONF_MAX_SUM] += conf[best]
                 tpool = 0 if is_global else lt
                 pressure = (kv_fraction[s] * total_slots + cnt[tpool, 0] + cnt[tpool, 1]) / total_slots
                 if pressure > 1.0:
                     pressure = 1.0
                 counters[C_PRESSURE_SUM] += pressure
                 l3_open = pressure <= pressure_limit
-                for e in range(E):
-                    k_conf[lt * E + e] = conf[e]
                 n2 = 0
                 n3 = 0
                 for r in range(ncand):
@@ -548,7 +554,7 @@ def run_steps(
         counters[C_ELAPSED_MS] += latency
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched, q_key, q_issue, qht, link,
                     dur, counters):
     counters[C_PREFETCH_ISSUED] += 1
@@ -570,7 +576,7 @@ def _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetc
     qht[1] += 1
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _seed_transfer_ms(n, fconf):
     """The seed table's host-to-GPU time for n experts: piecewise linear through 1, 4 and 20 experts."""
     if n == 0:
@@ -583,7 +589,7 @@ def _seed_transfer_ms(n, fconf):
     return t4 + (n - 4) * (t20 - t4) / 16.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _seed_compute_ms(n, fconf):
     """The seed table's compute time for n experts: linear through 1 and 4 experts."""
     c1 = fconf[F_SEED_H2D_1 + 5]
@@ -591,7 +597,7 @@ def _seed_compute_ms(n, fconf):
     return c1 + (n - 1) * (c4 - c1) / 3.0
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token, experts,
              E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed, event, conf, prod,
              truth):
@@ -661,8 +667,9 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
                         conf[e] += pair[d, l, i, e] * w
                     nsrc += 1
             if nsrc > 0:
+                inv_n = 1.0 / nsrc
                 for e in range(E):
-                    prod[e] *= 1.0 - min(conf[e] / nsrc, 1.0)
+                    prod[e] *= 1.0 - min(conf[e] * inv_n, 1.0)
                 continue
         p = prev_token[t]
         known = False
@@ -684,7 +691,7 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
         conf[e] = 1.0 - prod[e]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight, reuse_hit,
              reuse_tot, pair, src, learn_pairs):
     """Update the online statistics with the routing of step ``s`` at layer ``l`` (now known).
@@ -733,6 +740,6 @@ def _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, p
                     break
                 for k in range(K):
                     i = experts[t, ls, k]
-                    src[d - 1, ls, i] += 1.0
+                    src[d - 1, ls, i] += 1
                     for j in range(K):
-                        pair[d - 1, ls, i, experts[t, l, j]] += 1.0
+                        pair[d - 1, ls, i, experts[t, l, j]] += 1

@@ -37,14 +37,14 @@ MAX_LOOKAHEAD = 2
 def fit_cooccurrence(experts: np.ndarray, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
     """Count, for d in 1..MAX_LOOKAHEAD, how often expert j at layer l+d follows expert i at layer l.
 
-    Returns ``(pair_counts, source_counts)`` of shapes (D, L, E, E) and (D, L, E) (float64), where
+    Returns ``(pair_counts, source_counts)`` of shapes (D, L, E, E) and (D, L, E) (int32), where
     ``pair_counts[d-1, l, i, j]`` counts tokens that chose i at layer l and j at layer l+d, and
     ``source_counts[d-1, l, i]`` counts tokens that chose i at layer l (with a successor layer l+d).
     """
     T, L, K = experts.shape
     E = int(num_experts)
-    pair = np.zeros((MAX_LOOKAHEAD, L, E, E), dtype=np.float64)
-    src = np.zeros((MAX_LOOKAHEAD, L, E), dtype=np.float64)
+    pair = np.zeros((MAX_LOOKAHEAD, L, E, E), dtype=np.int32)
+    src = np.zeros((MAX_LOOKAHEAD, L, E), dtype=np.int32)
     for d in range(1, MAX_LOOKAHEAD + 1):
         for layer in range(L - d):
             a = experts[:, layer, :].astype(np.int64)
