@@ -651,6 +651,25 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
     else:
         inv = 0.0
     reuse = reuse_hit[lt] / reuse_tot[lt] if reuse_tot[lt] > 0 else K / E
+    if predictor == P_CROSS_LAYER and st == s and nst == 1:
+        # the common single-token case: the averaged co-occurrence row is the confidence itself
+        t = step_tokens[st, 0]
+        d = lt - l - 1
+        for e in range(E):
+            conf[e] = 0.0
+        nsrc = 0
+        for k in range(K):
+            i = experts[t, l, k]
+            if src[d, l, i] > 0:
+                w = 1.0 / src[d, l, i]
+                for e in range(E):
+                    conf[e] += pair[d, l, i, e] * w
+                nsrc += 1
+        if nsrc > 0:
+            inv_n = 1.0 / nsrc
+            for e in range(E):
+                conf[e] = min(conf[e] * inv_n, 1.0)
+            return
     for b in range(nst):
         t = step_tokens[st, b]
         use_cross = predictor == P_CROSS_LAYER and st == s
