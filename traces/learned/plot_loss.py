@@ -26,9 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("loss_csv", type=Path)
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
-    # transformers' load-balancing loss sums the per-expert token fractions over the k choices, so a perfectly
-    # balanced router scores k, not 1.
-    parser.add_argument("--top-k", type=int, default=8, help="experts per token (the balanced aux-loss value)")
+    # train_moe.py's load-balancing loss is Switch-normalised: 1 when perfectly balanced.
+    parser.add_argument("--balanced-aux", type=float, default=1.0, help="the aux loss of a perfectly balanced router")
     parser.add_argument("--title", default="tiny-olmoe-12L-64E training (byte-level LM, 12 layers x 64 experts, top-8)")
     args = parser.parse_args(argv)
 
@@ -50,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ax_lm.grid(alpha=0.3)
     ax_lm.legend()
     ax_aux.plot(steps, cols["aux_loss"], lw=0.8, color="tab:red")
-    ax_aux.axhline(args.top_k, color="0.4", ls="--", lw=0.8, label=f"perfectly balanced ({args.top_k})")
+    ax_aux.axhline(args.balanced_aux, color="0.4", ls="--", lw=0.8, label=f"perfectly balanced ({args.balanced_aux:g})")
     ax_aux.set_xlabel("optimizer step")
     ax_aux.set_title("load-balancing loss (mean over layers)", fontsize=10)
     ax_aux.grid(alpha=0.3)

@@ -15,8 +15,13 @@ PREFILL_PER_DOMAIN=${PREFILL_PER_DOMAIN:-48}
 DECODE_PER_DOMAIN=${DECODE_PER_DOMAIN:-24}
 mkdir -p "$OUT/traces"
 PY=${PY:-python3}
-# Fail before training, not after: recording imports moe_cache_env, whose package import pulls in its
-# dependencies (gymnasium among them). A machine without them needs them carried as wheels.
+# Recording imports moe_cache_env, whose package import pulls in its dependencies (gymnasium among them). On a
+# machine without them, put their wheels in .whl/ (pip download --no-deps ...): they are installed under /tmp.
+if ! $PY -c "import gymnasium" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/learned-site .whl/*.whl
+    export PYTHONPATH=$PYTHONPATH:/tmp/learned-site
+fi
+# Fail before training, not after.
 $PY -c "import moe_cache_env.traces.record" || { echo "moe_cache_env does not import here: install its dependencies"; exit 2; }
 (nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || echo "no nvidia-smi") | tee "$OUT/train.log"
 $PY traces/learned/train_moe.py --corpus "$CORPUS" --out-dir "$RUN_DIR" --steps "$STEPS" \

@@ -169,10 +169,12 @@ def fixed_windows(stream: np.ndarray, count: int, seq_len: int) -> np.ndarray:
 def router_losses(router_logits: tuple[torch.Tensor, ...], top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-layer Switch load-balancing loss and router z-loss, each averaged over layers.
 
-    For one layer with token fractions ``f_e`` (share of tokens that have expert ``e`` among their top-k; the
-    ``f_e`` sum to ``k``) and mean router probabilities ``P_e``, the balancing loss is ``E * sum_e f_e P_e``:
-    ``k`` when perfectly balanced (transformers' scale). The z-loss is the mean squared log-sum-exp of the
-    logits (ST-MoE, arXiv 2202.08906). Also returns the mean over layers of the busiest expert's load over the
+    For one layer with assignment fractions ``f_e`` (share of the layer's top-k assignments that go to expert
+    ``e``; the ``f_e`` sum to 1) and mean router probabilities ``P_e``, the balancing loss is
+    ``E * sum_e f_e P_e``: 1 when perfectly balanced, the normalisation of Switch Transformer (arXiv 2101.03961,
+    eq. 4) and of the MegaBlocks code OLMoE was trained with. (transformers' version lets ``f_e`` sum to ``k``,
+    which multiplies the loss, and so the effective weight, by ``k``.) The z-loss is the mean squared
+    log-sum-exp of the logits (ST-MoE, arXiv 2202.08906). Also returns the mean over layers of the busiest expert's load over the
     uniform load (the popularity skew of the training batch), for the log.
     """
     balance, z, skew = [], [], []
@@ -181,10 +183,10 @@ def router_losses(router_logits: tuple[torch.Tensor, ...], top_k: int) -> tuple[
         probs = torch.softmax(logits, dim=-1)
         num_experts = probs.shape[-1]
         chosen = torch.topk(probs, top_k, dim=-1).indices
-        fractions = torch.zeros_like(probs).scatter_(1, chosen, 1.0).mean(dim=0)
+        fractions = torch.zeros_like(probs).scatter_(1, chosen, 1.0).mean(dim=0) / top_k
         balance.append(num_experts * (fractions * probs.mean(dim=0)).sum())
         z.append(torch.logsumexp(logits, dim=-1).square().mean())
-        skew.append(fractions.detach().max() * num_experts / top_k)
+        skew.append(fractions.detach().max() * num_experts)
     return torch.stack(balance).mean(), torch.stack(z).mean(), torch.stack(skew).mean()
 
 
