@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True, help="where traces and cards are written")
     parser.add_argument("--name", default=None, help="file-name stem (default tiny-olmoe-<L>L-<E>E)")
     parser.add_argument("--prefill-per-domain", type=int, default=48)
-    parser.add_argument("--decode-per-domain", type=int, default=24)
+    parser.add_argument("--decode-per-domain", type=int, default=16)
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="auto")

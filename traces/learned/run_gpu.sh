@@ -4,15 +4,15 @@
 # Run from the repository root with the corpus built by prepare_corpus.py at $CORPUS. Results go to
 # $OUT (default ./.dev/learned/gpu-out): train.log, loss.csv, train_run.json, the two traces and their cards.
 # The trained model stays in $RUN_DIR (about 0.6 GB; it is not bundled).
-#   STEPS=2600 bash traces/learned/run_gpu.sh
+#   STEPS=2000 bash traces/learned/run_gpu.sh
 set -euo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=.
 OUT=${OUT:-.dev/learned/gpu-out}
 CORPUS=${CORPUS:-.dev/learned/corpus.npz}
 RUN_DIR=${RUN_DIR:-/tmp/learned-run}
-STEPS=${STEPS:-2600}
+STEPS=${STEPS:-2000}
 PREFILL_PER_DOMAIN=${PREFILL_PER_DOMAIN:-48}
-DECODE_PER_DOMAIN=${DECODE_PER_DOMAIN:-24}
+DECODE_PER_DOMAIN=${DECODE_PER_DOMAIN:-16}
 mkdir -p "$OUT/traces"
 PY=${PY:-python3}
 # Recording imports moe_cache_env, whose package import pulls in its dependencies (gymnasium among them). On a

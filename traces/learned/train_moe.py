@@ -17,7 +17,7 @@ Usage (tiny CPU smoke run, then the real one on a GPU)::
 
     python traces/learned/train_moe.py --corpus .dev/learned/corpus.npz --out-dir .dev/learned/run \\
         --preset tiny --steps 20
-    python traces/learned/train_moe.py --corpus .dev/learned/corpus.npz --out-dir /tmp/run --steps 3000
+    python traces/learned/train_moe.py --corpus .dev/learned/corpus.npz --out-dir /tmp/run --steps 2000
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class TrainArgs:
     """folder for the model, loss.csv and train_run.json"""
     preset: str = "olmoe-12L-64E"
     """model geometry, one of PRESETS"""
-    steps: int = 3000
+    steps: int = 2000
     """optimizer steps"""
     batch_size: int = 64
     """sequences per step (a multiple of the number of domains keeps the mix exact)"""
@@ -89,7 +89,7 @@ class TrainArgs:
     """router z-loss weight; 0.001 as OLMoE"""
     seed: int = 0
     log_every: int = 10
-    eval_every: int = 250
+    eval_every: int = 200
     eval_windows: int = 16
     """held-out windows per domain for the eval loss"""
     device: str = "auto"
@@ -269,7 +269,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     model.to(device=device, dtype=torch.bfloat16 if use_bf16 else torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     master = [p.detach().float().clone().requires_grad_(True) for p in params]
-    # No weight decay on norms and the router (as in OLMoE's recipe, decay applies to matrices only).
+    # Weight decay on matrices only (embeddings, projections, routers), not on the norms' gains.
     decay = [m for p, m in zip(params, master) if p.ndim >= 2]
     no_decay = [m for p, m in zip(params, master) if p.ndim < 2]
     optimizer = torch.optim.AdamW(
