@@ -10,7 +10,6 @@ predictor at the seed's 0.7 / 0.3 thresholds).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -88,6 +87,13 @@ def compare(
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
         summary[chooser.name] = {key: _mean_std([r[key] for r in episode_rows]) for key in SUMMARY_KEYS}
+    # episodes differ far more from each other than agents do on one episode: the paired difference to a
+    # reference agent on the same episode is the sharper comparison
+    reference = "static" if "static" in summary else next(iter(summary))
+    reference_reward = {r["episode"]: r["reward"] for r in rows if r["agent"] == reference}
+    for name in summary:
+        deltas = [r["reward"] - reference_reward[r["episode"]] for r in rows if r["agent"] == name]
+        summary[name]["reward_minus_" + reference] = _mean_std(deltas)
     bounds: dict[str, Any] = {}
     if with_bounds:
         per_episode = [bounds_for_episode(env, seed + i) for i in range(episodes)]
@@ -103,6 +109,8 @@ def compare(
         "episodes": episodes,
         "seed": seed,
         "env_overrides": overrides or {},
+        "reference_agent": reference,
+        "agent_order": list(summary),
         "agents": summary,
         "bounds": bounds,
         "static_tuned": {"thresholds": list(tuned), "grid": tuning_rows, "tune_episodes": tune_episodes,
@@ -124,23 +132,28 @@ class _Named:
 
 def format_table(result: dict[str, Any]) -> str:
     """Mean ± std per agent, then the bounds."""
-    header = f"{'agent':<16} {'episode reward':>18} {'perfect cov':>15} {'mean ms/tok':>16} {'p95 ms/tok':>16} {'GB wasted':>14}"
+    delta_key = "reward_minus_" + result["reference_agent"]
+    delta_title = f"vs {result['reference_agent']} (paired)"
+    header = (f"{'agent':<16} {'episode reward':>18} {delta_title:>22} {'perfect cov':>15} {'mean ms/tok':>16} "
+              f"{'p95 ms/tok':>16} {'GB wasted':>14}")
     lines = [header, "-" * len(header)]
 
     def cell(stats: dict[str, float] | None, fmt: str, scale: float = 1.0) -> str:
         if stats is None:
             return "-"
-        return f"{fmt.format(stats['mean'] / scale)} ± {fmt.format(stats['std'] / scale)}"
+        return f"{fmt.format(stats['mean'] / scale)} ± {fmt.replace('+', '').format(stats['std'] / scale)}"
 
-    for name, s in result["agents"].items():
+    for name in result.get("agent_order") or list(result["agents"]):
+        s = result["agents"][name]
         lines.append(
-            f"{name:<16} {cell(s['reward'], '{:.2f}'):>18} {cell(s['perfect_coverage'], '{:.3f}'):>15} "
+            f"{name:<16} {cell(s['reward'], '{:.2f}'):>18} {cell(s[delta_key], '{:+.3f}'):>22} "
+            f"{cell(s['perfect_coverage'], '{:.3f}'):>15} "
             f"{cell(s['mean_latency_ms'], '{:.2f}'):>16} {cell(s['p95_latency_ms'], '{:.2f}'):>16} "
             f"{cell(s['wasted_prefetch_bytes'], '{:.2f}', 1e9):>14}"
         )
     for name, s in result["bounds"].items():
         lines.append(
-            f"{'(' + name + ')':<16} {'-':>18} {cell(s.get('perfect_coverage'), '{:.3f}'):>15} "
+            f"{'(' + name + ')':<16} {'-':>18} {'-':>22} {cell(s.get('perfect_coverage'), '{:.3f}'):>15} "
             f"{cell(s.get('mean_latency_ms'), '{:.2f}'):>16} {cell(s.get('p95_latency_ms'), '{:.2f}'):>16} "
             f"{cell(s.get('wasted_prefetch_bytes'), '{:.2f}', 1e9):>14}"
         )
@@ -156,10 +169,12 @@ def write_outputs(result: dict[str, Any], out: Path) -> None:
         columns = list(rows[0])
         lines = [",".join(columns)] + [",".join(str(r[c]) for c in columns) for r in rows]
         atomic_write_text(out / "compare.csv", "\n".join(lines) + "\n")
-    summary_lines = ["agent," + ",".join(f"{k}_mean,{k}_std" for k in SUMMARY_KEYS)]
-    for name, s in list(result["agents"].items()) + [(f"({k})", v) for k, v in result["bounds"].items()]:
+    keys = list(SUMMARY_KEYS) + ["reward_minus_" + result["reference_agent"]]
+    summary_lines = ["agent," + ",".join(f"{k}_mean,{k}_std" for k in keys)]
+    ordered = [(n, result["agents"][n]) for n in result.get("agent_order") or list(result["agents"])]
+    for name, s in ordered + [(f"({k})", v) for k, v in result["bounds"].items()]:
         cells = []
-        for key in SUMMARY_KEYS:
+        for key in keys:
             cells += [str(s[key]["mean"]), str(s[key]["std"])] if key in s else ["", ""]
         summary_lines.append(name + "," + ",".join(cells))
     atomic_write_text(out / "summary.csv", "\n".join(summary_lines) + "\n")
@@ -175,11 +190,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(result["agents"])
+    names = result.get("agent_order") or list(result["agents"])
     bound_names = list(result["bounds"])
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    panels = (("reward", "episode reward (higher is better)"), ("perfect_coverage", "perfect coverage"),
-              ("mean_latency_ms", "mean latency per token (ms)"))
+    delta_key = "reward_minus_" + result["reference_agent"]
+    panels = ((delta_key, f"episode reward minus {result['reference_agent']}'s, same episode"),
+              ("perfect_coverage", "perfect coverage"), ("mean_latency_ms", "mean latency per token (ms)"))
     for ax, (key, title) in zip(axes, panels):
         labels, means, stds, hatches = [], [], [], []
         for n in names:
@@ -187,7 +203,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
             means.append(result["agents"][n][key]["mean"])
             stds.append(result["agents"][n][key]["std"])
             hatches.append("")
-        if key != "reward":
+        if key != delta_key:
             for n in bound_names:
                 if key in result["bounds"][n]:
                     labels.append(f"({n})")
@@ -201,6 +217,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 bar.set_color("#BBBBBB")
         ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
         ax.set_title(title, fontsize=10)
+        if key == delta_key:
+            ax.axhline(0.0, color="black", linewidth=0.8)
     fig.suptitle(f"{result['env']} on the {result['split']} split, {result['episodes']} episodes, seed {result['seed']}",
                  fontsize=10)
     fig.tight_layout()

@@ -10,13 +10,13 @@ Hyperparameters come from ``agents/hyperparams/<algo>.yml`` (RL-Zoo style: an en
 from __future__ import annotations
 
 import ast
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+from stable_baselines3.common.callbacks import EvalCallback
 
 from agents.baselines import Agent
 
@@ -24,6 +24,20 @@ ALGOS = ("ppo", "a2c", "sac", "dqn")
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 #: keys of a hyperparameter entry that are not arguments of the algorithm's constructor
 _NON_ALGO_KEYS = ("n_envs", "n_timesteps", "policy")
+
+
+class SeededEvalCallback(EvalCallback):
+    """An ``EvalCallback`` that replays the same validation episodes at every evaluation, so that successive
+    scores (and the choice of the best model) differ by the policy only, not by the episodes drawn."""
+
+    def __init__(self, eval_seed: int, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_seed = eval_seed
+
+    def _on_step(self) -> bool:
+        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
+            self.eval_env.seed(self.eval_seed)
+        return super()._on_step()
 
 
 def _algo_class(algo: str):
@@ -108,7 +122,7 @@ def train(
         The run record also written to ``run.json``.
     """
     import torch
-    from stable_baselines3.common.callbacks import CheckpointCallback, EvalCallback
+    from stable_baselines3.common.callbacks import CheckpointCallback
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
@@ -148,7 +162,8 @@ def train(
     venv.seed(seed)
     eval_env = Monitor(make_env(env_id, "validation", overrides))
     callbacks = [
-        EvalCallback(
+        SeededEvalCallback(
+            seed + 1_000_000,
             eval_env,
             n_eval_episodes=eval_episodes,
             eval_freq=max(1, eval_freq // n_envs),

@@ -3,12 +3,12 @@
 Registered configurations (all the same class, :class:`MoECacheEnv`, with other ``config``; see
 ``docs/environment.md``):
 
-- ``MoECache-v0``: timeline timing, the cross-layer predictor on realistic traces, per-layer tiers 4 / 6 / 14
-  of 60 experts, non-stationary serving (batch 1-16, KV cache 0-60% of the slots, background link traffic
-  0-50%, requests in blocks of one domain); continuous thresholds.
+- ``MoECache-v0``: timeline timing on the measured ``h100`` profile, the cross-layer predictor, per-layer tiers
+  4 / 10 / 20 of 60 experts, non-stationary serving (batch 1-8, KV cache 0-60% of the slots, background link
+  traffic 0-50%, requests in blocks of one domain); continuous thresholds.
 - ``MoECache-Discrete-v0``: as v0, each threshold down / keep / up (for DQN).
 - ``MoECache-Extended-v0``: as v0, plus lookahead, prefetch budget, tier split and eviction weights.
-- ``MoECache-Stationary-v0``: as v0 under constant serving conditions (batch 8, KV 30%, background 25%,
+- ``MoECache-Stationary-v0``: as v0 under constant serving conditions (batch 4, KV 30%, background 25%,
   requests of mixed domains), for comparison.
 - ``MoECache-Seed-v0``: the seed's setting: seed timing table, ``rtx3090-seed``, ``noisy-oracle`` predictor at
   0.4755 top-1 accuracy, tiers 4 / 20 / 40 per layer, one sequence at a time.
@@ -31,8 +31,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "MoECache-Extended-v0": {"action_type": "extended"},
     "MoECache-Stationary-v0": {
         "workload": {
-            "batch_min": 8,
-            "batch_max": 8,
+            "batch_min": 4,
+            "batch_max": 4,
             "kv_min": 0.3,
             "kv_max": 0.3,
             "background_min": 0.25,

@@ -35,12 +35,12 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "predictor": "cross-layer",
     "oracle_accuracy": 0.4755,
     "predictor_fit_tokens": 4096,  # cross-layer predictor pre-fitted on this many train tokens (0 = none)
-    "cache": {"l1_slots": 4, "l2_slots": 6, "l3_slots": 14, "scope": "per-layer"},
+    "cache": {"l1_slots": 4, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
     # non-stationary serving: batch size, KV-cache share of memory and background link traffic change in
     # segments of ~segment_steps steps; sequences come in blocks of one domain
     "workload": {
         "batch_min": 1,
-        "batch_max": 16,
+        "batch_max": 8,
         "kv_min": 0.0,
         "kv_max": 0.6,
         "background_min": 0.0,
@@ -122,7 +122,10 @@ class EnvConfig:
 def make_config(overrides: Mapping[str, Any] | None = None) -> EnvConfig:
     """Merge ``overrides`` onto the defaults and validate every value."""
     raw = merge_config(overrides)
-    check_suite(raw["traces"])
+    try:
+        check_suite(raw["traces"])
+    except ValueError as exc:
+        raise ConfigError(f"env config {exc}") from None
     raw["traces"] = list(raw["traces"])
     if raw["split"] not in SPLITS:
         raise ConfigError(f"env config split={raw['split']!r} is not one of {list(SPLITS)}")
