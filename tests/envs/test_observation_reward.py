@@ -1,0 +1,92 @@
+"""Observation encoding and the demand-all reference latency, against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moe_cache_env.envs.observation import (
+    FEATURE_NAMES,
+    NUM_FEATURES,
+    decode_observation,
+    encode_observation,
+    expert_shares,
+    observation_space,
+    popularity_entropy,
+    popularity_shift,
+)
+from moe_cache_env.envs.reward import DemandAllReference, reward_terms
+from moe_cache_env.profiles import load_profile
+from moe_cache_env.traces.format import Trace, make_meta
+
+
+def test_encode_decode_round_trip_and_bounds():
+    raw = {name: 0.25 for name in FEATURE_NAMES}
+    raw["layer_latency"] = 10.0
+    raw["latency_ratio"] = 0.8
+    obs = encode_observation(raw)
+    assert obs.dtype == np.float32 and obs.shape == (NUM_FEATURES,)
+    assert observation_space().contains(obs)
+    back = decode_observation(obs)
+    assert back["layer_latency"] == pytest.approx(10.0, rel=1e-6)
+    assert back["latency_ratio"] == pytest.approx(0.8, rel=1e-6)
+    raw["latency_ratio"] = 50.0  # clipped into the space
+    assert observation_space().contains(encode_observation(raw))
+    with pytest.raises(KeyError, match="perfect_coverage"):
+        encode_observation({k: v for k, v in raw.items() if k != "perfect_coverage"})
+
+
+def test_popularity_statistics():
+    uniform = np.full((2, 4), 0.25)
+    single = np.array([[1.0, 0, 0, 0], [0, 1.0, 0, 0]])
+    assert popularity_entropy(uniform) == pytest.approx(1.0)
+    assert popularity_entropy(single) == pytest.approx(0.0)
+    assert popularity_shift(single, uniform) == pytest.approx(0.75)
+    assert popularity_shift(single, None) == 0.0
+    experts = np.array([[[0, 1]], [[1, 2]]])  # 2 tokens, 1 layer, top-2
+    assert expert_shares(experts, 4).tolist() == [[0.25, 0.5, 0.25, 0.0]]
+
+
+def _tiny_trace() -> Trace:
+    experts = np.array([[[0, 1], [2, 3]], [[1, 2], [2, 3]], [[3, 0], [0, 1]]], dtype=np.int16)  # T=3, L=2, K=2
+    meta = make_meta(model="tiny", num_experts=4, top_k=2, num_layers=2, expert_bytes=28 * 2**20, phase="decode",
+                     source="hand-made")
+    return Trace(experts=experts, sequence=np.zeros(3, dtype=np.int32), meta=meta)
+
+
+def test_demand_all_reference_timeline_by_hand():
+    trace = _tiny_trace()
+    profile = load_profile("h100")
+    ref = DemandAllReference(trace, profile, trace.expert_bytes, "timeline", width=2)
+    step_tokens = np.array([[0, 1], [2, -1]])
+    share = np.array([0.5, 1.0])
+    lat = ref.step_latency_ms(step_tokens, share)
+    t = profile.transfer_ms(trace.expert_bytes)
+    c = profile.compute_table(trace.expert_bytes, 2)
+    o = profile.layer_overhead_ms
+    # step 0, layer 0: experts {0:1, 1:2, 2:1}; layer 1: {2:2, 3:2}
+    step0 = (3 * t / 0.5 + c[1] + c[2] + c[1] + o) + (2 * t / 0.5 + c[2] + c[2] + o)
+    # step 1 (token 2): layer 0 {3, 0}, layer 1 {0, 1}
+    step1 = (2 * t + 2 * c[1] + o) + (2 * t + 2 * c[1] + o)
+    assert lat == pytest.approx([step0, step1])
+    mean = ref.mean_latency_ms(step_tokens, np.array([2, 1]), share)
+    assert mean == pytest.approx((2 * step0 + step1) / 3)
+
+
+def test_demand_all_reference_seed_table_by_hand():
+    trace = _tiny_trace()
+    profile = load_profile("rtx3090-seed")
+    table = profile.seed_table
+    ref = DemandAllReference(trace, profile, trace.expert_bytes, "seed", width=1)
+    lat = ref.step_latency_ms(np.array([[2]]), np.array([1.0]))
+    two_misses = table["h2d_1_expert_ms"] + (table["h2d_4_experts_ms"] - table["h2d_1_expert_ms"]) / 3.0
+    compute = table["compute_1_expert_ms"] + (table["compute_4_experts_ms"] - table["compute_1_expert_ms"]) / 3.0
+    layer = two_misses + compute + 2 * table["alloc_ms"]
+    assert lat == pytest.approx([2 * layer])
+
+
+def test_reward_terms():
+    terms = reward_terms({"perfect_coverage": 0.4, "mean_latency_ms": 30.0}, 60.0, coverage_weight=1.0, latency_weight=2.0)
+    assert terms["latency_ratio"] == pytest.approx(0.5)
+    assert terms["reward"] == pytest.approx(0.4 - 1.0)
+    assert terms["coverage_term"] + terms["latency_term"] == pytest.approx(terms["reward"])
