@@ -119,7 +119,7 @@ def _uniform(seed, counter):
     return (x >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _score(key, clock, u, k_last, k_uses, k_conf):
     age = clock - k_last[key]
     uses = k_uses[key]
@@ -130,7 +130,7 @@ def _score(key, clock, u, k_last, k_uses, k_conf):
     )
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _tier_add(pool, tier, key, mem, cnt, k_tier, k_pos):
     i = cnt[pool, tier - 1]
     mem[pool, tier - 1, i] = key
@@ -139,7 +139,7 @@ def _tier_add(pool, tier, key, mem, cnt, k_tier, k_pos):
     k_tier[key] = tier
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
     t = k_tier[key] - 1
     i = k_pos[key]
@@ -151,7 +151,7 @@ def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
     k_tier[key] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters):
     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
     if k_state[key] == ST_QUEUED:
@@ -190,7 +190,7 @@ def _make_room(pool, tier, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_sta
                 _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
     """Start the prefetch at the head of the link queue (cancelled entries are skipped)."""
     Q = q_key.shape[0]
@@ -212,7 +212,7 @@ def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
         return
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
     """Start every queued prefetch that the link reaches by time ``now`` (FIFO among prefetches)."""
     Q = q_key.shape[0]
@@ -235,7 +235,7 @@ def run_steps(
     k_tier, k_state, k_arrival, k_last, k_uses, k_conf, k_prefetched, k_qpos, k_pin, k_pos,
     mem, cnt, link, q_key, q_issue, qht,
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
-    cal_hits, cal_count, pend_bin, pend_target,
+    cal_hits, cal_count, pend_bin, pend_hist, pend_target,
     counters, step_latency_ms, step_hits, step_requests,
 ):
     """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
@@ -391,11 +391,11 @@ def run_steps(
             if calibrate:
                 slot = event % 3
                 if pend_target[slot] == event:
-                    for e in range(E):
-                        b = pend_bin[slot, e]
-                        cal_count[b] += 1.0
-                        if mark[e] == event:
-                            cal_hits[b] += 1.0
+                    # every expert's bin was counted when the prediction was made; the hits are the needed ones
+                    for b in range(NUM_CAL_BINS):
+                        cal_count[b] += pend_hist[slot, b]
+                    for n in range(nneed):
+                        cal_hits[pend_bin[slot, needed[n]]] += 1.0
                     pend_target[slot] = -1
             # ---- 4. coverage --------------------------------------------------------------------------------
             counters[C_STEP_LAYERS] += 1
@@ -423,11 +423,14 @@ def run_steps(
                     target = st * L + lt
                     slot = target % 3
                     pend_target[slot] = target
+                    for b in range(NUM_CAL_BINS):
+                        pend_hist[slot, b] = 0.0
                     for e in range(E):
                         b = int(conf[e] * NUM_CAL_BINS)
                         if b >= NUM_CAL_BINS:
                             b = NUM_CAL_BINS - 1
                         pend_bin[slot, e] = b
+                        pend_hist[slot, b] += 1.0
                         conf[e] = cal_table[b]
                 nst = step_ntokens[st]
                 # accuracy against the truth (the simulator knows it; the predictor did not read it)
@@ -554,7 +557,7 @@ def run_steps(
         counters[C_ELAPSED_MS] += latency
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched, q_key, q_issue, qht, link,
                     dur, counters):
     counters[C_PREFETCH_ISSUED] += 1

@@ -141,6 +141,7 @@ class Simulator:
         self._cal_hits = np.zeros(K.NUM_CAL_BINS, dtype=np.float64)
         self._cal_count = np.zeros(K.NUM_CAL_BINS, dtype=np.float64)
         self._pend_bin = np.zeros((3, E), dtype=np.int64)
+        self._pend_hist = np.zeros((3, K.NUM_CAL_BINS), dtype=np.float64)
         self._pend_target = np.full(3, -1, dtype=np.int64)
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
@@ -178,7 +179,7 @@ class Simulator:
             self._k_prefetched, self._k_qpos, self._k_pin, self._k_pos,
             self._mem, self._cnt, self._link, self._q_key, self._q_issue, self._qht,
             self._pop_cnt, self._pop_obs, self._pop_weight, self._reuse_hit, self._reuse_tot, self._pair, self._src,
-            self._cal_hits, self._cal_count, self._pend_bin, self._pend_target,
+            self._cal_hits, self._cal_count, self._pend_bin, self._pend_hist, self._pend_target,
             self.counters, self.step_latency_ms, self.step_hits, self.step_requests,
         )
         window = self.counters - before
