@@ -87,7 +87,9 @@ def _demand_latency(step_tokens, step_ntokens, experts, num_experts, hits, ctab,
                     layer_overhead_ms, seed_timing, fseed, out_latency, counters):
     """Per-step latency when every miss is a demand load on an otherwise idle link.
 
-    An expert missed by any token of the step is loaded once; ``counters`` gets [compute_ms, link_busy_ms].
+    An expert missed by any token of the step is loaded once. ``counters`` gets [compute_ms, link_busy_ms,
+    step-layers, perfect step-layers, zero-coverage step-layers, sum of coverage ratios]: coverage counts an
+    expert of a step as covered when every request for it was a hit, as the cache policies count it.
     """
     S = step_tokens.shape[0]
     L = experts.shape[1]
@@ -121,6 +123,12 @@ def _demand_latency(step_tokens, step_ntokens, experts, num_experts, hits, ctab,
                 nmiss += missed[needed[n]]
                 compute += ctab[ntok[needed[n]]]
             nhit = nneed - nmiss
+            counters[2] += 1.0
+            if nmiss == 0:
+                counters[3] += 1.0
+            elif nhit == 0:
+                counters[4] += 1.0
+            counters[5] += nhit / nneed
             if seed_timing:
                 miss_ms = 0.0
                 if nmiss > 0:
@@ -159,14 +167,12 @@ def _evaluate_reference(trace: Trace, request: EvaluationRequest, rng: np.random
             "h2d_1_expert_ms", "h2d_4_experts_ms", "h2d_20_experts_ms", "l1_access_ms", "l2l3_access_ms",
             "compute_1_expert_ms", "compute_4_experts_ms", "alloc_ms")]
     latency = np.zeros(schedule.num_steps)
-    counters = np.zeros(2)
+    counters = np.zeros(6)
     _demand_latency(schedule.step_tokens, schedule.step_ntokens, np.ascontiguousarray(trace.experts, dtype=np.int64),
                     trace.num_experts, hits, ctab, profile.transfer_ms(expert_bytes), schedule.link_share, profile.layer_overhead_ms,
                     seed_timing, fseed, latency, counters)
     requests = hits.size
     n_hits = int(hits.sum())
-    rows_perfect = hits.all(axis=2)
-    rows_zero = ~hits.any(axis=2)
     w = schedule.step_ntokens.astype(np.float64)
     misses = requests - n_hits
     metrics = {
@@ -176,11 +182,11 @@ def _evaluate_reference(trace: Trace, request: EvaluationRequest, rng: np.random
         "expert_requests": int(requests),
         "hit_rate": n_hits / requests,
         "miss_rate": misses / requests,
-        # per (token, layer) row, as the definition looks requests up one token at a time
-        "perfect_coverage": float(rows_perfect.mean()),
-        "zero_coverage": float(rows_zero.mean()),
-        "partial_coverage": float(1.0 - rows_perfect.mean() - rows_zero.mean()),
-        "avg_coverage": float(hits.mean(axis=2).mean()),
+        # per step and layer over the step's distinct experts, as for the cache policies (at batch 1: per token)
+        "perfect_coverage": float(counters[3] / counters[2]),
+        "zero_coverage": float(counters[4] / counters[2]),
+        "partial_coverage": float((counters[2] - counters[3] - counters[4]) / counters[2]),
+        "avg_coverage": float(counters[5] / counters[2]),
         "mean_latency_ms": float(latency @ w / w.sum()),
         "p50_latency_ms": weighted_percentile(latency, w, 50),
         "p95_latency_ms": weighted_percentile(latency, w, 95),
