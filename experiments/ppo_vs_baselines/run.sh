@@ -20,3 +20,10 @@ moe-cache-env train --algo ppo --env MoECache-v0 --timesteps "$TIMESTEPS" --seed
 moe-cache-env compare --env MoECache-v0 \
   --agents static,conservative,aggressive,balanced,dynamic,random,static-tuned,ppo:$HERE/ppo_s$SEED/model.zip \
   --episodes "$EPISODES" --seed 1000 --tune-episodes 3 --oracle --out $HERE/results | tee $HERE/results.txt
+
+# 4. the same with the extended action set (thresholds, lookahead, prefetch budget, tier split, eviction weights)
+moe-cache-env train --algo ppo --env MoECache-Extended-v0 --timesteps 150000 --seed "$SEED" \
+  --out $HERE/ppo_extended_s$SEED --eval-freq 10000 --eval-episodes 5 --checkpoint-freq 50000 --no-progress-bar
+moe-cache-env compare --env MoECache-Extended-v0 \
+  --agents static,conservative,aggressive,balanced,dynamic,static-tuned,ppo:$HERE/ppo_extended_s$SEED/model.zip \
+  --episodes "$EPISODES" --seed 1000 --tune-episodes 3 --out $HERE/results_extended | tee $HERE/results_extended.txt
