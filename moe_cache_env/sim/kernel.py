@@ -164,7 +164,7 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
     k_uses[key] = 0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
                k_last, k_conf, k_pin, k_qpos, q_key, counters):
     """Shed entries from ``tier`` down: over-full tiers demote their lowest-score unpinned entry one tier down
@@ -579,7 +579,7 @@ def _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetc
     qht[1] += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _seed_transfer_ms(n, fconf):
     """The seed table's host-to-GPU time for n experts: piecewise linear through 1, 4 and 20 experts."""
     if n == 0:
@@ -592,7 +592,7 @@ def _seed_transfer_ms(n, fconf):
     return t4 + (n - 4) * (t20 - t4) / 16.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _seed_compute_ms(n, fconf):
     """The seed table's compute time for n experts: linear through 1 and 4 experts."""
     c1 = fconf[F_SEED_H2D_1 + 5]
@@ -600,7 +600,7 @@ def _seed_compute_ms(n, fconf):
     return c1 + (n - 1) * (c4 - c1) / 3.0
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token, experts,
              E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed, event, conf, prod,
              truth):
@@ -713,7 +713,7 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
         conf[e] = 1.0 - prod[e]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, inline="always", error_model="numpy")
 def _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight, reuse_hit,
              reuse_tot, pair, src, learn_pairs):
     """Update the online statistics with the routing of step ``s`` at layer ``l`` (now known).
