@@ -12,6 +12,9 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
   requests of mixed domains), for comparison.
 - ``MoECache-Seed-v0``: the seed's setting: seed timing table, ``rtx3090-seed``, ``noisy-oracle`` predictor at
   0.4755 top-1 accuracy, tiers 4 / 20 / 40 per layer, one sequence at a time.
+- ``MoECache-Learned-v0``: as v0 on the bundled real routing traces of the small MoE trained from scratch
+  (``traces/learned/``: 12 layers, 64 experts, top-8, three text domains), replayed with OLMoE-1B-7B's expert
+  size (3 x 2048 x 1024 bf16 = 12,582,912 bytes) and tiers 8 / 10 / 20 of 64 experts per layer.
 """
 
 from __future__ import annotations
@@ -47,6 +50,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "oracle_accuracy": 0.4755,
         "cache": {"l1_slots": 4, "l2_slots": 20, "l3_slots": 40, "scope": "per-layer"},
         "workload": {"batch_min": 1, "batch_max": 1},
+        "episode_tokens": 4096,
+    },
+    "MoECache-Learned-v0": {
+        "traces": ["learned/tiny-olmoe-12L-64E-prefill", "learned/tiny-olmoe-12L-64E-decode"],
+        # the learned model's own experts are tiny (786,432 bytes); its routing geometry is OLMoE's
+        "expert_bytes": 3 * 2048 * 1024 * 2,
+        "cache": {"l1_slots": 8, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
         "episode_tokens": 4096,
     },
 }

@@ -35,6 +35,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "predictor": "cross-layer",
     "oracle_accuracy": 0.4755,
     "predictor_fit_tokens": 4096,  # cross-layer predictor pre-fitted on this many train tokens (0 = none)
+    # replay every trace as if its experts had this many bytes (0 = each trace's own meta.expert_bytes)
+    "expert_bytes": 0,
     "cache": {"l1_slots": 4, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
     # non-stationary serving: batch size, KV-cache share of memory and background link traffic change in
     # segments of ~segment_steps steps; sequences come in blocks of one domain
@@ -141,6 +143,7 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> EnvConfig:
     _number("window_steps", raw["window_steps"], 1, 100_000, integer=True)
     _number("max_episode_steps", raw["max_episode_steps"], 1, 10**9, integer=True)
     _number("predictor_fit_tokens", raw["predictor_fit_tokens"], 0, 10**9, integer=True)
+    _number("expert_bytes", raw["expert_bytes"], 0, 10**12, integer=True)
     if raw["action_type"] not in ACTION_TYPES:
         raise ConfigError(f"env config action_type={raw['action_type']!r} is not one of {list(ACTION_TYPES)}")
     l2_range = _pair("l2_range", raw["l2_range"], 0.0, 1.01)
@@ -164,6 +167,7 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> EnvConfig:
             profile=raw["profile"],
             predictor=raw["predictor"],
             oracle_accuracy=raw["oracle_accuracy"],
+            expert_bytes=int(raw["expert_bytes"]),
         )
     except TypeError as exc:  # a wrongly typed section
         raise ConfigError(f"env config: {exc}") from None
