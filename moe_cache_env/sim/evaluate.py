@@ -17,6 +17,8 @@ import numpy as np
 from numba import njit
 
 from moe_cache_env.profiles import HardwareProfile, load_profile
+from moe_cache_env.profiles.profile import SEED_TABLE_KEYS
+from moe_cache_env.sim.kernel import F_SEED_H2D_1, NUM_FCONF, _seed_compute_ms, _seed_transfer_ms
 from moe_cache_env.sim.config import CacheConfig, ConfigError, Controls, SimConfig
 from moe_cache_env.sim.metrics import weighted_percentile
 from moe_cache_env.sim.reference import REFERENCE_POLICIES, demand_hits
@@ -84,7 +86,7 @@ def evaluate(trace: Trace, request: EvaluationRequest, *, fit_trace: Trace | Non
 
 @njit(cache=True)
 def _demand_latency(step_tokens, step_ntokens, experts, num_experts, hits, ctab, transfer_ms, link_share,
-                    layer_overhead_ms, seed_timing, fseed, out_latency, counters):
+                    layer_overhead_ms, seed_timing, fconf, out_latency, counters):
     """Per-step latency when every miss is a demand load on an otherwise idle link.
 
     An expert missed by any token of the step is loaded once. ``counters`` gets [compute_ms, link_busy_ms,
@@ -130,15 +132,10 @@ def _demand_latency(step_tokens, step_ntokens, experts, num_experts, hits, ctab,
                 counters[4] += 1.0
             counters[5] += nhit / nneed
             if seed_timing:
-                miss_ms = 0.0
-                if nmiss > 0:
-                    if nmiss <= 4:
-                        miss_ms = fseed[0] + (nmiss - 1) * (fseed[1] - fseed[0]) / 3.0
-                    else:
-                        miss_ms = fseed[1] + (nmiss - 4) * (fseed[2] - fseed[1]) / 16.0
-                compute = fseed[5] + (nneed - 1) * (fseed[6] - fseed[5]) / 3.0
+                compute = _seed_compute_ms(nneed, fconf)
                 # one flat cache: every hit is a random access (the seed table's L2/L3 figure)
-                layer = nhit * fseed[4] + miss_ms + compute + nmiss * fseed[7]
+                layer = (nhit * fconf[F_SEED_H2D_1 + 4] + _seed_transfer_ms(nmiss, fconf) + compute
+                         + nmiss * fconf[F_SEED_H2D_1 + 7])
             else:
                 busy = nmiss * transfer_ms / link_share[s]
                 counters[1] += busy
@@ -161,16 +158,14 @@ def _evaluate_reference(trace: Trace, request: EvaluationRequest, rng: np.random
     seed_timing = config.timing == "seed"
     if seed_timing and profile.seed_table is None:
         raise ConfigError(f"timing='seed' needs a profile with a seed_table; {profile.name!r} has none")
-    fseed = np.zeros(8)
+    fconf = np.zeros(NUM_FCONF)
     if profile.seed_table is not None:
-        fseed[:] = [profile.seed_table[k] for k in (
-            "h2d_1_expert_ms", "h2d_4_experts_ms", "h2d_20_experts_ms", "l1_access_ms", "l2l3_access_ms",
-            "compute_1_expert_ms", "compute_4_experts_ms", "alloc_ms")]
+        fconf[F_SEED_H2D_1:F_SEED_H2D_1 + len(SEED_TABLE_KEYS)] = [profile.seed_table[k] for k in SEED_TABLE_KEYS]
     latency = np.zeros(schedule.num_steps)
     counters = np.zeros(6)
     _demand_latency(schedule.step_tokens, schedule.step_ntokens, np.ascontiguousarray(trace.experts, dtype=np.int64),
                     trace.num_experts, hits, ctab, profile.transfer_ms(expert_bytes), schedule.link_share, profile.layer_overhead_ms,
-                    seed_timing, fseed, latency, counters)
+                    seed_timing, fconf, latency, counters)
     requests = hits.size
     n_hits = int(hits.sum())
     w = schedule.step_ntokens.astype(np.float64)

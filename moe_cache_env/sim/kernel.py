@@ -654,20 +654,11 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
     else:
         inv = 0.0
     reuse = reuse_hit[lt] / reuse_tot[lt] if reuse_tot[lt] > 0 else K / E
-    if predictor == P_CROSS_LAYER and st == s and nst == 1:
+    use_cross = predictor == P_CROSS_LAYER and st == s
+    d = lt - l - 1
+    if use_cross and nst == 1:
         # the common single-token case: the averaged co-occurrence row is the confidence itself
-        t = step_tokens[st, 0]
-        d = lt - l - 1
-        for e in range(E):
-            conf[e] = 0.0
-        nsrc = 0
-        for k in range(K):
-            i = experts[t, l, k]
-            if src[d, l, i] > 0:
-                w = 1.0 / src[d, l, i]
-                for e in range(E):
-                    conf[e] += pair[d, l, i, e] * w
-                nsrc += 1
+        nsrc = _cooccurrence_row(step_tokens[st, 0], l, d, experts, K, E, pair, src, conf)
         if nsrc > 0:
             inv_n = 1.0 / nsrc
             for e in range(E):
@@ -675,19 +666,8 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
             return
     for b in range(nst):
         t = step_tokens[st, b]
-        use_cross = predictor == P_CROSS_LAYER and st == s
         if use_cross:
-            d = lt - l - 1
-            for e in range(E):
-                conf[e] = 0.0
-            nsrc = 0
-            for k in range(K):
-                i = experts[t, l, k]
-                if src[d, l, i] > 0:
-                    w = 1.0 / src[d, l, i]
-                    for e in range(E):
-                        conf[e] += pair[d, l, i, e] * w
-                    nsrc += 1
+            nsrc = _cooccurrence_row(t, l, d, experts, K, E, pair, src, conf)
             if nsrc > 0:
                 inv_n = 1.0 / nsrc
                 for e in range(E):
@@ -711,6 +691,23 @@ def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev
                 prod[e] *= 1.0 - min(q, 1.0)
     for e in range(E):
         conf[e] = 1.0 - prod[e]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _cooccurrence_row(t, l, d, experts, K, E, pair, src, out):
+    """Sum over token t's experts i at layer l of P(e at l + d + 1 | i at l) into ``out``; returns how many of
+    its experts have been seen (the divisor of the average)."""
+    for e in range(E):
+        out[e] = 0.0
+    nsrc = 0
+    for k in range(K):
+        i = experts[t, l, k]
+        if src[d, l, i] > 0:
+            w = 1.0 / src[d, l, i]
+            for e in range(E):
+                out[e] += pair[d, l, i, e] * w
+            nsrc += 1
+    return nsrc
 
 
 @njit(cache=True, inline="always", error_model="numpy")

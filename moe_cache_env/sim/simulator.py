@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from moe_cache_env.profiles import HardwareProfile, load_profile
+from moe_cache_env.profiles.profile import SEED_TABLE_KEYS
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.config import ConfigError, Controls, SimConfig
 from moe_cache_env.sim.metrics import metrics_from_counters
@@ -93,12 +94,8 @@ class Simulator:
         self._fconf[K.F_DECAY] = self.config.stats_decay
         self._fconf[K.F_ORACLE_ACC] = self.config.oracle_accuracy
         if self.profile.seed_table is not None:
-            table = self.profile.seed_table
-            for i, key in enumerate(
-                ("h2d_1_expert_ms", "h2d_4_experts_ms", "h2d_20_experts_ms", "l1_access_ms", "l2l3_access_ms",
-                 "compute_1_expert_ms", "compute_4_experts_ms", "alloc_ms")
-            ):
-                self._fconf[K.F_SEED_H2D_1 + i] = table[key]
+            for i, key in enumerate(SEED_TABLE_KEYS):
+                self._fconf[K.F_SEED_H2D_1 + i] = self.profile.seed_table[key]
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------------------------
