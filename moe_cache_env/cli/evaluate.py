@@ -1,8 +1,14 @@
 """Replay a trace under one or more policies and print their metrics (optionally write them as JSON).
 
+Besides the simulator's policies, an agent that acts through the environment can be evaluated on the same
+trace and settings: the seed's strategies (conservative, aggressive, balanced, dynamic), random, or a saved
+Stable-Baselines3 model as ALGO:PATH (trained on the environment given by --env, whose action type it uses).
+The agent adapts once per window of the environment; the replay covers the whole trace in file order.
+
 Examples:
   moe-cache-env evaluate --trace qwen1.5-moe --policy static
   moe-cache-env evaluate --trace qwen1.5-moe --policy static,no-prefetch,lru,belady,perfect --profile h100
+  moe-cache-env evaluate --policy static,dynamic,ppo:runs/ppo/model.zip --profile h100 --batch 4
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from moe_cache_env.cli import CommandError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default="qwen1.5-moe", help="trace file or bundled trace name (default: %(default)s)")
     parser.add_argument("--policy", default="static",
-                        help="policy or comma-separated policies: static, no-prefetch, perfect, lru, belady")
+                        help="policy or comma-separated policies: static, no-prefetch, perfect, lru, belady; agents "
+                             "conservative, aggressive, balanced, dynamic, random, or ALGO:PATH (a saved SB3 model)")
+    parser.add_argument("--env", default="MoECache-v0",
+                        help="environment whose actions and windows agents use (default: %(default)s)")
     parser.add_argument("--predictor", default="cross-layer",
                         help="noisy-oracle, popularity, previous-token, cross-layer or perfect (default: %(default)s)")
     parser.add_argument("--profile", default="rtx3090-seed", help="hardware profile name or path")
@@ -74,6 +83,50 @@ def format_table(rows: list[tuple[str, dict[str, Any]]], columns=TABLE_COLUMNS) 
     return "\n".join(lines)
 
 
+#: agents that act through the environment (the simulator's own ``static`` keeps its name)
+AGENT_POLICIES = ("conservative", "aggressive", "balanced", "dynamic", "random")
+
+
+def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed: int) -> dict[str, Any]:
+    """Replay the whole ``trace`` once with an agent acting through ``env_id``, under the evaluation's settings.
+
+    The environment replays the trace in file order (split ``all``, from its first sequence) with the
+    evaluation's cache, workload, profile, timing and predictor (learned online, as for the simulator's
+    policies); the agent sets the controls once per window. Returns the simulator's metrics of the replay.
+    """
+    from dataclasses import asdict
+
+    from agents.evaluation import make_agent, make_env
+    from moe_cache_env.envs import VARIANTS
+
+    if env_id not in VARIANTS:
+        raise CommandError(f"unknown environment {env_id!r}; registered: {sorted(VARIANTS)}")
+    agent = make_agent(spec)
+    overrides = {
+        "traces": [trace_name],
+        "episode_tokens": trace.num_tokens,
+        "max_episode_steps": 10**9,
+        "predictor_fit_tokens": 0,
+        "cache": asdict(config.cache),
+        "workload": asdict(config.workload),
+        "profile": config.profile,
+        "timing": config.timing,
+        "predictor": config.predictor,
+        "oracle_accuracy": config.oracle_accuracy,
+        "expert_bytes": config.expert_bytes,
+    }
+    env = make_env(env_id, split="all", overrides=overrides)
+    obs, _ = env.reset(seed=seed, options={"trace": 0, "start_sequence": 0})
+    agent.reset(env, seed)
+    while True:
+        obs, _, terminated, truncated, _ = env.step(agent.act(obs))
+        if terminated or truncated:
+            break
+    metrics = env.unwrapped.sim.metrics()
+    env.close()
+    return metrics
+
+
 def run(args: argparse.Namespace) -> int:
     from moe_cache_env._io import atomic_write_json
     from moe_cache_env.sim.config import CacheConfig, Controls, SimConfig, WorkloadConfig
@@ -81,9 +134,11 @@ def run(args: argparse.Namespace) -> int:
     from moe_cache_env.cli._common import load_named_trace
 
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    unknown = [p for p in policies if p not in POLICIES]
+    unknown = [p for p in policies if p not in POLICIES and p not in AGENT_POLICIES and ":" not in p]
     if unknown:
-        raise CommandError(f"unknown policy {unknown}; choose from {list(POLICIES)}")
+        raise CommandError(
+            f"unknown policy {unknown}; choose from {list(POLICIES) + list(AGENT_POLICIES)} or ALGO:PATH"
+        )
     trace = load_named_trace(args.trace)
     fit_trace = load_named_trace(args.fit_trace) if args.fit_trace else None
     capacity = args.capacity
@@ -110,15 +165,19 @@ def run(args: argparse.Namespace) -> int:
     )
     results: dict[str, dict[str, Any]] = {}
     for policy in policies:
-        request = EvaluationRequest(policy=policy, config=config, controls=controls, seed=args.seed,
-                                    window_steps=args.window)
-        result = evaluate(trace, request, fit_trace=fit_trace)
+        if policy in POLICIES:
+            request = EvaluationRequest(policy=policy, config=config, controls=controls, seed=args.seed,
+                                        window_steps=args.window)
+            result = evaluate(trace, request, fit_trace=fit_trace)
+        else:
+            result = {"metrics": evaluate_agent(policy, args.trace, trace, config, args.env, args.seed)}
         entry = dict(result["metrics"])
         entry["config"] = {
             "trace": trace.name,
             "policy": policy,
             "predictor": "perfect" if policy == "perfect" else (None if policy in ("lru", "belady", "no-prefetch")
                                                                  else args.predictor),
+            "env": args.env if policy not in POLICIES else None,
             "profile": args.profile,
             "timing": args.timing,
             "capacity": cache.total_slots,

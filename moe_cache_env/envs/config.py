@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from moe_cache_env.envs.suite import DEFAULT_SUITE, check_suite
+from moe_cache_env.envs.suite import DEFAULT_SUITE, EPISODE_SPLITS, check_suite
 from moe_cache_env.sim.config import CacheConfig, ConfigError, SimConfig, WorkloadConfig, from_mapping
-from moe_cache_env.traces.splits import DEFAULT_FRACTIONS, SPLITS
+from moe_cache_env.traces.splits import DEFAULT_FRACTIONS
 
 ACTION_TYPES = ("continuous", "discrete", "extended")
 
@@ -21,7 +21,7 @@ ACTION_TYPES = ("continuous", "discrete", "extended")
 DEFAULT_CONFIG: dict[str, Any] = {
     # -- episodes ---------------------------------------------------------------------------------------------
     "traces": list(DEFAULT_SUITE),  # suite names (moe_cache_env.envs.suite)
-    "split": "train",  # which part of every suite trace episodes replay
+    "split": "train",  # which part of every suite trace episodes replay (train / validation / test / all)
     "split_fractions": list(DEFAULT_FRACTIONS),
     "split_seed": 0,
     "episode_tokens": 8192,  # tokens (whole sequences) replayed per episode, from a random start
@@ -129,8 +129,8 @@ def make_config(overrides: Mapping[str, Any] | None = None) -> EnvConfig:
     except ValueError as exc:
         raise ConfigError(f"env config {exc}") from None
     raw["traces"] = list(raw["traces"])
-    if raw["split"] not in SPLITS:
-        raise ConfigError(f"env config split={raw['split']!r} is not one of {list(SPLITS)}")
+    if raw["split"] not in EPISODE_SPLITS:
+        raise ConfigError(f"env config split={raw['split']!r} is not one of {list(EPISODE_SPLITS)}")
     fractions = raw["split_fractions"]
     if not isinstance(fractions, (list, tuple)) or len(fractions) != 3:
         raise ConfigError(f"env config split_fractions must be three numbers, got {fractions!r}")

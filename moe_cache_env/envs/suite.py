@@ -62,11 +62,17 @@ def load_suite_trace(name: str) -> Trace:
     return trace
 
 
+#: the parts an environment can replay: a split, or the whole trace (``all``, for evaluating on one trace)
+EPISODE_SPLITS: tuple[str, ...] = SPLITS + ("all",)
+
+
 @lru_cache(maxsize=64)
 def load_split(name: str, split: str, fractions: tuple[float, float, float], split_seed: int) -> Trace:
-    """One split of one suite trace (cached)."""
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {list(SPLITS)}")
+    """One split of one suite trace, or the whole trace for ``split="all"`` (cached)."""
+    if split not in EPISODE_SPLITS:
+        raise ValueError(f"split {split!r} is not one of {list(EPISODE_SPLITS)}")
+    if split == "all":
+        return load_suite_trace(name)
     return split_trace(load_suite_trace(name), fractions, split_seed)[split]
 
 

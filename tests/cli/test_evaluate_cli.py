@@ -87,3 +87,25 @@ def test_bench_prints_json(small_trace, capsys):
     assert main(["bench", "--trace", str(small_trace), "--repeats", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["events_per_s"] > 0 and result["routing_events"] == load_trace(small_trace).num_tokens * 24
+
+
+def test_agents_and_saved_models_are_evaluated_through_the_environment(small_trace, tmp_path):
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[2] / "experiments/ppo_vs_baselines/ppo_s0/model.zip"
+    out = tmp_path / "m.json"
+    assert main(["evaluate", "--trace", str(small_trace), "--policy", f"static,dynamic,ppo:{model}",
+                 "--profile", "h100", "--batch", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())["policies"]
+    trace = load_trace(small_trace)
+    for name, entry in data.items():
+        # every policy replays the whole trace
+        assert entry["tokens"] == trace.num_tokens, name
+    assert data["dynamic"]["config"]["env"] == "MoECache-v0"
+    # the seed's dynamic strategy moves the thresholds, so it does not reproduce static's replay
+    assert data["dynamic"]["mean_latency_ms"] != data["static"]["mean_latency_ms"]
+
+
+def test_missing_model_is_one_clear_line(small_trace, capsys):
+    assert main(["evaluate", "--trace", str(small_trace), "--policy", "ppo:/no/such/model.zip"]) == 2
+    assert "no saved ppo model" in capsys.readouterr().err
