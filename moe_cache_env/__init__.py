@@ -11,5 +11,11 @@ Layers, from the bottom up:
 __version__ = "0.1.0"
 
 # Registers the Gymnasium environments (MoECache-v0 and variants), so gymnasium.make("moe_cache_env:MoECache-v0")
-# works after a plain import.
-from moe_cache_env import envs as _envs  # noqa: E402,F401
+# works after a plain import. gymnasium is a dependency, but the trace tools (record, import, synth) also run
+# where it is missing, e.g. on a bare GPU machine that records a model's routing.
+try:
+    import gymnasium as _gymnasium  # noqa: F401
+except ImportError:  # pragma: no cover - only without gymnasium installed
+    pass
+else:
+    from moe_cache_env import envs as _envs  # noqa: E402,F401

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from moe_cache_env._io import atomic_write_json, atomic_write_text
 from moe_cache_env.profiles import load_profile
-from moe_cache_env.sim.config import CacheConfig, Controls, SimConfig, WorkloadConfig
+from moe_cache_env.sim.config import Controls, SimConfig, WorkloadConfig
 from moe_cache_env.sim.evaluate import split_capacity
 from moe_cache_env.sim.simulator import Simulator
 from moe_cache_env.traces.format import Trace

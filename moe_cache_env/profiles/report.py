@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from moe_cache_env.profiles.profile import HardwareProfile, compute_affine_fit, fit_transfer, load_profile
+from moe_cache_env.profiles.profile import HardwareProfile, compute_affine_fit, load_profile
 from moe_cache_env.profiles.shapes import MODEL_EXPERT_SHAPES
 
 MIB = 2**20

@@ -3,7 +3,6 @@ strategies")."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from agents.baselines import (

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 SMALL = json.dumps({"traces": ["synth:qwen1.5-moe:2048:0"], "episode_tokens": 384, "predictor_fit_tokens": 512})
 FIVE = ["static", "conservative", "aggressive", "balanced", "dynamic"]
