@@ -413,7 +413,7 @@ def run_steps(
             st = s + (l + lookahead) // L
             lt = (l + lookahead) % L
             if st < S:
-                _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
+                _predict(st, s, l, lt, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
                          experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,
                          event, conf, prod, truth)
                 if calibrate:
@@ -601,7 +601,7 @@ def _seed_compute_ms(n, fconf):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _predict(st, s, l, lt, lookahead, predictor, step_tokens, step_ntokens, prev_token, step_of_token, experts,
+def _predict(st, s, l, lt, predictor, step_tokens, step_ntokens, prev_token, step_of_token, experts,
              E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed, event, conf, prod,
              truth):
     """Fill ``conf`` with the probability that each expert is among step ``st``'s experts at layer ``lt``."""
