@@ -25,6 +25,7 @@ Where the design leaves a detail open, the choice made here:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 import numpy as np
@@ -58,7 +59,7 @@ def pressure_adjustment(memory_pressure: float) -> float:
     return 0.0
 
 
-class Agent:
+class Agent(ABC):
     """An agent: ``reset(env)`` at the start of an episode, then ``act(obs)`` once per step."""
 
     name = "agent"
@@ -66,8 +67,9 @@ class Agent:
     def reset(self, env: Any, seed: int | None = None) -> None:
         self.env = env.unwrapped
 
+    @abstractmethod
     def act(self, obs: np.ndarray) -> Any:
-        raise NotImplementedError
+        """The action for observation ``obs``."""
 
 
 class StaticAgent(Agent):
@@ -108,8 +110,9 @@ class SeedStrategy(Agent):
         self.l2 = float(np.clip(self.l2, *config.l2_range))
         self.l3 = float(np.clip(self.l3, *config.l3_range))
 
+    @abstractmethod
     def update(self, coverage: float, score: float, memory_pressure: float) -> None:
-        raise NotImplementedError
+        """Move the base thresholds ``self.l2`` / ``self.l3`` by the strategy's rule."""
 
     def act(self, obs: np.ndarray) -> Any:
         o = decode_observation(obs)

@@ -17,6 +17,7 @@ in 0.5-0.6), the L3 threshold is clipped down to the L2 threshold.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ def _from_unit(u: float, lo: float, hi: float) -> float:
     return float(lo + (np.clip(u, -1.0, 1.0) + 1.0) * 0.5 * (hi - lo))
 
 
-class ActionType:
+class ActionType(ABC):
     """Base class: a space, ``decode`` (action -> controls) and ``encode`` (thresholds -> action)."""
 
     name = "base"
@@ -65,15 +66,17 @@ class ActionType:
         return l2, min(l3, l2)
 
     @property
+    @abstractmethod
     def space(self) -> spaces.Space:
-        raise NotImplementedError
+        """The Gymnasium action space."""
 
+    @abstractmethod
     def decode(self, action: Any, current: Controls) -> Controls:
-        raise NotImplementedError
+        """The controls an action sets, starting from ``current``."""
 
+    @abstractmethod
     def encode(self, l2: float, l3: float, current: Controls) -> Any:
         """The action that sets the thresholds as close to (l2, l3) as this type can from ``current``."""
-        raise NotImplementedError
 
 
 class ContinuousThresholds(ActionType):
