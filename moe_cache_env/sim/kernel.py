@@ -72,10 +72,9 @@ I_TOPK = 2
 I_GLOBAL = 3
 I_SEED_TIMING = 4
 I_PREDICTOR = 5
-I_LEARN_ONLINE = 6
-I_TOTAL_SLOTS = 7
-I_CALIBRATE = 8
-NUM_ICONF = 9
+I_TOTAL_SLOTS = 6
+I_CALIBRATE = 7
+NUM_ICONF = 8
 
 # ---- confidence calibration: raw scores are binned; a bin answers its observed hit frequency -------------------
 NUM_CAL_BINS = 20
@@ -236,7 +235,7 @@ def run_steps(
     mem, cnt, link, q_key, q_issue, qht,
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
     cal_hits, cal_count, pend_bin, pend_hist, pend_target,
-    counters, step_latency_ms, step_hits, step_requests,
+    counters, step_latency_ms,
 ):
     """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
     L = iconf[I_LAYERS]
@@ -245,7 +244,6 @@ def run_steps(
     is_global = iconf[I_GLOBAL] == 1
     seed_timing = iconf[I_SEED_TIMING] == 1
     predictor = iconf[I_PREDICTOR]
-    learn_online = iconf[I_LEARN_ONLINE] == 1
     calibrate = iconf[I_CALIBRATE] == 1 and predictor != P_PERFECT and predictor != P_NOISY_ORACLE
     total_slots = iconf[I_TOTAL_SLOTS]
     base_transfer_ms = fconf[F_TRANSFER_MS]
@@ -291,8 +289,6 @@ def run_steps(
                 _make_room(pool, 2, caps, -1, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
                            k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
         latency = 0.0
-        hits_this_step = 0
-        requests_this_step = 0
         for l in range(L):
             event = s * L + l
             clock = event / L
@@ -406,8 +402,6 @@ def run_steps(
                 counters[C_PERFECT] += 1
             elif covered == 0:
                 counters[C_ZERO] += 1
-            hits_this_step += covered
-            requests_this_step += nneed
             # ---- 5. predict the step `lookahead` layers ahead and prefetch ------------------------------------
             # the target: `lookahead` layers ahead in execution order (wrapping into the next step(s))
             st = s + (l + lookahead) // L
@@ -494,6 +488,7 @@ def run_steps(
                         counters[C_ABOVE_L2] += 1
                     counters[C_ABOVE_L3] += 1
                     tier = k_tier[key]
+                    # which tier the prediction earns (L2: confident, L3: speculative), within its budget
                     if c >= l2_thr:
                         if tier == 1 or tier == 2:
                             continue
@@ -501,18 +496,7 @@ def run_steps(
                             counters[C_BUDGET_DROPPED] += 1
                             continue
                         n2 += 1
-                        if tier == 3:
-                            _tier_remove(tpool, key, mem, cnt, k_tier, k_pos)
-                            _tier_add(tpool, 2, key, mem, cnt, k_tier, k_pos)
-                            counters[C_PROMOTED] += 1
-                        else:
-                            _tier_add(tpool, 2, key, mem, cnt, k_tier, k_pos)
-                            _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
-                                            q_key, q_issue, qht, link, dur, counters)
-                            counters[C_PREFETCH_L2] += 1
-                        k_pin[key] = event
-                        _make_room(tpool, 2, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state,
-                                   k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+                        target = 2
                     else:
                         if tier > 0:
                             continue
@@ -523,17 +507,24 @@ def run_steps(
                             counters[C_BUDGET_DROPPED] += 1
                             continue
                         n3 += 1
-                        _tier_add(tpool, 3, key, mem, cnt, k_tier, k_pos)
+                        target = 3
+                    if tier == 3:
+                        # already on the GPU as a speculative copy: promoted to L2 without a transfer
+                        _tier_remove(tpool, key, mem, cnt, k_tier, k_pos)
+                        _tier_add(tpool, target, key, mem, cnt, k_tier, k_pos)
+                        counters[C_PROMOTED] += 1
+                    else:
+                        _tier_add(tpool, target, key, mem, cnt, k_tier, k_pos)
                         _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
                                         q_key, q_issue, qht, link, dur, counters)
-                        counters[C_PREFETCH_L3] += 1
-                        k_pin[key] = event
-                        _make_room(tpool, 3, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state,
-                                   k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+                        counters[C_PREFETCH_L2 if target == 2 else C_PREFETCH_L3] += 1
+                    k_pin[key] = event
+                    _make_room(tpool, target, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state,
+                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
                     k_last[key] = clock
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
             _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight,
-                     reuse_hit, reuse_tot, pair, src, learn_online and predictor == P_CROSS_LAYER)
+                     reuse_hit, reuse_tot, pair, src, predictor == P_CROSS_LAYER)
             # ---- 7. time ------------------------------------------------------------------------------------
             compute_ms = 0.0
             for n in range(nneed):
@@ -550,8 +541,6 @@ def run_steps(
             link[L_NOW] = now + layer_ms
             latency += layer_ms
         step_latency_ms[s] = latency
-        step_hits[s] = hits_this_step
-        step_requests[s] = requests_this_step
         counters[C_STEPS] += 1
         counters[C_TOKENS] += nt
         counters[C_ELAPSED_MS] += latency

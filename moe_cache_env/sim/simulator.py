@@ -85,7 +85,6 @@ class Simulator:
         self._iconf[K.I_GLOBAL] = 1 if cache.scope == "global" else 0
         self._iconf[K.I_SEED_TIMING] = 1 if self.config.timing == "seed" else 0
         self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
-        self._iconf[K.I_LEARN_ONLINE] = 1
         self._iconf[K.I_TOTAL_SLOTS] = cache.total_slots
         self._iconf[K.I_CALIBRATE] = 1 if self.config.calibrate_confidence else 0
         self._fconf = np.zeros(K.NUM_FCONF, dtype=np.float64)
@@ -143,8 +142,6 @@ class Simulator:
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
         self.step_latency_ms = np.zeros(S, dtype=np.float64)
-        self.step_hits = np.zeros(S, dtype=np.int64)
-        self.step_requests = np.zeros(S, dtype=np.int64)
         self.position = 0
 
     @property
@@ -177,7 +174,7 @@ class Simulator:
             self._mem, self._cnt, self._link, self._q_key, self._q_issue, self._qht,
             self._pop_cnt, self._pop_obs, self._pop_weight, self._reuse_hit, self._reuse_tot, self._pair, self._src,
             self._cal_hits, self._cal_count, self._pend_bin, self._pend_hist, self._pend_target,
-            self.counters, self.step_latency_ms, self.step_hits, self.step_requests,
+            self.counters, self.step_latency_ms,
         )
         window = self.counters - before
         self.position = s1
@@ -214,10 +211,6 @@ class Simulator:
         )
 
     # ---- views for observers -----------------------------------------------------------------------------------
-    def tier_occupancy(self) -> np.ndarray:
-        """(3,) mean slots in use per tier, over pools."""
-        return self._cnt.mean(axis=0)
-
     def current_capacities(self) -> np.ndarray:
         """(3,) tier capacities per pool at the next step."""
         s = min(self.position, self.schedule.num_steps - 1)
