@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.evaluation import threshold_grid
+from moe_cache_env.agents.evaluation import threshold_grid
 from moe_cache_env._io import atomic_write_json
 from moe_cache_env.envs import variant_config
 from moe_cache_env.envs.config import make_config

@@ -31,6 +31,29 @@ class CommandError(Exception):
     """A user error that the CLI reports as one line and exit code 2."""
 
 
+#: top-level module -> the extra of ``moe-cache-env`` that installs it
+EXTRA_OF_MODULE: dict[str, str] = {
+    "stable_baselines3": "rl",
+    "sb3_contrib": "rl",
+    "torch": "rl",
+    "tensorboard": "rl",
+    "rich": "rl",
+    "tqdm": "rl",
+    "yaml": "rl",
+    "matplotlib": "plot",
+    "transformers": "record",
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
+    """The one-line advice for a missing optional dependency, or None if the module is not an extra's."""
+    top = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(top)
+    if extra is None:
+        return None
+    return f"this command needs {top!r}, which is not installed; install it with: pip install 'moe-cache-env[{extra}]'"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moe-cache-env",
@@ -54,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._run(args) or 0)
+    except ModuleNotFoundError as exc:
+        advice = missing_extra_message(exc)
+        if advice is None:
+            raise
+        print(f"moe-cache-env {args.command}: error: {advice}", file=sys.stderr)
+        return 2
     except (CommandError, TraceFormatError, ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"moe-cache-env {args.command}: error: {message}", file=sys.stderr)

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.compare import compare, format_table
+    from moe_cache_env.agents.compare import compare, format_table
     from moe_cache_env.cli.train import parse_env_config
     from moe_cache_env.envs import VARIANTS
 

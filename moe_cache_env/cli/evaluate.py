@@ -96,7 +96,7 @@ def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed:
     """
     from dataclasses import asdict
 
-    from agents.evaluation import make_agent, make_env
+    from moe_cache_env.agents.evaluation import make_agent, make_env
     from moe_cache_env.envs import VARIANTS
 
     if env_id not in VARIANTS:

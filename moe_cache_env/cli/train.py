@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.sb3 import train
+    from moe_cache_env.agents.sb3 import train
     from moe_cache_env.envs import VARIANTS
 
     if args.env not in VARIANTS:

@@ -1,36 +1,39 @@
 """The bundled traces: find a trace by name (``qwen1.5-moe``, ``synthetic/qwen1.5-moe``) or by path.
 
-Bundled traces live in the repository's ``traces/`` folder, beside the package
-(``Path(moe_cache_env.__file__).parents[1] / "traces"``); the environment variable ``MOE_CACHE_ENV_TRACES``
-points elsewhere. A trace's name is its path under that folder without ``.npz``
-(``synthetic/qwen1.5-moe``); the file name alone (``qwen1.5-moe``) works too when no other bundled trace has it.
+Bundled traces are package data (``moe_cache_env/traces/bundled/``), found through ``importlib.resources`` so
+that an installed wheel has them. The environment variable ``MOE_CACHE_ENV_TRACES`` adds a folder of your own
+(searched first; several folders separated by ``os.pathsep``). A trace's name is its path under its folder
+without ``.npz`` (``synthetic/qwen1.5-moe``); the file name alone (``qwen1.5-moe``) works too when no other
+trace has it.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
-
-import moe_cache_env
 
 TRACES_ENV = "MOE_CACHE_ENV_TRACES"
 DEFAULT_TRACE = "synthetic/qwen1.5-moe"
 
 
-def traces_root() -> Path:
-    """The folder holding the bundled traces (``$MOE_CACHE_ENV_TRACES`` or the repository's ``traces/``)."""
-    override = os.environ.get(TRACES_ENV)
-    if override:
-        return Path(override).expanduser()
-    return Path(moe_cache_env.__file__).resolve().parents[1] / "traces"
+def bundled_root() -> Path:
+    """The package folder that holds the bundled traces."""
+    return Path(str(resources.files("moe_cache_env.traces") / "bundled"))
+
+
+def trace_roots() -> list[Path]:
+    """Folders searched for named traces: ``$MOE_CACHE_ENV_TRACES`` (if set), then the bundled folder."""
+    roots = [Path(p).expanduser() for p in os.environ.get(TRACES_ENV, "").split(os.pathsep) if p]
+    return roots + [bundled_root()]
 
 
 def list_bundled_traces() -> dict[str, Path]:
-    """Bundled trace names (path under the traces folder, without ``.npz``) -> file, sorted by name."""
-    root = traces_root()
-    if not root.is_dir():
-        return {}
-    found = {p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob("*.npz") if p.is_file()}
+    """Trace names (path under a traces folder, without ``.npz``) -> file; a user folder's names win."""
+    found: dict[str, Path] = {}
+    for root in reversed(trace_roots()):
+        if root.is_dir():
+            found.update({p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob("*.npz") if p.is_file()})
     return dict(sorted(found.items()))
 
 
@@ -50,8 +53,8 @@ def resolve_trace(name_or_path: str | os.PathLike) -> Path:
     if len(by_stem) > 1:
         names = [name for name in bundled if name.rsplit("/", 1)[-1] == key]
         raise ValueError(f"trace name {text!r} is ambiguous: it matches {names}; give the full name")
-    available = ", ".join(bundled) if bundled else f"none (no .npz under {traces_root()})"
+    available = ", ".join(bundled) if bundled else "none"
     raise FileNotFoundError(
         f"no trace file or bundled trace named {text!r}; bundled traces: {available} "
-        f"(root {traces_root()}, set ${TRACES_ENV} to use another folder)"
+        f"(set ${TRACES_ENV} to add a folder of your own)"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.baselines import (
+from moe_cache_env.agents.baselines import (
     AggressiveStrategy,
     BalancedStrategy,
     ConservativeStrategy,

@@ -24,7 +24,7 @@ def small_config(env_id: str, **extra: Any) -> dict[str, Any]:
 def make_small_env():
     import gymnasium as gym
 
-    import moe_cache_env  # noqa: F401
+    import moe_cache_env.envs  # noqa: F401
 
     def _make(env_id: str = "MoECache-v0", **extra: Any):
         return gym.make(f"moe_cache_env:{env_id}", config=small_config(env_id, **extra))

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-import moe_cache_env  # noqa: F401
+import moe_cache_env.envs  # noqa: F401
 from moe_cache_env.envs import VARIANTS
 
 from .conftest import small_config

@@ -23,7 +23,11 @@ import pytest
 
 from moe_cache_env.traces.format import Trace, load_trace
 
-LEARNED_DIR = Path(__file__).resolve().parents[2] / "traces" / "learned"
+REPO = Path(__file__).resolve().parents[2]
+#: the scripts that made the learned traces
+LEARNED_DIR = REPO / "traces" / "learned"
+#: the bundled traces and their provenance cards (package data)
+BUNDLED_DIR = REPO / "moe_cache_env" / "traces" / "bundled" / "learned"
 STEM = "tiny-olmoe-12L-64E"
 PHASES = ("prefill", "decode")
 DOMAINS = {"code", "prose", "structured"}
@@ -35,13 +39,13 @@ COOCCURRENCE_OVER_POPULARITY = 1.5
 
 @pytest.fixture(scope="module", params=PHASES)
 def trace(request: pytest.FixtureRequest) -> Trace:
-    path = LEARNED_DIR / f"{STEM}-{request.param}.npz"
+    path = BUNDLED_DIR / f"{STEM}-{request.param}.npz"
     assert path.exists(), f"bundled trace {path} is missing; see docs/traces.md for how it is made"
     return load_trace(path)
 
 
 def _card(trace: Trace) -> dict:
-    return json.loads((LEARNED_DIR / f"{STEM}-{trace.meta['phase']}.card.json").read_text())
+    return json.loads((BUNDLED_DIR / f"{STEM}-{trace.meta['phase']}.card.json").read_text())
 
 
 def test_geometry_and_meta(trace: Trace) -> None:
@@ -74,7 +78,7 @@ def test_card_matches_trace(trace: Trace) -> None:
 
 
 def test_bundle_size_under_30_mb() -> None:
-    total = sum(p.stat().st_size for p in LEARNED_DIR.glob("*.npz"))
+    total = sum(p.stat().st_size for p in BUNDLED_DIR.glob("*.npz"))
     assert 0 < total < 30e6, f"bundled learned traces take {total / 1e6:.1f} MB; the budget is 30 MB"
 
 
@@ -243,7 +247,7 @@ def test_train_and_record_scripts_run_end_to_end(tmp_path: Path) -> None:
     arrays["manifest"] = np.array(json.dumps({"settings": {}, "domains": {d: {"train": {}, "heldout": {}} for d in DOMAINS}}))
     corpus_path = tmp_path / "corpus.npz"
     np.savez_compressed(corpus_path, **arrays)
-    env = dict(os.environ, PYTHONPATH=str(LEARNED_DIR.parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     run_dir, out_dir = tmp_path / "run", tmp_path / "traces"
     common = [sys.executable]
     subprocess.run(

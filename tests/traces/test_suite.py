@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from moe_cache_env.traces import load_trace
-from moe_cache_env.traces.suite import DEFAULT_TRACE, TRACES_ENV, list_bundled_traces, resolve_trace, traces_root
+from moe_cache_env.traces.suite import DEFAULT_TRACE, TRACES_ENV, bundled_root, list_bundled_traces, resolve_trace
 
 
 def test_bundled_synthetic_traces_are_listed_and_load():
@@ -21,25 +21,27 @@ def test_short_name_full_name_and_path_agree():
     assert resolve_trace("qwen1.5-moe") == full
     assert resolve_trace("synthetic/qwen1.5-moe.npz") == full
     assert resolve_trace(str(full)) == full
-    assert full.parent.parent == traces_root()
+    assert full.parent.parent == bundled_root()
 
 
-def test_env_var_overrides_the_root(tmp_path, monkeypatch):
+def test_env_var_adds_a_folder(tmp_path, monkeypatch):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "a.npz").write_bytes(b"")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "a.npz").write_bytes(b"")
     monkeypatch.setenv(TRACES_ENV, str(tmp_path))
-    assert list(list_bundled_traces()) == ["mine/a", "other/a"]
+    names = list(list_bundled_traces())
+    assert "mine/a" in names and "other/a" in names and "synthetic/qwen1.5-moe" in names
     assert resolve_trace("mine/a") == tmp_path / "mine" / "a.npz"
     with pytest.raises(ValueError, match=r"'a' is ambiguous: it matches \['mine/a', 'other/a'\]"):
         resolve_trace("a")
-    with pytest.raises(FileNotFoundError, match=r"bundled traces: mine/a, other/a"):
-        resolve_trace("qwen1.5-moe")
+    assert resolve_trace("qwen1.5-moe") == bundled_root() / "synthetic" / "qwen1.5-moe.npz"
+    with pytest.raises(FileNotFoundError, match=r"bundled traces: .*mine/a"):
+        resolve_trace("absent-trace")
 
 
-def test_missing_root_says_so(tmp_path, monkeypatch):
+def test_missing_user_folder_is_ignored(tmp_path, monkeypatch):
     monkeypatch.setenv(TRACES_ENV, str(tmp_path / "absent"))
-    assert list_bundled_traces() == {}
-    with pytest.raises(FileNotFoundError, match="none \\(no .npz under"):
+    assert "synthetic/qwen1.5-moe" in list_bundled_traces()
+    with pytest.raises(FileNotFoundError, match="no trace file or bundled trace named 'anything'"):
         resolve_trace("anything")

@@ -14,7 +14,7 @@ Writes ``<name>-prefill.npz`` / ``<name>-decode.npz`` (trace format v1) and a pr
 Usage::
 
     PYTHONPATH=. python traces/learned/record_traces.py --run-dir /tmp/run --corpus .dev/learned/corpus.npz \\
-        --out-dir traces/learned
+        --out-dir moe_cache_env/traces/bundled/learned
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from agents.evaluation import OracleChooser, make_agent, make_env, run_agent, run_episode, tune_static
+from moe_cache_env.agents.evaluation import OracleChooser, make_agent, make_env, run_agent, run_episode, tune_static
 from moe_cache_env._io import atomic_write, atomic_write_json, atomic_write_text
 
 BOUNDS = ("lru", "belady", "perfect")

@@ -14,8 +14,8 @@ from typing import Any, Callable, Iterable, Sequence
 import gymnasium as gym
 import numpy as np
 
-import moe_cache_env  # noqa: F401  (registers the environments)
-from agents.baselines import BASELINES, Agent, StaticAgent
+import moe_cache_env.envs  # noqa: F401  (registers the environments)
+from moe_cache_env.agents.baselines import BASELINES, Agent, StaticAgent
 from moe_cache_env.envs import variant_config
 
 #: the grid of fixed thresholds searched by ``static-tuned`` and tried per window by the oracle
@@ -165,7 +165,7 @@ def make_agent(spec: str, tuned: tuple[float, float] | None = None) -> Agent:
             raise ValueError("static-tuned needs the tuned thresholds (run tune_static first)")
         return StaticAgent(*tuned, name="static-tuned")
     if ":" in spec:
-        from agents.sb3 import SB3Agent
+        from moe_cache_env.agents.sb3 import SB3Agent
 
         algo, path = spec.split(":", 1)
         return SB3Agent(algo, path)

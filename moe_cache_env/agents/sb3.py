@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from stable_baselines3.common.callbacks import EvalCallback
 
-from agents.baselines import Agent
+from moe_cache_env.agents.baselines import Agent
 
 ALGOS = ("ppo", "a2c", "sac", "dqn")
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
@@ -85,7 +85,7 @@ def _make_env_fn(env_id: str, split: str, rank: int, seed: int, overrides: dict[
         import torch
         from stable_baselines3.common.monitor import Monitor
 
-        from agents.evaluation import make_env
+        from moe_cache_env.agents.evaluation import make_env
 
         torch.set_num_threads(1)  # one core per worker: the simulator, not torch, is the work here
         env = Monitor(make_env(env_id, split, overrides))
@@ -126,7 +126,7 @@ def train(
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
-    from agents.evaluation import make_env
+    from moe_cache_env.agents.evaluation import make_env
     from moe_cache_env.envs import VARIANTS
     from moe_cache_env.envs.config import make_config
     from moe_cache_env.envs.suite import load_split
