@@ -5,10 +5,16 @@ trace and settings: the seed's strategies (conservative, aggressive, balanced, d
 Stable-Baselines3 model as ALGO:PATH (trained on the environment given by --env, whose action type it uses).
 The agent adapts once per window of the environment; the replay covers the whole trace in file order.
 
+Every policy replays the same schedule of steps (batch, serving order, KV-cache share), so rows compare
+directly. The `kind` column says what a row is: a deployable policy, a policy fed by an oracle predictor, or a
+bound that reads the future (belady: the best hit rate of any demand-only cache with the same slots;
+clairvoyant: the reference lower bound of latency).
+
 Examples:
   moe-cache-env evaluate --trace qwen1.5-moe --policy static
-  moe-cache-env evaluate --trace qwen1.5-moe --policy static,no-prefetch,lru,belady,perfect --profile h100
-  moe-cache-env evaluate --policy static,dynamic,ppo:runs/ppo/model.zip --profile h100 --batch 4
+  moe-cache-env evaluate --trace qwen1.5-moe --policy clairvoyant,belady,lru,no-prefetch,static,perfect
+  moe-cache-env evaluate --trace deepseek-v2-lite --batch 8 --policy belady,lru,no-prefetch
+  moe-cache-env evaluate --policy static,dynamic,ppo:runs/ppo/model.zip --batch 4
 """
 
 from __future__ import annotations
@@ -17,28 +23,35 @@ import argparse
 from typing import Any
 
 from moe_cache_env.cli import CommandError
+from moe_cache_env.sim.config import DEFAULT_PROFILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default="qwen1.5-moe", help="trace file or bundled trace name (default: %(default)s)")
     parser.add_argument("--policy", default="static",
-                        help="policy or comma-separated policies: static, no-prefetch, perfect, lru, belady; agents "
-                             "conservative, aggressive, balanced, dynamic, random, or ALGO:PATH (a saved SB3 model)")
+                        help="policy or comma-separated policies: static, no-prefetch, perfect, lru, belady, "
+                             "clairvoyant; agents conservative, aggressive, balanced, dynamic, random, or ALGO:PATH "
+                             "(a saved SB3 model)")
     parser.add_argument("--env", default="MoECache-v0",
                         help="environment whose actions and windows agents use (default: %(default)s)")
     parser.add_argument("--predictor", default="cross-layer",
                         help="noisy-oracle, popularity, previous-token, cross-layer or perfect (default: %(default)s)")
-    parser.add_argument("--profile", default="rtx3090-seed", help="hardware profile name or path")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help="hardware profile name or path (default: %(default)s, measured)")
     parser.add_argument("--timing", default="timeline", choices=["timeline", "seed"])
     parser.add_argument("--capacity", type=int, default=None,
                         help="total expert slots (per layer, or in all with --scope global), split L1 = top_k, "
-                             "L2 : L3 = 1 : 2; default: 40%% of the experts")
+                             "L2 : L3 = 1 : 2; default: 40%% of the experts (at least top_k + 2)")
     parser.add_argument("--scope", default="per-layer", choices=["per-layer", "global"])
     parser.add_argument("--l2-threshold", type=float, default=0.7)
     parser.add_argument("--l3-threshold", type=float, default=0.3)
     parser.add_argument("--lookahead", type=int, default=1, choices=[1, 2])
     parser.add_argument("--prefetch-budget", type=int, default=0, help="experts per prediction; 0 = unlimited")
     parser.add_argument("--batch", type=int, default=1, help="concurrent sequences per step")
+    parser.add_argument("--kv", type=float, default=0.0,
+                        help="share of the expert slots taken by the KV cache (default: %(default)s)")
+    parser.add_argument("--chunk-tokens", type=int, default=0,
+                        help="tokens per sequence per step; 0: a whole prompt for prefill traces, 1 for decode")
     parser.add_argument("--oracle-accuracy", type=float, default=0.4755, help="top-1 accuracy of noisy-oracle")
     parser.add_argument("--expert-bytes", type=int, default=0, help="override the trace's expert size")
     parser.add_argument("--fit-trace", metavar="PATH|NAME",
@@ -49,13 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 TABLE_COLUMNS = [
+    ("kind", "kind", "{}"),
     ("hit_rate", "hit rate", "{:.3f}"),
+    ("late_prefetch_rate", "late", "{:.3f}"),
     ("perfect_coverage", "perfect cov", "{:.3f}"),
-    ("avg_coverage", "avg cov", "{:.3f}"),
     ("mean_latency_ms", "mean ms/tok", "{:.2f}"),
     ("p95_latency_ms", "p95 ms/tok", "{:.2f}"),
     ("bytes_transferred", "GB moved", None),
     ("wasted_prefetch_bytes", "GB wasted", None),
+    ("prefetch_precision", "pf prec", "{:.2f}"),
     ("link_utilization", "link util", "{:.2f}"),
 ]
 
@@ -129,8 +144,9 @@ def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed:
 
 def run(args: argparse.Namespace) -> int:
     from moe_cache_env._io import atomic_write_json
-    from moe_cache_env.sim.config import CacheConfig, Controls, SimConfig, WorkloadConfig
-    from moe_cache_env.sim.evaluate import POLICIES, EvaluationRequest, default_capacity, evaluate, split_capacity
+    from moe_cache_env.sim.config import Controls, SimConfig, WorkloadConfig, default_capacity, split_capacity
+    from moe_cache_env.sim.evaluate import POLICIES, POLICY_KINDS, EvaluationRequest, evaluate, policy_setup
+    from moe_cache_env.sim.simulator import check_geometry
     from moe_cache_env.cli._common import load_named_trace
 
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
@@ -143,14 +159,13 @@ def run(args: argparse.Namespace) -> int:
     fit_trace = load_named_trace(args.fit_trace) if args.fit_trace else None
     capacity = args.capacity
     if capacity is None:
-        capacity = default_capacity(trace.num_experts, trace.top_k)
-        if args.scope == "global":
-            capacity *= trace.num_layers
-    split = split_capacity(capacity, trace.top_k)
-    cache = CacheConfig(split.l1_slots, split.l2_slots, split.l3_slots, scope=args.scope)
+        capacity = default_capacity(trace.num_experts, trace.top_k, trace.num_layers, args.scope)
+    cache = split_capacity(capacity, trace.top_k, args.scope)
+    check_geometry(trace, cache)
     config = SimConfig(
         cache=cache,
-        workload=WorkloadConfig(batch_min=args.batch, batch_max=args.batch),
+        workload=WorkloadConfig(batch_min=args.batch, batch_max=args.batch, kv_min=args.kv, kv_max=args.kv,
+                                chunk_tokens=args.chunk_tokens),
         timing=args.timing,
         profile=args.profile,
         predictor=args.predictor,
@@ -172,18 +187,27 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = {"metrics": evaluate_agent(policy, args.trace, trace, config, args.env, args.seed)}
         entry = dict(result["metrics"])
+        entry["kind"] = POLICY_KINDS.get(policy, "agent")
+        if policy in POLICIES:
+            used, _ = policy_setup(trace, policy, config, controls)
+            predictor = None if used.predictor == "none" else used.predictor
+            tiers = [used.cache.l1_slots, used.cache.l2_slots, used.cache.l3_slots]
+            eviction = used.eviction
+        else:
+            predictor, tiers, eviction = args.predictor, [cache.l1_slots, cache.l2_slots, cache.l3_slots], "weighted"
         entry["config"] = {
             "trace": trace.name,
             "policy": policy,
-            "predictor": "perfect" if policy == "perfect" else (None if policy in ("lru", "belady", "no-prefetch")
-                                                                 else args.predictor),
+            "predictor": predictor,
+            "eviction": eviction,
             "env": args.env if policy not in POLICIES else None,
             "profile": args.profile,
             "timing": args.timing,
             "capacity": cache.total_slots,
-            "tiers": [cache.l1_slots, cache.l2_slots, cache.l3_slots],
+            "tiers": tiers,
             "scope": args.scope,
             "batch": args.batch,
+            "kv_fraction": args.kv,
             "seed": args.seed,
             "fit_trace": fit_trace.name if fit_trace is not None else None,
         }
@@ -195,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
           f"top-{trace.top_k}; profile {args.profile} ({args.timing}); {cache.total_slots} slots "
           f"({cache.l1_slots}/{cache.l2_slots}/{cache.l3_slots}) {args.scope}; predictor {args.predictor}")
     print(format_table([(name, entry) for name, entry in results.items()]))
+    print("kind: policy = deployable; oracle predictor = a policy fed by a predictor that reads the future; "
+          "hit-rate bound = no demand-only cache of these slots hits more; latency bound = docs/simulator.md. "
+          "late = share of requests whose prefetch was still in flight (not a hit).")
     if args.json:
         payload = results[policies[0]] if len(policies) == 1 else {"policies": results}
         atomic_write_json(args.json, payload)

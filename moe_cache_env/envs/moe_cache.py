@@ -24,7 +24,7 @@ from moe_cache_env.envs.observation import (
 from moe_cache_env.envs.reward import DemandAllReference, reward_terms
 from moe_cache_env.envs.suite import load_split
 from moe_cache_env.sim.config import Controls
-from moe_cache_env.sim.simulator import Simulator, WindowResult
+from moe_cache_env.sim.simulator import Simulator, WindowResult, holds_every_expert
 from moe_cache_env.traces.format import Trace
 
 
@@ -159,6 +159,7 @@ class MoECacheEnv(gym.Env):
         self.sim_seed = int(self.np_random.integers(0, 2**63 - 1))
         sim_rng = np.random.default_rng(self.sim_seed)
         self.sim = Simulator(self.episode_trace, self.config.sim, rng=sim_rng, fit_trace=self._fit_trace(self.trace_name))
+        _warn_if_full(self.episode_trace, self.sim.cache, self.trace_name)
         schedule = self.sim.schedule
         self.reference = DemandAllReference(
             self.episode_trace, self.sim.profile, self.sim.expert_bytes, self.config["timing"], schedule.step_tokens.shape[1]
@@ -285,3 +286,18 @@ class MoECacheEnv(gym.Env):
         if self.render_mode == "ansi":
             return self._last_line
         return None
+
+
+_WARNED_FULL: set[tuple[str, int]] = set()
+
+
+def _warn_if_full(trace: Trace, cache, trace_name: str) -> None:
+    """Say once per trace and size when the cache holds every expert: only first uses miss, nothing to learn."""
+    if not holds_every_expert(trace, cache) or (trace_name, cache.total_slots) in _WARNED_FULL:
+        return
+    _WARNED_FULL.add((trace_name, cache.total_slots))
+    gym.logger.warn(
+        f"the cache's {cache.total_slots} slots per pool hold every expert of trace {trace_name!r} "
+        f"({trace.num_layers} layers x {trace.num_experts} experts, top-{trace.top_k}): after the first uses "
+        "nothing is copied and the actions change little; give the env config a smaller 'cache'"
+    )

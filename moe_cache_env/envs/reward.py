@@ -18,57 +18,45 @@ from __future__ import annotations
 import numpy as np
 
 from moe_cache_env.profiles import HardwareProfile
+from moe_cache_env.sim.metrics import weighted_mean
+from moe_cache_env.sim.timing import demand_all_step_latency, seed_table_array
 from moe_cache_env.traces.format import Trace
 
 
 class DemandAllReference:
     """Computes the demand-all reference latency of any window of one replay.
 
-    Timeline timing (``docs/simulator.md``): a layer of a step costs the copies of its distinct experts
-    (``transfer_ms / link_share`` each, one after another on the link), then their compute (the profile's
-    compute time at each expert's token count) and the layer overhead. Seed timing: the seed's table, the
-    same piecewise-linear interpolation as the simulator's demand loads.
+    The latency the steps would have if no expert were on the GPU: every distinct expert of a layer is copied
+    on demand, then computed. It is the simulator's own timing model (``moe_cache_env.sim.timing``), under
+    either timing mode, at the link share each step actually had.
     """
 
     def __init__(self, trace: Trace, profile: HardwareProfile, expert_bytes: int, timing: str, width: int) -> None:
         self.trace = trace
-        self.timing = timing
+        self.seed_timing = timing == "seed"
         self.num_experts = trace.num_experts
         self.transfer_ms = profile.transfer_ms(expert_bytes)
         self.layer_overhead_ms = profile.layer_overhead_ms
         self.compute_table_ms = profile.compute_table(expert_bytes, max(1, width))
-        self.seed_table = profile.seed_table
+        self.seed_table = seed_table_array(profile)
+        self._experts = np.ascontiguousarray(trace.experts, dtype=np.int64)
 
     def step_latency_ms(self, step_tokens: np.ndarray, link_share: np.ndarray) -> np.ndarray:
         """(S,) demand-all latency of each step; ``step_tokens`` is (S, W), -1 padded."""
-        S, W = step_tokens.shape
-        L, E = self.trace.num_layers, self.num_experts
-        valid = step_tokens >= 0
-        step_index = np.repeat(np.arange(S), W)[valid.ravel()]
-        experts = self.trace.experts[step_tokens[valid]].astype(np.int64)  # (n, L, K)
-        key = (step_index[:, None, None] * L + np.arange(L)[None, :, None]) * E + experts
-        counts = np.bincount(key.ravel(), minlength=S * L * E).reshape(S, L, E)
-        distinct = (counts > 0).sum(axis=2)  # (S, L)
-        if self.timing == "seed":
-            t = self.seed_table
-            h1, h4, h20 = t["h2d_1_expert_ms"], t["h2d_4_experts_ms"], t["h2d_20_experts_ms"]
-            n = distinct.astype(np.float64)
-            miss_ms = np.where(n <= 4, h1 + (n - 1) * (h4 - h1) / 3.0, h4 + (n - 4) * (h20 - h4) / 16.0)
-            miss_ms = np.where(n > 0, miss_ms, 0.0)
-            c1, c4 = t["compute_1_expert_ms"], t["compute_4_experts_ms"]
-            compute = c1 + (n - 1) * (c4 - c1) / 3.0
-            layer = miss_ms + compute + n * t["alloc_ms"]
-        else:
-            table = self.compute_table_ms
-            compute = table[np.minimum(counts, len(table) - 1)].sum(axis=2)
-            layer = distinct * self.transfer_ms / link_share[:, None] + compute + self.layer_overhead_ms
-        return layer.sum(axis=1)
+        step_tokens = np.ascontiguousarray(step_tokens, dtype=np.int64)
+        S = step_tokens.shape[0]
+        ntokens = (step_tokens >= 0).sum(axis=1).astype(np.int64)
+        # steps are -1 padded at the end of each row, so a row's first ntokens entries are its tokens
+        out = np.zeros(S, dtype=np.float64)
+        demand_all_step_latency(step_tokens, ntokens, self._experts, self.num_experts, self.compute_table_ms,
+                                self.transfer_ms, np.ascontiguousarray(link_share, dtype=np.float64),
+                                self.layer_overhead_ms, self.seed_timing, self.seed_table, 0, S, out)
+        return out
 
     def mean_latency_ms(self, step_tokens: np.ndarray, step_ntokens: np.ndarray, link_share: np.ndarray) -> float:
         """Token-weighted mean of the steps' demand-all latency (as ``mean_latency_ms`` weights steps)."""
         lat = self.step_latency_ms(step_tokens, link_share)
-        w = step_ntokens.astype(np.float64)
-        return float(lat @ w / w.sum()) if w.sum() > 0 else 0.0
+        return weighted_mean(lat, step_ntokens.astype(np.float64))
 
 
 def reward_terms(metrics: dict, reference_latency_ms: float, coverage_weight: float, latency_weight: float) -> dict[str, float]:

@@ -11,6 +11,11 @@ from typing import Any, Mapping
 
 SCOPES = ("per-layer", "global")
 TIMING_MODES = ("timeline", "seed")
+#: eviction rules of the kernel (``kernel.EV_*``): the seed's confidence-weighted score, plain LRU, and Belady's
+#: farthest-next-use rule (which reads the future: a bound, not a deployable policy)
+EVICTION_RULES = ("weighted", "lru", "belady")
+#: the measured profile every tool defaults to (``profiles/data/h100.json``)
+DEFAULT_PROFILE = "h100"
 
 
 class ConfigError(ValueError):
@@ -47,7 +52,8 @@ class CacheConfig:
 
     With ``scope="per-layer"`` every MoE layer has its own three tiers of these capacities; with
     ``scope="global"`` one set of tiers holds (layer, expert) keys and the capacities are totals.
-    The defaults are the seed's 4 / 20 / 40 slots per layer.
+    The defaults are the seed's 4 / 20 / 40 slots per layer. A cache with ``l2_slots = l3_slots = 0`` is a
+    *flat* cache: one tier that holds demand loads and prefetches alike (the reference policies use it).
     """
 
     l1_slots: int = 4
@@ -67,6 +73,55 @@ class CacheConfig:
     @property
     def total_slots(self) -> int:
         return self.l1_slots + self.l2_slots + self.l3_slots
+
+    @property
+    def flat(self) -> bool:
+        """One tier only: prefetches, if any, are admitted into L1 itself."""
+        return self.l2_slots == 0 and self.l3_slots == 0
+
+    def flattened(self) -> "CacheConfig":
+        """The same slots as one tier (the layout of the demand-only reference caches)."""
+        return replace(self, l1_slots=self.total_slots, l2_slots=0, l3_slots=0)
+
+
+def split_capacity(capacity: int, top_k: int, scope: str = "per-layer") -> CacheConfig:
+    """The three tiers for ``capacity`` slots (per layer, or in all with ``scope="global"``).
+
+    L1 holds a step's experts (top_k per layer), the rest splits 1 : 2 between L2 and L3 (the seed's 20 : 40),
+    and neither is left empty while a slot is free for it: with one spare slot L2 gets it (confident
+    predictions go to L2), with two or more each of L2 and L3 gets at least one.
+    """
+    _check_range("cache", "capacity", capacity, 1, 10**9, integer=True)
+    if capacity < top_k:
+        raise ConfigError(
+            f"cache capacity={capacity} is below top_k={top_k}: a token's experts must fit on the GPU; "
+            f"give --capacity {top_k} or more"
+        )
+    l1 = min(top_k, capacity)
+    rest = capacity - l1
+    if rest == 0:
+        return CacheConfig(l1_slots=l1, l2_slots=0, l3_slots=0, scope=scope)
+    l2 = min(rest, max(1, rest // 3))
+    l3 = rest - l2
+    if l3 == 0 and rest >= 2:
+        l2, l3 = rest - 1, 1
+    return CacheConfig(l1_slots=l1, l2_slots=l2, l3_slots=l3, scope=scope)
+
+
+def default_capacity(num_experts: int, top_k: int, num_layers: int = 1, scope: str = "per-layer") -> int:
+    """The one rule for a cache size when none is given: 40% of the experts of a layer, at least top_k + 2
+    and at most all but one, per layer (``scope="global"``: the same share of all layers' experts).
+
+    40% is a GPU that holds part of the model, as offloading systems run; see ``docs/simulator.md``.
+    """
+    per_layer = max(top_k + 2, int(round(0.4 * num_experts)))
+    per_layer = min(per_layer, max(top_k, num_experts - 1))
+    return per_layer * (num_layers if scope == "global" else 1)
+
+
+def default_cache(num_experts: int, top_k: int, num_layers: int, scope: str = "per-layer") -> CacheConfig:
+    """The default cache of a trace's geometry: :func:`default_capacity` slots split by :func:`split_capacity`."""
+    return split_capacity(default_capacity(num_experts, top_k, num_layers, scope), top_k, scope)
 
 
 @dataclass(frozen=True)
@@ -125,7 +180,9 @@ class WorkloadConfig:
 
     Attributes:
         batch_min, batch_max: concurrent sequences per step (continuous batching); equal = constant.
-        chunk_tokens: tokens each sequence contributes per step (1 for decode; >1 for chunked prefill).
+        chunk_tokens: tokens each sequence contributes per step; 0 (the default) follows the trace's phase:
+            a prefill trace runs each prompt as one chunk (all its tokens in one step), a decode trace one token
+            per sequence per step; a positive value is a fixed chunk (chunked prefill).
         kv_min, kv_max: share of the expert-slot budget taken by the KV cache (memory pressure).
         background_min, background_max: share of the host-to-GPU link taken by other traffic.
         domain_shift: order sequences in blocks of one domain (the workload shifts), else interleave them.
@@ -134,7 +191,7 @@ class WorkloadConfig:
 
     batch_min: int = 1
     batch_max: int = 1
-    chunk_tokens: int = 1
+    chunk_tokens: int = 0
     kv_min: float = 0.0
     kv_max: float = 0.0
     background_min: float = 0.0
@@ -145,7 +202,7 @@ class WorkloadConfig:
     def __post_init__(self) -> None:
         _check_range("workload", "batch_min", self.batch_min, 1, 4096, integer=True)
         _check_range("workload", "batch_max", self.batch_max, self.batch_min, 4096, integer=True)
-        _check_range("workload", "chunk_tokens", self.chunk_tokens, 1, 65536, integer=True)
+        _check_range("workload", "chunk_tokens", self.chunk_tokens, 0, 65536, integer=True)
         _check_range("workload", "kv_min", self.kv_min, 0.0, 0.95)
         _check_range("workload", "kv_max", self.kv_max, self.kv_min, 0.95)
         _check_range("workload", "background_min", self.background_min, 0.0, 0.95)
@@ -166,11 +223,14 @@ class WorkloadConfig:
 class SimConfig:
     """Everything the simulator needs besides the trace and the controls."""
 
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    #: None: the trace's default cache (:func:`default_cache`)
+    cache: CacheConfig | None = None
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     timing: str = "timeline"
-    profile: str = "rtx3090-seed"
+    profile: str = DEFAULT_PROFILE
     predictor: str = "cross-layer"
+    #: how a full tier picks its victim (:data:`EVICTION_RULES`)
+    eviction: str = "weighted"
     #: the noisy-oracle's top-1 accuracy (the seed's 0.4755).
     oracle_accuracy: float = 0.4755
     #: decay per step of the popularity and reuse statistics (an effective memory of 1/(1-decay) steps).
@@ -186,6 +246,9 @@ class SimConfig:
 
         _check_choice("sim", "timing", self.timing, TIMING_MODES)
         _check_choice("sim", "predictor", self.predictor, tuple(PREDICTORS))
+        _check_choice("sim", "eviction", self.eviction, EVICTION_RULES)
+        if self.cache is not None and not isinstance(self.cache, CacheConfig):
+            raise ConfigError(f"sim.cache must be a CacheConfig or None, got {self.cache!r}")
         _check_range("sim", "oracle_accuracy", self.oracle_accuracy, 0.0, 1.0)
         _check_range("sim", "stats_decay", self.stats_decay, 0.0, 1.0)
         _check_range("sim", "expert_bytes", self.expert_bytes, 0, 10**12, integer=True)

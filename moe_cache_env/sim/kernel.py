@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from moe_cache_env.sim.timing import NUM_SEED, seed_compute_ms, seed_layer_ms, timeline_layer_ms
+
 # error_model="numpy": divisions follow IEEE rules instead of checking for zero and raising, which keeps
 # branches out of the per-event loop (every division here has a nonzero divisor by construction).
 
@@ -74,7 +76,15 @@ I_SEED_TIMING = 4
 I_PREDICTOR = 5
 I_TOTAL_SLOTS = 6
 I_CALIBRATE = 7
-NUM_ICONF = 8
+I_EVICTION = 8  # EV_* below
+I_FLAT = 9  # 1: one tier (L2 = L3 = 0 slots): prefetches are admitted into L1 itself
+NUM_ICONF = 10
+
+# ---- eviction rules (the score whose lowest value is evicted) --------------------------------------------------
+EV_WEIGHTED = 0  # w_recency / (1 + age) + w_frequency * uses / (uses + 1) + w_confidence * confidence
+EV_LRU = 1  # least recently used
+EV_BELADY = 2  # the key whose next use is farthest (reads the future: a bound, not a policy)
+NEVER = 1 << 62  # next use of a key that is never needed again
 
 # ---- confidence calibration: raw scores are binned; a bin answers its observed hit frequency -------------------
 NUM_CAL_BINS = 20
@@ -85,8 +95,8 @@ F_TRANSFER_MS = 0
 F_LAYER_OVERHEAD_MS = 1
 F_DECAY = 2
 F_ORACLE_ACC = 3
-F_SEED_H2D_1 = 4  # then h2d 4, h2d 20, L1 access, L2/L3 access, compute 1, compute 4, alloc
-NUM_FCONF = 12
+F_SEED_H2D_1 = 4  # the seed table, NUM_SEED values in timing.SEED_* order
+NUM_FCONF = F_SEED_H2D_1 + NUM_SEED
 
 # ---- link scalars ----------------------------------------------------------------------------------------------
 L_BUSY_UNTIL = 0
@@ -98,6 +108,7 @@ P_POPULARITY = 1
 P_PREVIOUS_TOKEN = 2
 P_CROSS_LAYER = 3
 P_PERFECT = 4
+P_NONE = 5  # no predictor: nothing is predicted or prefetched
 
 ST_NONE = 0
 ST_READY = 1  # transfer committed: arrival time known (maybe in the future)
@@ -119,7 +130,21 @@ def _uniform(seed, counter):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _score(key, clock, u, k_last, k_uses, k_conf):
+def _next_use(key, nu_start, nu_events, nu_cursor):
+    """The event at which ``key`` is needed next (``NEVER`` if not again); only kept for Belady eviction."""
+    c = nu_cursor[key]
+    if c < nu_start[key + 1]:
+        return nu_events[c]
+    return NEVER
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor):
+    """The eviction score of a resident key: the lowest score is evicted first (ties: the lower key)."""
+    if mode == EV_LRU:
+        return k_last[key]
+    if mode == EV_BELADY:
+        return -float(_next_use(key, nu_start, nu_events, nu_cursor))
     age = clock - k_last[key]
     uses = k_uses[key]
     return (
@@ -164,29 +189,93 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _make_room(pool, tier, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_last, k_conf, k_pin, k_qpos, q_key, counters):
-    """Shed entries from ``tier`` down: over-full tiers demote their lowest-score unpinned entry one tier down
-    (L1 -> L2 -> L3); L3's victims (or any tier's, when the next tier has no slot) leave the GPU."""
+def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, nu_start, nu_events,
+                 nu_cursor):
+    """The unpinned key of ``tier`` with the lowest eviction score (ties: the lower key), or -1."""
+    victim = -1
+    best = 1e300
+    for i in range(cnt[pool, tier - 1]):
+        key = mem[pool, tier - 1, i]
+        if k_pin[key] == event:
+            continue
+        s = _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor)
+        if victim < 0 or s < best or (s == best and key < victim):
+            best = s
+            victim = key
+    return victim
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
+               k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters):
+    """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
+
+    An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
+    skipping empty tiers); the victims of the last tier with slots leave the GPU. Keys pinned for this event
+    (in use, or just predicted) are never shed: if they alone overfill a tier, it overflows until the next
+    event, and the pool's other tiers give up slots instead, so a pool never holds more than its total slots
+    beyond what the event pins.
+    """
     for t in range(tier, 4):
         while cnt[pool, t - 1] > caps[t - 1]:
-            victim = -1
-            best = 1e300
-            for i in range(cnt[pool, t - 1]):
-                key = mem[pool, t - 1, i]
-                if k_pin[key] == event:
-                    continue
-                s = _score(key, clock, u, k_last, k_uses, k_conf)
-                if s < best or (s == best and key < victim):
-                    best = s
-                    victim = key
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
+                                  nu_start, nu_events, nu_cursor)
             if victim < 0:
-                break  # everything left is in use by this step: the tier overflows until the next event
-            if t < 3 and caps[t] > 0:
+                break  # everything left is in use by this event: the tier overflows until the next event
+            dest = 0
+            for t2 in range(t + 1, 4):
+                if caps[t2 - 1] > 0:
+                    dest = t2
+                    break
+            if dest > 0:
                 _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
-                _tier_add(pool, t + 1, victim, mem, cnt, k_tier, k_pos)
+                _tier_add(pool, dest, victim, mem, cnt, k_tier, k_pos)
             else:
                 _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+    total_caps = caps[0] + caps[1] + caps[2]
+    while cnt[pool, 0] + cnt[pool, 1] + cnt[pool, 2] > total_caps:
+        victim = -1
+        for t in range(3, 0, -1):
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
+                                  nu_start, nu_events, nu_cursor)
+            if victim >= 0:
+                break
+        if victim < 0:
+            break
+        _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _has_room(pool, target, caps, cnt, event, mem, k_pin):
+    """Whether a key can join ``target`` without the pool holding more than its slots: a free slot in a tier
+    at or below ``target`` while the pool is under its total, or an unpinned key that can make way."""
+    free = 0
+    for t in range(target, 4):
+        if caps[t - 1] > cnt[pool, t - 1]:
+            free += caps[t - 1] - cnt[pool, t - 1]
+    if free > 0 and cnt[pool, 0] + cnt[pool, 1] + cnt[pool, 2] < caps[0] + caps[1] + caps[2]:
+        return True
+    first = target if free == 0 else 1
+    for t in range(first, 4):
+        for i in range(cnt[pool, t - 1]):
+            if k_pin[mem[pool, t - 1, i]] != event:
+                return True
+    return False
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _farthest_next_use(pool, event, mem, cnt, k_pin, nu_start, nu_events, nu_cursor):
+    """The farthest next use among the pool's unpinned keys (-1 if every key is pinned)."""
+    far = -1
+    for t in range(3):
+        for i in range(cnt[pool, t]):
+            key = mem[pool, t, i]
+            if k_pin[key] == event:
+                continue
+            nu = _next_use(key, nu_start, nu_events, nu_cursor)
+            if nu > far:
+                far = nu
+    return far
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -235,6 +324,7 @@ def run_steps(
     mem, cnt, link, q_key, q_issue, qht,
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
     cal_hits, cal_count, pend_bin, pend_hist, pend_target,
+    nu_start, nu_events, nu_cursor,
     counters, step_latency_ms,
 ):
     """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
@@ -244,7 +334,11 @@ def run_steps(
     is_global = iconf[I_GLOBAL] == 1
     seed_timing = iconf[I_SEED_TIMING] == 1
     predictor = iconf[I_PREDICTOR]
-    calibrate = iconf[I_CALIBRATE] == 1 and predictor != P_PERFECT and predictor != P_NOISY_ORACLE
+    calibrate = (iconf[I_CALIBRATE] == 1 and predictor != P_PERFECT and predictor != P_NOISY_ORACLE
+                 and predictor != P_NONE)
+    mode = iconf[I_EVICTION]
+    flat = iconf[I_FLAT] == 1
+    seed_tab = fconf[F_SEED_H2D_1:F_SEED_H2D_1 + NUM_SEED]
     total_slots = iconf[I_TOTAL_SLOTS]
     base_transfer_ms = fconf[F_TRANSFER_MS]
     layer_overhead_ms = fconf[F_LAYER_OVERHEAD_MS]
@@ -274,6 +368,7 @@ def run_steps(
     top = np.empty(E, dtype=np.int64)
     cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
     caps = np.empty(3, dtype=np.int64)
+    n_admitted = np.zeros(4, dtype=np.int64)
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
@@ -282,12 +377,13 @@ def run_steps(
         caps[2] = tier_caps[s, 2]
         share = link_share[s]
         dur = base_transfer_ms / share
-        if s > 0 and (tier_caps[s, 1] < tier_caps[s - 1, 1] or tier_caps[s, 2] < tier_caps[s - 1, 2]):
+        if s > 0 and (tier_caps[s, 0] < tier_caps[s - 1, 0] or tier_caps[s, 1] < tier_caps[s - 1, 1]
+                      or tier_caps[s, 2] < tier_caps[s - 1, 2]):
             # the KV cache grew: shrink every pool's tiers now
             clock = float(s)
             for pool in range(cnt.shape[0]):
-                _make_room(pool, 2, caps, -1, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+                _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters)
         latency = 0.0
         for l in range(L):
             event = s * L + l
@@ -312,7 +408,7 @@ def run_steps(
             covered = 0
             ready = now
             nmiss = 0
-            access_ms = 0.0
+            nhit_l1 = 0
             for n in range(nneed):
                 key = l * E + needed[n]
                 tier = k_tier[key]
@@ -320,13 +416,11 @@ def run_steps(
                     covered += 1
                     if tier == 1:
                         counters[C_HIT_L1] += 1
-                        access_ms += fconf[F_SEED_H2D_1 + 3]
+                        nhit_l1 += 1
                     elif tier == 2:
                         counters[C_HIT_L2] += 1
-                        access_ms += fconf[F_SEED_H2D_1 + 4]
                     else:
                         counters[C_HIT_L3] += 1
-                        access_ms += fconf[F_SEED_H2D_1 + 4]
                     if k_prefetched[key] == 1:
                         counters[C_PREFETCH_USED] += 1
                         k_prefetched[key] = 0
@@ -378,11 +472,13 @@ def run_steps(
                 k_pin[key] = event
                 k_last[key] = clock
                 k_uses[key] += 1
+                if mode == EV_BELADY:
+                    nu_cursor[key] += 1  # this use is consumed: the key's next use is its following one
                 if k_tier[key] != 1:
                     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
-            _make_room(pool, 1, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+            _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
+                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters)
             # ---- 3b. the prediction that targeted this event meets its outcome: calibrate ----------------------
             if calibrate:
                 slot = event % 3
@@ -406,7 +502,7 @@ def run_steps(
             # the target: `lookahead` layers ahead in execution order (wrapping into the next step(s))
             st = s + (l + lookahead) // L
             lt = (l + lookahead) % L
-            if st < S:
+            if st < S and predictor != P_NONE:
                 _predict(st, s, l, lt, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
                          experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,
                          event, conf, prod, truth)
@@ -478,36 +574,65 @@ def run_steps(
                     pressure = 1.0
                 counters[C_PRESSURE_SUM] += pressure
                 l3_open = pressure <= pressure_limit
+                n_admitted[:] = 0
                 n2 = 0
                 n3 = 0
                 for r in range(ncand):
                     e = cand[r]
                     c = conf[e]
                     key = lt * E + e
-                    if c >= l2_thr:
+                    confident = c >= l2_thr
+                    if confident:
                         counters[C_ABOVE_L2] += 1
                     counters[C_ABOVE_L3] += 1
                     tier = k_tier[key]
-                    # which tier the prediction earns (L2: confident, L3: speculative), within its budget
-                    if c >= l2_thr:
+                    if tier > 0:
+                        # already on the GPU (or on its way): protected from the rest of this prediction pass
+                        k_pin[key] = event
+                    # which tier the prediction earns (L2: confident, L3: speculative), within its budget; a
+                    # tier without slots (a small cache, or the KV cache took them) hands over to the next one
+                    if confident:
                         if tier == 1 or tier == 2:
                             continue
-                        if n2 >= l2_budget or n2 >= caps[1]:
+                        if tier == 3 and caps[1] == 0:
+                            continue  # nowhere better to promote it to
+                        if n2 >= l2_budget:
                             counters[C_BUDGET_DROPPED] += 1
                             continue
-                        n2 += 1
-                        target = 2
+                        target = 2 if caps[1] > 0 else 3
                     else:
                         if tier > 0:
                             continue
                         if not l3_open:
                             counters[C_L3_BLOCKED] += 1
                             continue
-                        if n3 >= l3_budget or n3 >= caps[2]:
+                        if n3 >= l3_budget:
                             counters[C_BUDGET_DROPPED] += 1
                             continue
-                        n3 += 1
                         target = 3
+                    if caps[target - 1] == 0:
+                        if flat:
+                            target = 1  # one-tier cache: the prefetch joins the pool itself
+                        else:
+                            counters[C_BUDGET_DROPPED] += 1
+                            continue
+                    tpool = 0 if is_global else lt
+                    if n_admitted[target] >= caps[target - 1] or not _has_room(tpool, target, caps, cnt, event, mem,
+                                                                               k_pin):
+                        counters[C_BUDGET_DROPPED] += 1
+                        continue
+                    if mode == EV_BELADY and tier == 0 and cnt[tpool, 0] + cnt[tpool, 1] + cnt[tpool, 2] >= \
+                            caps[0] + caps[1] + caps[2]:
+                        # Belady admission: prefetch only by evicting a key needed later than this one
+                        far = _farthest_next_use(tpool, event, mem, cnt, k_pin, nu_start, nu_events, nu_cursor)
+                        if far <= _next_use(key, nu_start, nu_events, nu_cursor):
+                            counters[C_BUDGET_DROPPED] += 1
+                            continue
+                    if confident:
+                        n2 += 1
+                    else:
+                        n3 += 1
+                    n_admitted[target] += 1
                     if tier == 3:
                         # already on the GPU as a speculative copy: promoted to L2 without a transfer
                         _tier_remove(tpool, key, mem, cnt, k_tier, k_pos)
@@ -517,28 +642,33 @@ def run_steps(
                         _tier_add(tpool, target, key, mem, cnt, k_tier, k_pos)
                         _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
                                         q_key, q_issue, qht, link, dur, counters)
-                        counters[C_PREFETCH_L2 if target == 2 else C_PREFETCH_L3] += 1
+                        counters[C_PREFETCH_L3 if target == 3 else C_PREFETCH_L2] += 1
                     k_pin[key] = event
-                    _make_room(tpool, target, caps, event, clock, u, mem, cnt, k_tier, k_pos, k_state,
-                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, counters)
+                    _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
+                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events,
+                               nu_cursor, counters)
                     k_last[key] = clock
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
-            _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight,
-                     reuse_hit, reuse_tot, pair, src, predictor == P_CROSS_LAYER)
+            if predictor != P_NONE:
+                _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight,
+                         reuse_hit, reuse_tot, pair, src, predictor == P_CROSS_LAYER)
             # ---- 7. time ------------------------------------------------------------------------------------
             compute_ms = 0.0
             for n in range(nneed):
                 compute_ms += ctab[ntok[needed[n]]]
             if seed_timing:
-                layer_ms = access_ms + _seed_transfer_ms(nmiss, fconf) + _seed_compute_ms(nneed, fconf) \
-                    + nmiss * fconf[F_SEED_H2D_1 + 7]
-                compute_ms = _seed_compute_ms(nneed, fconf)
+                layer_ms = seed_layer_ms(nhit_l1, covered - nhit_l1, nmiss, nneed, seed_tab)
+                compute_ms = seed_compute_ms(nneed, seed_tab)
             else:
                 stall = ready - now
                 counters[C_STALL_MS] += stall
-                layer_ms = stall + compute_ms + layer_overhead_ms
+                layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
+            # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back
+            if cnt[pool, 0] > caps[0] or cnt[pool, 1] > caps[1] or cnt[pool, 2] > caps[2]:
+                _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters)
             latency += layer_ms
         step_latency_ms[s] = latency
         counters[C_STEPS] += 1
@@ -566,27 +696,6 @@ def _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetc
     k_qpos[key] = slot
     k_state[key] = ST_QUEUED
     qht[1] += 1
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _seed_transfer_ms(n, fconf):
-    """The seed table's host-to-GPU time for n experts: piecewise linear through 1, 4 and 20 experts."""
-    if n == 0:
-        return 0.0
-    t1 = fconf[F_SEED_H2D_1]
-    t4 = fconf[F_SEED_H2D_1 + 1]
-    t20 = fconf[F_SEED_H2D_1 + 2]
-    if n <= 4:
-        return t1 + (n - 1) * (t4 - t1) / 3.0
-    return t4 + (n - 4) * (t20 - t4) / 16.0
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _seed_compute_ms(n, fconf):
-    """The seed table's compute time for n experts: linear through 1 and 4 experts."""
-    c1 = fconf[F_SEED_H2D_1 + 5]
-    c4 = fconf[F_SEED_H2D_1 + 6]
-    return c1 + (n - 1) * (c4 - c1) / 3.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -751,3 +860,42 @@ def _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, p
                     src[d - 1, ls, i] += 1
                     for j in range(K):
                         pair[d - 1, ls, i, experts[t, l, j]] += 1
+
+
+@njit(cache=True, error_model="numpy")
+def build_next_use(step_tokens, step_ntokens, experts, num_experts):
+    """Every key's uses in replay order, for Belady eviction: ``(start, events)`` in CSR form, where
+    ``events[start[key]:start[key + 1]]`` are the events (``step * L + layer``) at which the key is needed
+    (once per event, however many tokens of the step need it)."""
+    S = step_tokens.shape[0]
+    L = experts.shape[1]
+    K = experts.shape[2]
+    n_keys = L * num_experts
+    count = np.zeros(n_keys + 1, dtype=np.int64)
+    mark = np.full(n_keys, -1, dtype=np.int64)
+    for s in range(S):
+        for l in range(L):
+            ev = s * L + l
+            for b in range(step_ntokens[s]):
+                t = step_tokens[s, b]
+                for k in range(K):
+                    key = l * num_experts + experts[t, l, k]
+                    if mark[key] != ev:
+                        mark[key] = ev
+                        count[key + 1] += 1
+    start = np.cumsum(count)
+    fill = start[:-1].copy()
+    events = np.empty(start[-1], dtype=np.int64)
+    mark[:] = -1
+    for s in range(S):
+        for l in range(L):
+            ev = s * L + l
+            for b in range(step_ntokens[s]):
+                t = step_tokens[s, b]
+                for k in range(K):
+                    key = l * num_experts + experts[t, l, k]
+                    if mark[key] != ev:
+                        mark[key] = ev
+                        events[fill[key]] = ev
+                        fill[key] += 1
+    return start, events

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,13 @@ def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> fl
     target = q / 100.0 * cw[-1]
     idx = int(np.searchsorted(cw, target, side="left"))
     return float(v[min(idx, len(v) - 1)])
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """sum(values * weights) / sum(weights), summed exactly (``math.fsum``): a BLAS dot product's rounding
+    depends on its thread count, and results must not."""
+    total = math.fsum(weights.tolist())
+    return math.fsum((values * weights).tolist()) / total if total > 0 else 0.0
 
 
 def metrics_from_counters(
@@ -60,7 +68,7 @@ def metrics_from_counters(
         "zero_coverage": _ratio(c[K.C_ZERO], step_layers),
         "partial_coverage": _ratio(step_layers - c[K.C_PERFECT] - c[K.C_ZERO], step_layers),
         "avg_coverage": _ratio(c[K.C_COVERAGE_SUM], step_layers),
-        "mean_latency_ms": _ratio(float(lat @ w), float(w.sum())),
+        "mean_latency_ms": weighted_mean(lat, w),
         "p50_latency_ms": weighted_percentile(lat, w, 50),
         "p95_latency_ms": weighted_percentile(lat, w, 95),
         "p99_latency_ms": weighted_percentile(lat, w, 99),
@@ -72,7 +80,10 @@ def metrics_from_counters(
         "wasted_prefetch_bytes": int(round(c[K.C_WASTED_LOADS] * expert_bytes)),
         "prefetches_issued": int(c[K.C_PREFETCH_ISSUED]),
         "prefetches_cancelled": int(c[K.C_PREFETCH_CANCELLED]),
-        "prefetch_precision": _ratio(c[K.C_PREFETCH_USED], c[K.C_PREFETCH_ISSUED] - c[K.C_PREFETCH_CANCELLED]),
+        # every ratio below is a count over a count that contains it, so it lies in [0, 1] by construction:
+        # a prefetch is "used" at most once (the first request for its expert, landed or still in flight or
+        # overtaken by a demand load), and only an issued prefetch can be used
+        "prefetch_precision": _ratio(c[K.C_PREFETCH_USED], c[K.C_PREFETCH_ISSUED]),
         "link_utilization": min(1.0, _ratio(c[K.C_LINK_BUSY_MS], c[K.C_ELAPSED_MS])),
         "memory_pressure": _ratio(c[K.C_PRESSURE_SUM], c[K.C_PRED_EVENTS]),
         "predictor_top1_accuracy": _ratio(c[K.C_PRED_TOP1], c[K.C_PRED_EVENTS]),

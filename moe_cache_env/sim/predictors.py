@@ -16,6 +16,7 @@ be trained offline.
   target layer, P(j at l+d | i at l), averaged over the token's experts at l; learned online and optionally
   pre-fitted on a training trace (``fit_cooccurrence``).
 - ``perfect`` (an oracle): confidence 1 for the true experts, 0 otherwise: the upper bound of prediction.
+- ``none``: no predictor at all: nothing is predicted, prefetched or learned (demand-only caches).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ PREDICTORS: dict[str, int] = {
     "previous-token": 2,
     "cross-layer": 3,
     "perfect": 4,
+    "none": 5,
 }
 ORACLE_PREDICTORS = ("noisy-oracle", "perfect")
 MAX_LOOKAHEAD = 2

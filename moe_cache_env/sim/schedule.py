@@ -1,7 +1,8 @@
 """Turn a trace and a workload into a step schedule: which tokens run together, under which conditions.
 
 A *step* is one forward pass of the model over a batch: every concurrent sequence (a *lane*) contributes its
-next ``chunk_tokens`` tokens. The number of active lanes, the KV cache's share of the expert-slot budget and the
+next chunk of tokens: one token of a decode trace, a whole prompt of a prefill trace (as engines run prefill),
+or a fixed ``chunk_tokens``. The number of active lanes, the KV cache's share of the expert-slot budget and the
 background link traffic are piecewise constant over segments (``WorkloadConfig``). Everything is drawn from
 the given ``numpy.random.Generator`` up front, so the replay itself is deterministic.
 """
@@ -25,7 +26,8 @@ class Schedule:
         step_ntokens: (S,) tokens in each step.
         prev_token: (T,) the token before each token in its sequence, or -1 for a sequence's first token.
         step_of_token: (T,) the step each token runs in (-1 if the replay ends before it).
-        tier_caps: (S, 3) L1 / L2 / L3 capacities per pool at each step (the KV cache shrinks L3 first, then L2).
+        tier_caps: (S, 3) L1 / L2 / L3 capacities per pool at each step (the KV cache shrinks L3 first, then L2,
+            then L1 down to top_k).
         link_share: (S,) share of the link's bandwidth left for expert copies (1 - background traffic).
         kv_fraction: (S,) share of the expert-slot budget taken by the KV cache.
         batch: (S,) active lanes per step.
@@ -80,12 +82,23 @@ def sequence_serving_order(trace: Trace, workload: WorkloadConfig, rng: np.rando
     return rng.permutation(num_seq).astype(np.int64)
 
 
+def chunk_tokens(trace: Trace, workload: WorkloadConfig) -> int:
+    """Tokens a sequence contributes per step: ``workload.chunk_tokens``, or by the trace's phase when it is 0
+    (the longest prompt of a prefill trace, so each prompt runs in one step; 1 for decode)."""
+    if workload.chunk_tokens > 0:
+        return int(workload.chunk_tokens)
+    if trace.meta.get("phase") == "prefill":
+        bounds = trace.sequence_bounds()
+        return int((bounds[:, 1] - bounds[:, 0]).max())
+    return 1
+
+
 def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, rng: np.random.Generator) -> Schedule:
     """Lay the trace's tokens out into steps under ``workload``."""
     bounds = trace.sequence_bounds()
     order = sequence_serving_order(trace, workload, rng)
     T = trace.num_tokens
-    chunk = workload.chunk_tokens
+    chunk = chunk_tokens(trace, workload)
     lanes = workload.batch_max
     width = lanes * chunk
     # an upper bound on steps: every step serves at least one token while any is left
@@ -144,7 +157,7 @@ def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, r
         step_ntokens=step_ntokens,
         prev_token=prev_token,
         step_of_token=step_of_token,
-        tier_caps=tier_capacities(cache, kv_fraction),
+        tier_caps=tier_capacities(cache, kv_fraction, trace.top_k),
         link_share=1.0 - background,
         kv_fraction=kv_fraction,
         batch=np.asarray(batch_used, dtype=np.int64),
@@ -152,14 +165,19 @@ def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, r
     )
 
 
-def tier_capacities(cache: CacheConfig, kv_fraction: np.ndarray) -> np.ndarray:
+def tier_capacities(cache: CacheConfig, kv_fraction: np.ndarray, top_k: int) -> np.ndarray:
     """Tier capacities per step when the KV cache takes ``kv_fraction`` of the slot budget.
 
-    L1 (the experts in use) always keeps its slots; the speculative L3 gives up its slots first, then L2.
+    The slots left, ``floor(total * (1 - kv))`` but never fewer than a token's top_k, are the same for every
+    cache layout: the speculative L3 gives up its slots first, then L2, then L1 (which keeps at least top_k,
+    the experts in use). A three-tier cache and a one-tier (flat) cache of the same slots thus always hold
+    the same number of experts.
     """
     total = cache.total_slots
+    floor_l1 = min(cache.l1_slots, top_k)
     available = np.floor(total * (1.0 - kv_fraction) + 1e-9).astype(np.int64)
-    l1 = np.full_like(available, cache.l1_slots)
+    available = np.maximum(available, floor_l1)
+    l1 = np.clip(available, floor_l1, cache.l1_slots)
     l2 = np.clip(available - l1, 0, cache.l2_slots)
     l3 = np.clip(available - l1 - l2, 0, cache.l3_slots)
     return np.stack([l1, l2, l3], axis=1)

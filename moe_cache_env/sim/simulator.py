@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from moe_cache_env.profiles import HardwareProfile, load_profile
-from moe_cache_env.profiles.profile import SEED_TABLE_KEYS
 from moe_cache_env.sim import kernel as K
-from moe_cache_env.sim.config import ConfigError, Controls, SimConfig
+from moe_cache_env.sim.config import EVICTION_RULES, CacheConfig, ConfigError, Controls, SimConfig, default_cache
+from moe_cache_env.sim.timing import seed_table_array
 from moe_cache_env.sim.metrics import metrics_from_counters
 from moe_cache_env.sim.predictors import PREDICTORS, fit_cooccurrence
 from moe_cache_env.sim.schedule import Schedule, build_schedule
@@ -57,10 +57,15 @@ class Simulator:
         profile: HardwareProfile | None = None,
     ) -> None:
         self.trace = trace
-        self.config = config or SimConfig()
+        config = config or SimConfig()
+        if config.cache is None:
+            config = replace(config, cache=default_cache(trace.num_experts, trace.top_k, trace.num_layers))
+        self.config = config
+        self.cache: CacheConfig = config.cache
+        check_geometry(trace, self.cache, allow_full=True)
         self.profile = profile or load_profile(self.config.profile)
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.schedule: Schedule = build_schedule(trace, self.config.workload, self.config.cache, rng)
+        self.schedule: Schedule = build_schedule(trace, self.config.workload, self.cache, rng)
         self._rng_seed = int(rng.integers(0, 2**62))
         self.expert_bytes = int(self.config.expert_bytes or trace.expert_bytes)
         if self.config.timing == "seed" and self.profile.seed_table is None:
@@ -77,7 +82,7 @@ class Simulator:
         width = self.schedule.step_tokens.shape[1]
         self._ctab = self.profile.compute_table(self.expert_bytes, width)
         L, E, Kk = trace.num_layers, trace.num_experts, trace.top_k
-        cache = self.config.cache
+        cache = self.cache
         self._iconf = np.zeros(K.NUM_ICONF, dtype=np.int64)
         self._iconf[K.I_LAYERS] = L
         self._iconf[K.I_EXPERTS] = E
@@ -87,14 +92,21 @@ class Simulator:
         self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
         self._iconf[K.I_TOTAL_SLOTS] = cache.total_slots
         self._iconf[K.I_CALIBRATE] = 1 if self.config.calibrate_confidence else 0
+        self._iconf[K.I_EVICTION] = EVICTION_RULES.index(self.config.eviction)
+        self._iconf[K.I_FLAT] = 1 if cache.flat else 0
         self._fconf = np.zeros(K.NUM_FCONF, dtype=np.float64)
         self._fconf[K.F_TRANSFER_MS] = self.profile.transfer_ms(self.expert_bytes)
         self._fconf[K.F_LAYER_OVERHEAD_MS] = self.profile.layer_overhead_ms
         self._fconf[K.F_DECAY] = self.config.stats_decay
         self._fconf[K.F_ORACLE_ACC] = self.config.oracle_accuracy
-        if self.profile.seed_table is not None:
-            for i, key in enumerate(SEED_TABLE_KEYS):
-                self._fconf[K.F_SEED_H2D_1 + i] = self.profile.seed_table[key]
+        self._fconf[K.F_SEED_H2D_1:] = seed_table_array(self.profile)
+        if self.config.eviction == "belady":
+            self._nu_start, self._nu_events = K.build_next_use(
+                self.schedule.step_tokens, self.schedule.step_ntokens, self._experts, E
+            )
+        else:
+            self._nu_start = np.zeros(L * E + 1, dtype=np.int64)
+            self._nu_events = np.zeros(0, dtype=np.int64)
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------------------------
@@ -102,7 +114,7 @@ class Simulator:
         """Empty the cache, the link and the online statistics; rewind to the first step."""
         L, E, Kk = self.trace.num_layers, self.trace.num_experts, self.trace.top_k
         n_keys = L * E
-        cache = self.config.cache
+        cache = self.cache
         pools = 1 if cache.scope == "global" else L
         width = self.schedule.step_tokens.shape[1]
         slots = cache.total_slots + width * Kk + E + 8
@@ -139,6 +151,7 @@ class Simulator:
         self._pend_bin = np.zeros((3, E), dtype=np.int64)
         self._pend_hist = np.zeros((3, K.NUM_CAL_BINS), dtype=np.float64)
         self._pend_target = np.full(3, -1, dtype=np.int64)
+        self._nu_cursor = self._nu_start[:-1].copy()
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
         self.step_latency_ms = np.zeros(S, dtype=np.float64)
@@ -174,6 +187,7 @@ class Simulator:
             self._mem, self._cnt, self._link, self._q_key, self._q_issue, self._qht,
             self._pop_cnt, self._pop_obs, self._pop_weight, self._reuse_hit, self._reuse_tot, self._pair, self._src,
             self._cal_hits, self._cal_count, self._pend_bin, self._pend_hist, self._pend_target,
+            self._nu_start, self._nu_events, self._nu_cursor,
             self.counters, self.step_latency_ms,
         )
         window = self.counters - before
@@ -200,7 +214,7 @@ class Simulator:
         u[K.U_W_FREQUENCY] = controls.w_frequency
         u[K.U_W_CONFIDENCE] = controls.w_confidence
         u[K.U_OVERTAKE] = 1.0 if controls.demand_overtakes else 0.0
-        u[K.U_PRESSURE_LIMIT] = self.config.cache.l3_pressure_limit
+        u[K.U_PRESSURE_LIMIT] = self.cache.l3_pressure_limit
         return u
 
     def metrics(self) -> dict[str, Any]:
@@ -215,3 +229,29 @@ class Simulator:
         """(3,) tier capacities per pool at the next step."""
         s = min(self.position, self.schedule.num_steps - 1)
         return self.schedule.tier_caps[s].astype(np.float64)
+
+
+def check_geometry(trace: Trace, cache: CacheConfig, *, allow_full: bool = False) -> None:
+    """Refuse a cache that cannot serve the trace (L1 below top_k) or, unless ``allow_full``, one that holds all
+    of it (every expert resident: nothing left to decide), with a message naming the trace and its geometry."""
+    name = trace.name or "the trace"
+    geometry = f"{trace.num_layers} layers x {trace.num_experts} experts, top-{trace.top_k}"
+    tiers = f"{cache.l1_slots}/{cache.l2_slots}/{cache.l3_slots}"
+    if cache.l1_slots < trace.top_k:
+        raise ConfigError(
+            f"cache.l1_slots={cache.l1_slots} is below top_k={trace.top_k} of {name} ({geometry}): L1 holds a "
+            f"token's active experts; give l1_slots >= {trace.top_k}"
+        )
+    if not allow_full and holds_every_expert(trace, cache):
+        experts = trace.num_experts * (trace.num_layers if cache.scope == "global" else 1)
+        where = "in all" if cache.scope == "global" else "per layer"
+        raise ConfigError(
+            f"cache of {cache.total_slots} slots {where} (tiers {tiers}) holds every expert of {name} ({geometry}): "
+            f"nothing would ever be copied twice; give fewer than {experts} slots {where}"
+        )
+
+
+def holds_every_expert(trace: Trace, cache: CacheConfig) -> bool:
+    """Whether the cache's slots hold every expert of the trace (per layer, or in all for a global cache)."""
+    experts = trace.num_experts * (trace.num_layers if cache.scope == "global" else 1)
+    return cache.total_slots >= experts

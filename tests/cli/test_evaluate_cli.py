@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from moe_cache_env.cli import main
-from moe_cache_env.sim.reference import demand_hits
 from moe_cache_env.traces import load_trace, save_trace
 from moe_cache_env.traces.suite import resolve_trace
+from tests.sim.flat_reference import flat_cache_hits
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +43,19 @@ def test_reference_hit_rate_is_the_definition(small_trace, tmp_path, policy, sco
     capacity = 12 if scope == "per-layer" else 12 * 24
     out = tmp_path / "m.json"
     assert main(["evaluate", "--trace", str(small_trace), "--policy", policy, "--capacity", str(capacity),
-                 "--scope", scope, "--json", str(out)]) == 0
+                 "--scope", scope, "--batch", "3", "--json", str(out)]) == 0
     trace = load_trace(small_trace)
-    want = demand_hits(trace.experts, trace.num_experts, policy, capacity, scope).mean()
-    assert json.loads(out.read_text())["hit_rate"] == want
+    # the schedule the command replays: batch 3, sequences in file order (a stationary workload), no KV cache
+    from moe_cache_env.sim.config import CacheConfig, WorkloadConfig
+    from moe_cache_env.sim.schedule import build_schedule
+
+    schedule = build_schedule(trace, WorkloadConfig(batch_min=3, batch_max=3), CacheConfig(capacity, 0, 0, scope),
+                              np.random.default_rng(0))
+    hits, requests = flat_cache_hits(trace.experts, trace.num_experts, schedule.step_tokens,
+                                     np.full(schedule.num_steps, capacity), policy, scope)
+    data = json.loads(out.read_text())
+    assert data["expert_requests"] == requests
+    assert data["hit_rate"] == hits / requests
 
 
 def test_several_policies_and_windows(small_trace, tmp_path):
@@ -55,6 +64,7 @@ def test_several_policies_and_windows(small_trace, tmp_path):
                  "--window", "200", "--json", str(out)]) == 0
     data = json.loads(out.read_text())["policies"]
     assert set(data) == {"static", "no-prefetch", "perfect", "lru", "belady"}
+    assert data["belady"]["kind"] == "hit-rate bound" and data["lru"]["kind"] == "policy"
     assert data["belady"]["hit_rate"] >= data["lru"]["hit_rate"]
     assert len(data["static"]["windows"]) == int(np.ceil(data["static"]["steps"] / 200))
 

@@ -29,6 +29,8 @@ def test_gymnasium_check_env(env_id):
     env = gym.make(f"moe_cache_env:{env_id}", config=small_config(env_id), render_mode="ansi")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # MoECache-Seed-v0 keeps the seed's 64 slots for 60 experts, and says so (test below)
+        warnings.filterwarnings("ignore", message=".*hold every expert.*")
         check_env(env.unwrapped, skip_render_check=False)
 
 
@@ -39,6 +41,7 @@ def test_sb3_check_env(env_id):
     env = gym.make(f"moe_cache_env:{env_id}", config=small_config(env_id))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", message=".*hold every expert.*")
         check_env(env.unwrapped, warn=True)
 
 
@@ -106,3 +109,12 @@ def test_sb3_subproc_vec_env():
     obs, reward, done, info = venv.step(np.zeros((2, 2), dtype=np.float32))
     assert obs.shape[0] == 2 and reward.shape == (2,)
     venv.close()
+
+
+def test_a_cache_that_holds_every_expert_is_named_once():
+    from moe_cache_env.envs import moe_cache
+
+    moe_cache._WARNED_FULL.clear()
+    env = gym.make("moe_cache_env:MoECache-Seed-v0", config=small_config("MoECache-Seed-v0"))
+    with pytest.warns(UserWarning, match=r"64 slots per pool hold every expert of trace .*24 layers x 60 experts"):
+        env.reset(seed=0)

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.config import CacheConfig, Controls, SimConfig, WorkloadConfig
@@ -49,13 +49,17 @@ settings_strategy = st.fixed_dictionaries({
 
 def build(p):
     rng = np.random.default_rng(p["seed"])
-    top_k = int(rng.integers(1, p["num_experts"] + 1))
+    # a cache that can serve the trace (L1 holds a token's experts) and does not hold all of it
+    top_k = int(rng.integers(1, min(p["l1"], p["num_experts"]) + 1))
+    pool_experts = p["num_experts"] * (p["layers"] if p["scope"] == "global" else 1)
+    assume(p["l1"] + p["l2"] + p["l3"] < pool_experts)
     trace = random_trace(rng, p["tokens"], p["layers"], p["num_experts"], top_k, sequences=3)
     config = SimConfig(
         cache=CacheConfig(p["l1"], p["l2"], p["l3"], scope=p["scope"]),
         workload=WorkloadConfig(batch_min=1, batch_max=p["batch_max"], kv_max=p["kv_max"], background_max=0.5,
                                 domain_shift=True, segment_steps=3),
         timing=p["timing"],
+        profile="rtx3090-seed" if p["timing"] == "seed" else "h100",
         predictor=p["predictor"],
     )
     controls = Controls(l2_threshold=min(1.0, p["l3_threshold"] + p["gap"]), l3_threshold=p["l3_threshold"],
