@@ -245,8 +245,10 @@ class SimConfig:
         from moe_cache_env.sim.predictors import PREDICTORS
 
         _check_choice("sim", "timing", self.timing, TIMING_MODES)
-        _check_choice("sim", "predictor", self.predictor, tuple(PREDICTORS))
-        _check_choice("sim", "eviction", self.eviction, EVICTION_RULES)
+        from moe_cache_env.sim.plugins import registered_evictions, registered_predictors
+
+        _check_choice("sim", "predictor", self.predictor, tuple(PREDICTORS) + registered_predictors())
+        _check_choice("sim", "eviction", self.eviction, EVICTION_RULES + registered_evictions())
         if self.cache is not None and not isinstance(self.cache, CacheConfig):
             raise ConfigError(f"sim.cache must be a CacheConfig or None, got {self.cache!r}")
         _check_range("sim", "oracle_accuracy", self.oracle_accuracy, 0.0, 1.0)

@@ -1,12 +1,19 @@
 """The simulator's compiled hot path: one call replays a range of steps (see ``docs/simulator.md``).
 
-All state lives in preallocated NumPy arrays owned by :class:`moe_cache_env.sim.simulator.Simulator`; the
-functions here are ``numba.njit`` compiled (cached on disk), take no Python objects and allocate only small
-scratch arrays. Keys are ``layer * E + expert``; a *pool* is one layer's cache (per-layer scope) or the single
-global cache.
+All state lives in preallocated NumPy arrays, grouped in named tuples (:class:`KernelState` and its parts,
+:class:`ScheduleArrays`, :class:`KernelConfig`; built by ``moe_cache_env/sim/state.py``) owned by
+:class:`moe_cache_env.sim.simulator.Simulator`; the functions here are ``numba.njit`` compiled (cached on
+disk), take no other Python objects and allocate only small scratch arrays. Keys are ``layer * E + expert``; a
+*pool* is one layer's cache (per-layer scope) or the single global cache.
+
+Two plug-in points take code from outside: a predictor written in Python hands the kernel its confidences as
+an array per window (``P_EXTERNAL``), and an eviction rule written as a small numba-compilable function
+(``EV_CUSTOM``) is compiled into a private copy of this module (``moe_cache_env/sim/plugins.py``).
 """
 
 from __future__ import annotations
+
+from collections import namedtuple
 
 import numpy as np
 from numba import njit
@@ -84,6 +91,7 @@ NUM_ICONF = 10
 EV_WEIGHTED = 0  # w_recency / (1 + age) + w_frequency * uses / (uses + 1) + w_confidence * confidence
 EV_LRU = 1  # least recently used
 EV_BELADY = 2  # the key whose next use is farthest (reads the future: a bound, not a policy)
+EV_CUSTOM = 3  # custom_score() below: the default returns 0; plugins.py compiles a copy with the user's rule
 NEVER = 1 << 62  # next use of a key that is never needed again
 
 # ---- confidence calibration: raw scores are binned; a bin answers its observed hit frequency -------------------
@@ -109,6 +117,33 @@ P_PREVIOUS_TOKEN = 2
 P_CROSS_LAYER = 3
 P_PERFECT = 4
 P_NONE = 5  # no predictor: nothing is predicted or prefetched
+P_EXTERNAL = 6  # confidences computed outside the kernel, one array per window (plugins.Predictor)
+
+# ---- the kernel's arguments, by concern (shapes: L layers, E experts, S steps, W tokens per step, P pools) -------
+#: per key (L*E): tier (0 = not on the GPU, else 1-3), slot position, transfer state (ST_*), arrival time (ms),
+#: last use (steps), uses, last confidence, prefetched-and-unused flag, pinned event; per pool: tier slots
+#: ``mem`` (P, 3, slots) and counts ``cnt`` (P, 3)
+TierState = namedtuple("TierState", "k_tier k_pos k_state k_arrival k_last k_uses k_conf k_prefetched k_pin mem cnt")
+#: the host-to-GPU link: [busy until, now] (ms), the prefetch queue (ring of keys and issue times, head/tail)
+#: and each queued key's queue slot
+LinkState = namedtuple("LinkState", "link q_key q_issue qht k_qpos")
+#: the built-in predictors' online statistics: decayed popularity (L, E) and its weights (L,), reuse (L,),
+#: co-occurrence counts (D, L, E, E) / (D, L, E), confidence calibration bins and pending predictions
+PredictionState = namedtuple(
+    "PredictionState",
+    "pop_cnt pop_obs pop_weight reuse_hit reuse_tot pair src cal_hits cal_count pend_bin pend_hist pend_target",
+)
+#: Belady's view of the future: each key's uses in replay order (CSR: start (L*E+1,), events) and a cursor
+EvictionState = namedtuple("EvictionState", "nu_start nu_events nu_cursor")
+KernelState = namedtuple("KernelState", "tiers link prediction eviction")
+#: the replay plan (sim.schedule.Schedule) and the trace's routing (T, L, K); ctab: compute ms by token count
+ScheduleArrays = namedtuple(
+    "ScheduleArrays", "step_tokens step_ntokens prev_token step_of_token tier_caps link_share kv_fraction experts ctab"
+)
+#: integer settings (I_*), float settings (F_*), the random seed of the noisy oracle
+KernelConfig = namedtuple("KernelConfig", "iconf fconf rng_seed")
+#: accumulated counters (C_*) and each step's latency (S,)
+KernelOutput = namedtuple("KernelOutput", "counters step_latency_ms")
 
 ST_NONE = 0
 ST_READY = 1  # transfer committed: arrival time known (maybe in the future)
@@ -138,13 +173,22 @@ def _next_use(key, nu_start, nu_events, nu_cursor):
     return NEVER
 
 
+@njit(cache=True, error_model="numpy")
+def custom_score(age_steps, uses, confidence, tier, layer, expert):
+    """The ``EV_CUSTOM`` rule of this module: a constant (every key ties; the lower key is evicted). A plug-in's
+    private copy of the kernel replaces it (``plugins.EvictionPolicy``)."""
+    return 0.0
+
+
 @njit(cache=True, inline="always", error_model="numpy")
-def _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor):
+def _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor, k_tier, E):
     """The eviction score of a resident key: the lowest score is evicted first (ties: the lower key)."""
     if mode == EV_LRU:
         return k_last[key]
     if mode == EV_BELADY:
         return -float(_next_use(key, nu_start, nu_events, nu_cursor))
+    if mode == EV_CUSTOM:
+        return custom_score(clock - k_last[key], k_uses[key], k_conf[key], k_tier[key], key // E, key % E)
     age = clock - k_last[key]
     uses = k_uses[key]
     return (
@@ -190,7 +234,7 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, nu_start, nu_events,
-                 nu_cursor):
+                 nu_cursor, k_tier, E):
     """The unpinned key of ``tier`` with the lowest eviction score (ties: the lower key), or -1."""
     victim = -1
     best = 1e300
@@ -198,7 +242,7 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
         key = mem[pool, tier - 1, i]
         if k_pin[key] == event:
             continue
-        s = _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor)
+        s = _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor, k_tier, E)
         if victim < 0 or s < best or (s == best and key < victim):
             best = s
             victim = key
@@ -207,7 +251,7 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters):
+               k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E):
     """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
 
     An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
@@ -219,7 +263,7 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
     for t in range(tier, 4):
         while cnt[pool, t - 1] > caps[t - 1]:
             victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
-                                  nu_start, nu_events, nu_cursor)
+                                  nu_start, nu_events, nu_cursor, k_tier, E)
             if victim < 0:
                 break  # everything left is in use by this event: the tier overflows until the next event
             dest = 0
@@ -237,7 +281,7 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
         victim = -1
         for t in range(3, 0, -1):
             victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
-                                  nu_start, nu_events, nu_cursor)
+                                  nu_start, nu_events, nu_cursor, k_tier, E)
             if victim >= 0:
                 break
         if victim < 0:
@@ -315,19 +359,29 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
 
 
 @njit(cache=True, error_model="numpy")
-def run_steps(
-    s0, s1,
-    step_tokens, step_ntokens, prev_token, step_of_token, tier_caps, link_share,
-    kv_fraction, experts, ctab,
-    iconf, fconf, u, rng_seed,
-    k_tier, k_state, k_arrival, k_last, k_uses, k_conf, k_prefetched, k_qpos, k_pin, k_pos,
-    mem, cnt, link, q_key, q_issue, qht,
-    pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot, pair, src,
-    cal_hits, cal_count, pend_bin, pend_hist, pend_target,
-    nu_start, nu_events, nu_cursor,
-    counters, step_latency_ms,
-):
-    """Replay steps [s0, s1) under controls ``u``; accumulate into ``counters`` and per-step outputs."""
+def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
+    """Replay steps [s0, s1) of ``sched`` (:class:`ScheduleArrays`) under settings ``cfg`` (:class:`KernelConfig`)
+    and controls ``u`` (``U_*``), updating ``state`` (:class:`KernelState`) and accumulating into ``out``
+    (:class:`KernelOutput`). ``ext_conf`` ((s1 - s0) * L, E): the confidences of an external predictor for
+    event ``(s, l)`` at row ``(s - s0) * L + l`` (ignored by the built-in predictors)."""
+    # named views of the grouped state: the body below reads plain arrays
+    step_tokens, step_ntokens, prev_token, step_of_token = sched.step_tokens, sched.step_ntokens, \
+        sched.prev_token, sched.step_of_token
+    tier_caps, link_share, kv_fraction, experts, ctab = sched.tier_caps, sched.link_share, sched.kv_fraction, \
+        sched.experts, sched.ctab
+    iconf, fconf, rng_seed = cfg.iconf, cfg.fconf, cfg.rng_seed
+    tiers, lk, pr, ev = state.tiers, state.link, state.prediction, state.eviction
+    k_tier, k_pos, k_state, k_arrival, k_last = tiers.k_tier, tiers.k_pos, tiers.k_state, tiers.k_arrival, \
+        tiers.k_last
+    k_uses, k_conf, k_prefetched, k_pin, mem, cnt = tiers.k_uses, tiers.k_conf, tiers.k_prefetched, tiers.k_pin, \
+        tiers.mem, tiers.cnt
+    link, q_key, q_issue, qht, k_qpos = lk.link, lk.q_key, lk.q_issue, lk.qht, lk.k_qpos
+    pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot = pr.pop_cnt, pr.pop_obs, pr.pop_weight, pr.reuse_hit, \
+        pr.reuse_tot
+    pair, src, cal_hits, cal_count = pr.pair, pr.src, pr.cal_hits, pr.cal_count
+    pend_bin, pend_hist, pend_target = pr.pend_bin, pr.pend_hist, pr.pend_target
+    nu_start, nu_events, nu_cursor = ev.nu_start, ev.nu_events, ev.nu_cursor
+    counters, step_latency_ms = out.counters, out.step_latency_ms
     L = iconf[I_LAYERS]
     E = iconf[I_EXPERTS]
     K = iconf[I_TOPK]
@@ -383,7 +437,7 @@ def run_steps(
             clock = float(s)
             for pool in range(cnt.shape[0]):
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters)
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
         latency = 0.0
         for l in range(L):
             event = s * L + l
@@ -478,7 +532,7 @@ def run_steps(
                     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters)
+                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
             # ---- 3b. the prediction that targeted this event meets its outcome: calibrate ----------------------
             if calibrate:
                 slot = event % 3
@@ -503,9 +557,14 @@ def run_steps(
             st = s + (l + lookahead) // L
             lt = (l + lookahead) % L
             if st < S and predictor != P_NONE:
-                _predict(st, s, l, lt, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
-                         experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc, rng_seed,
-                         event, conf, prod, truth)
+                if predictor == P_EXTERNAL:
+                    row = (s - s0) * L + l
+                    for e in range(E):
+                        conf[e] = ext_conf[row, e]
+                else:
+                    _predict(st, s, l, lt, predictor, step_tokens, step_ntokens, prev_token, step_of_token,
+                             experts, E, K, pop_cnt, pop_obs, reuse_hit, reuse_tot, pair, src, oracle_acc,
+                             rng_seed, event, conf, prod, truth)
                 if calibrate:
                     # keep each expert's score bin until the target runs; answer with the bin's hit frequency
                     for b in range(NUM_CAL_BINS):
@@ -646,10 +705,10 @@ def run_steps(
                     k_pin[key] = event
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
                                k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events,
-                               nu_cursor, counters)
+                               nu_cursor, counters, E)
                     k_last[key] = clock
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
-            if predictor != P_NONE:
+            if predictor != P_NONE and predictor != P_EXTERNAL:
                 _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight,
                          reuse_hit, reuse_tot, pair, src, predictor == P_CROSS_LAYER)
             # ---- 7. time ------------------------------------------------------------------------------------
@@ -668,7 +727,7 @@ def run_steps(
             # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back
             if cnt[pool, 0] > caps[0] or cnt[pool, 1] > caps[1] or cnt[pool, 2] > caps[2]:
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters)
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
             latency += layer_ms
         step_latency_ms[s] = latency
         counters[C_STEPS] += 1

@@ -9,11 +9,13 @@ import numpy as np
 
 from moe_cache_env.profiles import HardwareProfile, load_profile
 from moe_cache_env.sim import kernel as K
+from moe_cache_env.sim import plugins
 from moe_cache_env.sim.config import EVICTION_RULES, CacheConfig, ConfigError, Controls, SimConfig, default_cache
 from moe_cache_env.sim.timing import seed_table_array
 from moe_cache_env.sim.metrics import metrics_from_counters
 from moe_cache_env.sim.predictors import PREDICTORS, fit_cooccurrence
 from moe_cache_env.sim.schedule import Schedule, build_schedule
+from moe_cache_env.sim.state import allocate_state, schedule_arrays
 from moe_cache_env.traces.format import Trace
 
 
@@ -78,6 +80,7 @@ class Simulator:
         ):
             raise ConfigError("fit_trace must have the same layers and experts as the replayed trace")
         self._fit_trace = fit_trace
+        self._fitted: tuple[np.ndarray, np.ndarray] | None = None
         self._experts = np.ascontiguousarray(trace.experts, dtype=np.int64)
         width = self.schedule.step_tokens.shape[1]
         self._ctab = self.profile.compute_table(self.expert_bytes, width)
@@ -89,10 +92,21 @@ class Simulator:
         self._iconf[K.I_TOPK] = Kk
         self._iconf[K.I_GLOBAL] = 1 if cache.scope == "global" else 0
         self._iconf[K.I_SEED_TIMING] = 1 if self.config.timing == "seed" else 0
-        self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
+        self._plugin_predictor: plugins.Predictor | None = None
+        if self.config.predictor in PREDICTORS:
+            self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
+        else:
+            self._iconf[K.I_PREDICTOR] = K.P_EXTERNAL
+            self._plugin_predictor = plugins.make_predictor(self.config.predictor)
+            if fit_trace is not None:
+                self._plugin_predictor.fit(fit_trace)
         self._iconf[K.I_TOTAL_SLOTS] = cache.total_slots
         self._iconf[K.I_CALIBRATE] = 1 if self.config.calibrate_confidence else 0
-        self._iconf[K.I_EVICTION] = EVICTION_RULES.index(self.config.eviction)
+        if self.config.eviction in EVICTION_RULES:
+            self._iconf[K.I_EVICTION] = EVICTION_RULES.index(self.config.eviction)
+        else:
+            self._iconf[K.I_EVICTION] = K.EV_CUSTOM
+            plugins.kernel_for_eviction(self.config.eviction)  # compile the rule's kernel now, not mid-replay
         self._iconf[K.I_FLAT] = 1 if cache.flat else 0
         self._fconf = np.zeros(K.NUM_FCONF, dtype=np.float64)
         self._fconf[K.F_TRANSFER_MS] = self.profile.transfer_ms(self.expert_bytes)
@@ -107,55 +121,28 @@ class Simulator:
         else:
             self._nu_start = np.zeros(L * E + 1, dtype=np.int64)
             self._nu_events = np.zeros(0, dtype=np.int64)
+        self._sched = schedule_arrays(self.schedule, self._experts, self._ctab)
+        self._kconf = K.KernelConfig(self._iconf, self._fconf, self._rng_seed)
         self.reset()
 
     # ---- state -------------------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the cache, the link and the online statistics; rewind to the first step."""
-        L, E, Kk = self.trace.num_layers, self.trace.num_experts, self.trace.top_k
-        n_keys = L * E
-        cache = self.cache
-        pools = 1 if cache.scope == "global" else L
-        width = self.schedule.step_tokens.shape[1]
-        slots = cache.total_slots + width * Kk + E + 8
-        self._k_tier = np.zeros(n_keys, dtype=np.int8)
-        self._k_state = np.zeros(n_keys, dtype=np.int8)
-        self._k_arrival = np.zeros(n_keys, dtype=np.float64)
-        self._k_last = np.zeros(n_keys, dtype=np.float64)
-        self._k_uses = np.zeros(n_keys, dtype=np.int64)
-        self._k_conf = np.zeros(n_keys, dtype=np.float64)
-        self._k_prefetched = np.zeros(n_keys, dtype=np.int8)
-        self._k_qpos = np.zeros(n_keys, dtype=np.int64)
-        self._k_pin = np.full(n_keys, -10, dtype=np.int64)
-        self._k_pos = np.zeros(n_keys, dtype=np.int64)
-        self._mem = np.zeros((pools, 3, slots), dtype=np.int64)
-        self._cnt = np.zeros((pools, 3), dtype=np.int64)
-        self._link = np.zeros(2, dtype=np.float64)
-        q = 2 * n_keys + 64
-        self._q_key = np.full(q, -1, dtype=np.int64)
-        self._q_issue = np.zeros(q, dtype=np.float64)
-        self._qht = np.zeros(2, dtype=np.int64)
-        self._pop_cnt = np.zeros((L, E), dtype=np.float64)
-        self._pop_obs = np.zeros(L, dtype=np.float64)
-        self._pop_weight = np.ones(L, dtype=np.float64)
-        self._reuse_hit = np.zeros(L, dtype=np.float64)
-        self._reuse_tot = np.zeros(L, dtype=np.float64)
+        fitted = None
         if self._fit_trace is not None:
-            self._pair, self._src = fit_cooccurrence(self._fit_trace.experts, E)
-        else:
-            # int32 counts: half the memory of float64 keeps the table in cache (it is updated every event)
-            self._pair = np.zeros((2, L, E, E), dtype=np.int32)
-            self._src = np.zeros((2, L, E), dtype=np.int32)
-        self._cal_hits = np.zeros(K.NUM_CAL_BINS, dtype=np.float64)
-        self._cal_count = np.zeros(K.NUM_CAL_BINS, dtype=np.float64)
-        self._pend_bin = np.zeros((3, E), dtype=np.int64)
-        self._pend_hist = np.zeros((3, K.NUM_CAL_BINS), dtype=np.float64)
-        self._pend_target = np.full(3, -1, dtype=np.int64)
-        self._nu_cursor = self._nu_start[:-1].copy()
+            if self._fitted is None:
+                self._fitted = fit_cooccurrence(self._fit_trace.experts, self.trace.num_experts)
+            fitted = self._fitted
+        self.state: K.KernelState = allocate_state(
+            self.trace.num_layers, self.trace.num_experts, self.trace.top_k, self.cache,
+            self.schedule.step_tokens.shape[1], fitted, (self._nu_start, self._nu_events),
+        )
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
         self.step_latency_ms = np.zeros(S, dtype=np.float64)
         self.position = 0
+        if self._plugin_predictor is not None:
+            self._plugin_predictor.start(self.trace, self.schedule)
 
     @property
     def num_steps(self) -> int:
@@ -176,24 +163,14 @@ class Simulator:
         u = self.controls_vector(controls)
         # the kernel accumulates into the run's totals, so replaying in windows sums exactly as one long call
         before = self.counters.copy()
-        sch = self.schedule
-        K.run_steps(
-            s0, s1,
-            sch.step_tokens, sch.step_ntokens, sch.prev_token, sch.step_of_token, sch.tier_caps, sch.link_share,
-            sch.kv_fraction, self._experts, self._ctab,
-            self._iconf, self._fconf, u, self._rng_seed,
-            self._k_tier, self._k_state, self._k_arrival, self._k_last, self._k_uses, self._k_conf,
-            self._k_prefetched, self._k_qpos, self._k_pin, self._k_pos,
-            self._mem, self._cnt, self._link, self._q_key, self._q_issue, self._qht,
-            self._pop_cnt, self._pop_obs, self._pop_weight, self._reuse_hit, self._reuse_tot, self._pair, self._src,
-            self._cal_hits, self._cal_count, self._pend_bin, self._pend_hist, self._pend_target,
-            self._nu_start, self._nu_events, self._nu_cursor,
-            self.counters, self.step_latency_ms,
-        )
+        ext_conf = self._external_confidences(s0, s1, controls)
+        kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(self.config.eviction)
+        kernel.run_steps(s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
+                    K.KernelOutput(self.counters, self.step_latency_ms))
         window = self.counters - before
         self.position = s1
         lat = self.step_latency_ms[s0:s1]
-        ntok = sch.step_ntokens[s0:s1]
+        ntok = self.schedule.step_ntokens[s0:s1]
         return WindowResult(
             first_step=s0,
             num_steps=s1 - s0,
@@ -202,6 +179,19 @@ class Simulator:
             step_tokens=ntok,
             metrics=metrics_from_counters(window, lat, ntok, self.expert_bytes),
         )
+
+    def _external_confidences(self, s0: int, s1: int, controls: Controls) -> np.ndarray:
+        """A plug-in predictor's confidences for the window's events, or an empty array for a built-in one."""
+        if self._plugin_predictor is None:
+            return _NO_EXTERNAL
+        E, L = self.trace.num_experts, self.trace.num_layers
+        conf = np.asarray(self._plugin_predictor.confidences(s0, s1, controls.lookahead), dtype=np.float64)
+        if conf.shape != (s1 - s0, L, E) or not np.isfinite(conf).all() or conf.min() < 0 or conf.max() > 1:
+            raise ConfigError(
+                f"predictor {self.config.predictor!r} returned confidences of shape {conf.shape}; expected "
+                f"({s1 - s0}, {L}, {E}) finite values in [0, 1] for steps [{s0}, {s1})"
+            )
+        return np.ascontiguousarray(conf.reshape((s1 - s0) * L, E))
 
     def controls_vector(self, controls: Controls) -> np.ndarray:
         u = np.zeros(K.NUM_CONTROLS, dtype=np.float64)
@@ -229,6 +219,9 @@ class Simulator:
         """(3,) tier capacities per pool at the next step."""
         s = min(self.position, self.schedule.num_steps - 1)
         return self.schedule.tier_caps[s].astype(np.float64)
+
+
+_NO_EXTERNAL = np.zeros((0, 0), dtype=np.float64)
 
 
 def check_geometry(trace: Trace, cache: CacheConfig, *, allow_full: bool = False) -> None:

@@ -76,14 +76,14 @@ def test_accounting_and_capacity_invariants(p):
         sim.run(p["window"], controls)
         # the speculative tiers never exceed their (possibly shrunk) capacity
         caps = sim.schedule.tier_caps[sim.position - 1]
-        assert (sim._cnt[:, 1] <= caps[1]).all()
-        assert (sim._cnt[:, 2] <= caps[2]).all()
+        assert (sim.state.tiers.cnt[:, 1] <= caps[1]).all()
+        assert (sim.state.tiers.cnt[:, 2] <= caps[2]).all()
     c = sim.counters
     m = sim.metrics()
     # every request is a hit, a late prefetch or a miss
     assert c[K.C_HIT_L1] + c[K.C_HIT_L2] + c[K.C_HIT_L3] + c[K.C_LATE] + c[K.C_MISS] == c[K.C_REQUESTS]
     # every issued prefetch was cancelled, started, or is still queued
-    queued = sum(1 for i in range(sim._qht[0], sim._qht[1]) if sim._q_key[i % len(sim._q_key)] >= 0)
+    queued = sum(1 for i in range(sim.state.link.qht[0], sim.state.link.qht[1]) if sim.state.link.q_key[i % len(sim.state.link.q_key)] >= 0)
     assert c[K.C_PREFETCH_ISSUED] == c[K.C_PREFETCH_CANCELLED] + c[K.C_PREFETCH_LOADS] + queued
     # a prefetch is used or wasted at most once
     assert c[K.C_PREFETCH_USED] + c[K.C_WASTED_LOADS] <= c[K.C_PREFETCH_LOADS] + c[K.C_PREFETCH_CANCELLED]
