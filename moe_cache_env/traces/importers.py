@@ -276,25 +276,28 @@ def _parse_row(record: dict[str, Any], columns: _Columns, path: Path, line: int)
 
 
 def _lines(handle: Any, path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, line) of a text file, refusing a line over MAX_LINE_CHARS before reading past it and a
-    byte sequence that is not UTF-8, each with the file and line."""
+    """(line number, line) of a file opened in binary mode, refusing a line over MAX_LINE_CHARS bytes before
+    reading past it and bytes that are not UTF-8, each with the file and line."""
     line_no = 0
     while True:
         line_no += 1
-        try:
-            line = handle.readline(MAX_LINE_CHARS + 1)
-        except UnicodeDecodeError as exc:
-            raise TraceImportError(
-                f"{path}:{line_no}: not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r}); save the dump "
-                "as UTF-8"
-            ) from None
-        if not line:
+        raw = handle.readline(MAX_LINE_CHARS + 1)
+        if not raw:
             return
-        if len(line) > MAX_LINE_CHARS:
+        if len(raw) > MAX_LINE_CHARS:
             raise TraceImportError(
                 f"{path}:{line_no}: line longer than {MAX_LINE_CHARS:,} characters (a field over 128 KiB); a row of "
                 "routing is short: is this the right file?"
             )
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TraceImportError(
+                f"{path}:{line_no}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at column {exc.start + 1}); "
+                "save the dump as UTF-8"
+            ) from None
+        if line_no == 1 and line.startswith("\ufeff"):
+            line = line[1:]  # a byte-order mark
         yield line_no, line
 
 
@@ -337,7 +340,7 @@ def _json_record(line: str, where: str) -> dict[str, Any]:
 def _open_text(path: Path, what: str = "routing dump") -> Any:
     check_regular_file(path, what)
     try:
-        return open(path, newline="", encoding="utf-8")
+        return open(path, "rb")
     except OSError as exc:
         raise TraceImportError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
