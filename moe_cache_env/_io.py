@@ -115,6 +115,8 @@ def check_output_not_input(output: str | os.PathLike | None, *inputs: str | os.P
         if item is None or not str(item):
             continue
         source = Path(item).expanduser()
+        if not source.exists():  # a bundled trace's name, a preset: not a file here
+            continue
         same = source.resolve() == out_resolved
         if not same:
             try:

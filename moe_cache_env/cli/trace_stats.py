@@ -97,12 +97,14 @@ def format_table(stats: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moe_cache_env._io import atomic_write_json
+    from moe_cache_env._io import atomic_write_json, check_output_not_input
     from moe_cache_env.traces.format import load_trace
     from moe_cache_env.traces.stats import trace_statistics
     from moe_cache_env.traces.suite import resolve_trace
 
-    trace = load_trace(resolve_trace(args.trace))
+    path = resolve_trace(args.trace)
+    check_output_not_input(args.json, path)
+    trace = load_trace(path)
     stats = trace_statistics(trace)
     print(format_table(stats))
     if args.json:

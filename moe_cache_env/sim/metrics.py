@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,13 @@ def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> fl
     target = q / 100.0 * cw[-1]
     idx = int(np.searchsorted(cw, target, side="left"))
     return float(v[min(idx, len(v) - 1)])
+
+
+def weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+    """sum(values * weights) / sum(weights), summed exactly (``math.fsum``): a BLAS dot product's rounding
+    depends on its thread count, and results must not."""
+    total = math.fsum(weights.tolist())
+    return math.fsum((values * weights).tolist()) / total if total > 0 else 0.0
 
 
 def metrics_from_counters(
@@ -60,7 +68,7 @@ def metrics_from_counters(
         "zero_coverage": _ratio(c[K.C_ZERO], step_layers),
         "partial_coverage": _ratio(step_layers - c[K.C_PERFECT] - c[K.C_ZERO], step_layers),
         "avg_coverage": _ratio(c[K.C_COVERAGE_SUM], step_layers),
-        "mean_latency_ms": _ratio(float(lat @ w), float(w.sum())),
+        "mean_latency_ms": weighted_mean(lat, w),
         "p50_latency_ms": weighted_percentile(lat, w, 50),
         "p95_latency_ms": weighted_percentile(lat, w, 95),
         "p99_latency_ms": weighted_percentile(lat, w, 99),
