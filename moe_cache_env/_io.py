@@ -53,6 +53,14 @@ def _output_error(target: Path, exc: OSError) -> OutputError:
     return OutputError(f"cannot write {target}: {reason}")
 
 
+def _not_a_directory(target: Path) -> OutputError:
+    """The error for a path that goes through a regular file, naming that file."""
+    for ancestor in reversed(target.parents):
+        if ancestor.is_file():
+            return OutputError(f"cannot write {target}: {ancestor} is a regular file, not a directory")
+    return OutputError(f"cannot write {target}: {_WRITE_ERRORS[errno.ENOTDIR]}")
+
+
 def check_output_path(path: str | os.PathLike) -> Path:
     """Check, without writing, that ``path`` can become a file; return it. Raises :class:`OutputError`.
 
@@ -67,7 +75,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     except FileNotFoundError:
         info = None
     except NotADirectoryError:
-        raise OutputError(f"cannot write {target}: {_WRITE_ERRORS[errno.ENOTDIR]}") from None
+        raise _not_a_directory(target) from None
     except OSError as exc:
         raise _output_error(target, exc) from None
     if info is not None:
@@ -92,7 +100,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
                 break
             ancestor = ancestor.parent
         except NotADirectoryError:
-            raise OutputError(f"cannot write {target}: {_WRITE_ERRORS[errno.ENOTDIR]}") from None
+            raise _not_a_directory(target) from None
         except OSError as exc:
             raise _output_error(target, exc) from None
     if not stat.S_ISDIR(info.st_mode):

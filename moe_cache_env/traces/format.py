@@ -274,7 +274,9 @@ def _read_npy_header(handle: IO[bytes], where: str) -> tuple[tuple[int, ...], bo
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
         else:
             raise ValueError(f"unsupported .npy version {version}")
-    except (ValueError, SyntaxError, EOFError, zipfile.BadZipFile, OSError, zlib.error) as exc:
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise TraceFormatError(f"{where}: damaged data ({exc})") from None
+    except (ValueError, SyntaxError, EOFError, OSError) as exc:
         raise TraceFormatError(f"{where}: not a readable .npy array ({exc})") from None
     if dtype.hasobject:
         raise TraceFormatError(
