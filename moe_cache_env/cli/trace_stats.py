@@ -102,6 +102,12 @@ def run(args: argparse.Namespace) -> int:
     from moe_cache_env.traces.stats import trace_statistics
     from moe_cache_env.traces.suite import resolve_trace
 
+    from pathlib import Path
+
+    from moe_cache_env.traces.format import check_regular_file
+
+    if Path(args.trace).exists() and not Path(args.trace).is_file():
+        check_regular_file(Path(args.trace), "trace file")  # a folder or a FIFO: say so, not "no such trace"
     path = resolve_trace(args.trace)
     check_output_not_input(args.json, path)
     trace = load_trace(path)

@@ -154,3 +154,9 @@ def test_synth_refuses_a_quadrillion_tokens_before_allocating(tmp_path, capsys):
                            "-o", str(tmp_path / "s.npz")], capsys)
     assert "past the limit of 4,000,000 tokens per run" in line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrate_checks_its_destination_before_measuring(tmp_path, capsys):
+    folder = tmp_path / "gpu.json"
+    folder.mkdir()
+    assert "it is a directory" in one_line_error(["calibrate", "-o", str(folder)], capsys)
