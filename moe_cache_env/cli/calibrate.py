@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from moe_cache_env._io import check_output_path
     from moe_cache_env.profiles.calibrate import CalibrationError, CalibrationPlan, calibrate
     from moe_cache_env.profiles.report import format_calibration
     from moe_cache_env.profiles.profile import save_profile
@@ -54,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix != ".json":
         raise CommandError(f"--output must name a .json file, got {str(output)!r}")
+    check_output_path(output)  # before the measurements, not after
     name = args.name or output.stem
     plan = CalibrationPlan.quick() if args.quick else CalibrationPlan()
     command = shlex.join(["moe-cache-env", "calibrate", *_argv_after("calibrate")])

@@ -143,12 +143,13 @@ def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moe_cache_env._io import atomic_write_json
+    from moe_cache_env._io import atomic_write_json, check_output_not_input
     from moe_cache_env.sim.config import Controls, SimConfig, WorkloadConfig, default_capacity, split_capacity
     from moe_cache_env.sim.evaluate import POLICIES, POLICY_KINDS, EvaluationRequest, evaluate, policy_setup
     from moe_cache_env.sim.simulator import check_geometry
     from moe_cache_env.cli._common import load_named_trace
 
+    check_output_not_input(args.json, args.trace, args.fit_trace, args.profile)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
     unknown = [p for p in policies if p not in POLICIES and p not in AGENT_POLICIES and ":" not in p]
     if unknown:

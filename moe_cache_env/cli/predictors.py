@@ -22,13 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from moe_cache_env._io import atomic_write_json
+    from moe_cache_env._io import atomic_write_json, check_output_not_input
     from moe_cache_env.cli._common import load_named_trace
+    from moe_cache_env.traces.format import check_table_experts
     from moe_cache_env.sim import Controls, SimConfig, Simulator, WorkloadConfig
     from moe_cache_env.sim.predictors import ORACLE_PREDICTORS, PREDICTORS
 
+    check_output_not_input(args.json, args.trace, args.fit_trace)
     trace = load_named_trace(args.trace)
     fit_trace = load_named_trace(args.fit_trace) if args.fit_trace else None
+    for loaded in (trace, fit_trace):  # the predictors hold (E x E) tables: refuse before the simulator allocates
+        if loaded is not None:
+            check_table_experts(loaded.num_experts, loaded.name)
     controls = Controls(l2_threshold=1.01, l3_threshold=1.01, lookahead=args.lookahead)
     rows = {}
     for name in PREDICTORS:

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from moe_cache_env._io import atomic_write
+    from moe_cache_env._io import atomic_write, check_output_not_input
 
     if args.max_new_tokens < 0:
         raise CommandError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
@@ -130,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     decode_output = Path(args.decode_output) if args.decode_output else _with_suffix(output, "-decode")
     if args.max_new_tokens and decode_output.resolve() == output.resolve():
         raise CommandError("--decode-output must differ from --output")
+    for written in (output, decode_output):
+        check_output_not_input(written, args.prompts, args.model)
 
     prompts = read_prompts(
         args.prompts, text_field=args.text_field, domain_field=args.domain_field, tokens_field=args.tokens_field

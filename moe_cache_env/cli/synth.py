@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+#: Most tokens one synth run generates: the generator holds (tokens x experts) float32 logits per layer, about
+#: 1 GiB at this size for 64 experts. Larger suites: several runs with different seeds.
+MAX_SYNTH_TOKENS = 4_000_000
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moe_cache_env.traces.synth import KNOB_NAMES, PRESETS
@@ -32,12 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from moe_cache_env._io import check_output_path
     from moe_cache_env.cli import CommandError
-    from moe_cache_env.traces.format import save_trace
-    from moe_cache_env.traces.synth import generate, parse_knobs
+    from moe_cache_env.traces.format import check_trace_size, save_trace
+    from moe_cache_env.traces.synth import PRESETS, generate, parse_knobs
 
     if args.tokens < 1:
         raise CommandError(f"--tokens must be at least 1, got {args.tokens}")
+    if args.tokens > MAX_SYNTH_TOKENS:
+        raise CommandError(
+            f"--tokens {args.tokens:,} is past the limit of {MAX_SYNTH_TOKENS:,} tokens per run; generate several "
+            "traces with different --seed values instead"
+        )
+    preset = PRESETS[args.preset]
+    check_trace_size(args.tokens, preset.num_layers, preset.top_k, f"synth --preset {args.preset}")
+    check_output_path(args.output)  # before generating, not after
     if args.seed < 0:
         raise CommandError(f"--seed must be a non-negative integer, got {args.seed}")
     knobs = parse_knobs(args.knob)

@@ -97,12 +97,20 @@ def format_table(stats: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moe_cache_env._io import atomic_write_json
+    from moe_cache_env._io import atomic_write_json, check_output_not_input
     from moe_cache_env.traces.format import load_trace
     from moe_cache_env.traces.stats import trace_statistics
     from moe_cache_env.traces.suite import resolve_trace
 
-    trace = load_trace(resolve_trace(args.trace))
+    from pathlib import Path
+
+    from moe_cache_env.traces.format import check_regular_file
+
+    if Path(args.trace).exists() and not Path(args.trace).is_file():
+        check_regular_file(Path(args.trace), "trace file")  # a folder or a FIFO: say so, not "no such trace"
+    path = resolve_trace(args.trace)
+    check_output_not_input(args.json, path)
+    trace = load_trace(path)
     stats = trace_statistics(trace)
     print(format_table(stats))
     if args.json:

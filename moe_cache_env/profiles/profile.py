@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -185,8 +186,38 @@ def _number(data: Mapping[str, Any], key: str, where: str, *, minimum: float = 0
     return float(value)
 
 
+def _check_compute_scaling(data: Mapping[str, Any], where: str) -> None:
+    """``checks.compute_scaling.rows``: the measured compute of several expert shapes, which the simulator's
+    compute model fits (``compute_affine_fit``), so each row must be an object of positive finite numbers."""
+    checks = data.get("checks")
+    if checks is None:
+        return
+    if not isinstance(checks, Mapping):
+        raise ProfileError(f"{where}: field 'checks' must be an object of named checks")
+    scaling = checks.get("compute_scaling")
+    if scaling is None:
+        return
+    if not isinstance(scaling, Mapping):
+        raise ProfileError(f"{where}: field 'checks.compute_scaling' must be an object with a 'rows' list")
+    rows = scaling.get("rows")
+    if rows is None:
+        return
+    if not isinstance(rows, list):
+        raise ProfileError(f"{where}: field 'checks.compute_scaling.rows' must be a list of objects, got {rows!r:.80}")
+    for i, row in enumerate(rows):
+        here = f"{where}.checks.compute_scaling.rows[{i}]"
+        if not isinstance(row, Mapping):
+            raise ProfileError(
+                f"{here}: must be an object with tokens, expert_bytes and measured_ms, got {row!r:.80}"
+            )
+        _number(row, "tokens", here, minimum=1.0)
+        _number(row, "expert_bytes", here, strict=True)
+        _number(row, "measured_ms", here, strict=True)
+
+
 def _check_optional_sections(data: Mapping[str, Any], where: str) -> None:
-    """Validate the optional sections that tools read (``device``, ``fits``); the simulator ignores them."""
+    """Validate the optional sections that tools read (``device``, ``fits``, ``checks.compute_scaling``)."""
+    _check_compute_scaling(data, where)
     device = data.get("device")
     if device is not None and not isinstance(device, Mapping):
         raise ProfileError(f"{where}: field 'device' must be an object (name, driver, ...)")
@@ -260,13 +291,46 @@ def load_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
         path = DATA_DIR / f"{text}.json"
         if not path.exists():
             raise ProfileError(f"unknown profile {text!r}; shipped profiles: {', '.join(list_profiles())}")
+    return profile_from_dict(_read_profile_json(path), where=str(path))
+
+
+#: Largest profile file read (a measured profile with all its raw samples is a few hundred KiB).
+MAX_PROFILE_BYTES = 16 * 2**20
+
+
+def _read_profile_json(path: Path) -> Any:
+    """The JSON of a profile file; a missing file, a directory, a FIFO (never opened: it would block), an
+    unreadable, oversized or non-UTF-8 file, or invalid JSON is a ProfileError naming the file."""
     try:
-        data = json.loads(path.read_text())
+        info = os.stat(path)
     except FileNotFoundError:
         raise ProfileError(f"profile file {path} does not exist") from None
+    except OSError as exc:
+        raise ProfileError(f"profile file {path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ProfileError(f"profile file {path}: is a directory; give a profile's .json file or a profile name")
+    if not stat.S_ISREG(info.st_mode):
+        raise ProfileError(f"profile file {path}: is not a regular file (a FIFO, socket or device)")
+    if info.st_size > MAX_PROFILE_BYTES:
+        raise ProfileError(f"profile file {path}: {info.st_size:,} bytes, larger than a profile can be "
+                           f"({MAX_PROFILE_BYTES // 2**20} MiB)")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"profile file {path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(
+            f"profile file {path}: not UTF-8 text (byte {raw[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            "profiles are UTF-8 JSON"
+        ) from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{path}: not valid JSON ({exc})") from None
-    return profile_from_dict(data, where=str(path))
+    except RecursionError:
+        raise ProfileError(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def save_profile(profile: HardwareProfile | Mapping[str, Any], path: str | os.PathLike) -> Path:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import stat
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 
@@ -199,45 +203,216 @@ def validate_arrays(
             _fail(f"weight {weights[t, l, k]} at token {t}, layer {l}, rank {k} is NaN, infinite or negative")
 
 
-def load_trace(path: str | os.PathLike) -> Trace:
-    """Read and validate a v1 trace file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"trace file {path} does not exist")
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
+#: Most cells (tokens x layers x top_k) a trace may hold: 2**30, 2 GiB of int16 expert ids. Readers, importers
+#: and the generator refuse larger traces before allocating anything; ``$MOE_CACHE_ENV_MAX_TRACE_CELLS`` raises it.
+MAX_TRACE_CELLS = 2**30
+MAX_CELLS_ENV = "MOE_CACHE_ENV_MAX_TRACE_CELLS"
+#: Most bytes of the meta JSON string (64 MiB: per-sequence labels of millions of sequences fit).
+MAX_META_BYTES = 64 * 2**20
+#: Most experts per layer that the statistics and predictors build (E x E) tables for: 4,096 (a 128 MiB table).
+MAX_TABLE_EXPERTS = 4096
+
+
+def max_trace_cells() -> int:
+    """The cell limit in force: :data:`MAX_TRACE_CELLS`, or ``$MOE_CACHE_ENV_MAX_TRACE_CELLS`` when set."""
+    text = os.environ.get(MAX_CELLS_ENV, "").strip()
+    if not text:
+        return MAX_TRACE_CELLS
+    try:
+        value = int(text)
+    except ValueError:
+        raise TraceFormatError(f"${MAX_CELLS_ENV}={text!r} is not an integer number of cells") from None
+    if value < 1:
+        raise TraceFormatError(f"${MAX_CELLS_ENV}={value} must be positive")
+    return value
+
+
+def check_trace_size(tokens: int, layers: int, top_k: int, where: str) -> None:
+    """Refuse a trace of more than :func:`max_trace_cells` cells, before anything of that size is allocated."""
+    cells = int(tokens) * int(layers) * int(top_k)
+    limit = max_trace_cells()
+    if cells > limit:
+        raise TraceFormatError(
+            f"{where}: {tokens:,} tokens x {layers} layers x top-{top_k} = {cells:,} cells, past the limit of "
+            f"{limit:,} cells; split the trace into smaller files (or raise ${MAX_CELLS_ENV})"
+        )
+
+
+def check_table_experts(num_experts: int, where: str) -> None:
+    """Refuse a trace whose (E x E) co-occurrence tables would be too large, before allocating them."""
+    if num_experts > MAX_TABLE_EXPERTS:
+        table_gib = num_experts * num_experts * 8 / 2**30
+        raise TraceFormatError(
+            f"{where}: {num_experts:,} experts per layer would need {num_experts:,} x {num_experts:,} tables "
+            f"({table_gib:,.0f} GiB); statistics and predictors support at most {MAX_TABLE_EXPERTS:,} experts"
+        )
+
+
+def check_regular_file(path: Path, what: str = "file") -> None:
+    """Refuse, without opening it, a path that is missing, a directory or not a regular file (a FIFO would
+    block the reader forever); raise FileNotFoundError or TraceFormatError."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {path} does not exist") from None
+    except OSError as exc:
+        raise TraceFormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise TraceFormatError(f"{path}: is a directory, not a {what}")
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "a socket or device"
+        raise TraceFormatError(f"{path}: is {kind}, not a regular {what}; save the data to a file first")
+
+
+def _read_npy_header(handle: IO[bytes], where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of the ``.npy`` stream at ``handle`` (its header only)."""
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+        elif version in ((2, 0), (3, 0)):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f"unsupported .npy version {version}")
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise TraceFormatError(f"{where}: damaged data ({exc})") from None
+    except (ValueError, SyntaxError, EOFError, OSError) as exc:
+        raise TraceFormatError(f"{where}: not a readable .npy array ({exc})") from None
+    if dtype.hasobject:
+        raise TraceFormatError(
+            f"{where}: an object array, which reading would need pickle for (readers use allow_pickle=False); "
+            "v1 arrays are plain integer or float arrays and a JSON string"
+        )
+    if any(n < 0 for n in shape):
+        raise TraceFormatError(f"{where}: negative dimension in shape {shape}")
+    return tuple(int(n) for n in shape), bool(fortran), dtype
+
+
+def read_npy(
+    handle: IO[bytes],
+    where: str,
+    *,
+    stored_bytes: int | None,
+    check: Callable[[tuple[int, ...], np.dtype], None] | None = None,
+) -> np.ndarray:
+    """Read one ``.npy`` array, checking its declared size before allocating it.
+
+    ``stored_bytes`` is the size of the whole ``.npy`` stream when known (a zip member's or a file's size):
+    the header's shape must account for exactly the bytes after the header, so a header that declares 10**12
+    tokens in a small file is refused at once. ``check(shape, dtype)`` may refuse the shape (size limits) before
+    the array is allocated. A truncated stream or a zip member with a bad CRC raises TraceFormatError.
+    """
+    shape, fortran, dtype = _read_npy_header(handle, where)
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if stored_bytes is not None:
+        header_bytes = handle.tell()
+        if header_bytes + nbytes != stored_bytes:
+            raise TraceFormatError(
+                f"{where}: the header declares shape {shape} of {dtype} ({nbytes:,} bytes) but the stored array "
+                f"holds {max(stored_bytes - header_bytes, 0):,} bytes; the file is damaged or was not written by numpy"
+            )
+    if check is not None:
+        check(shape, dtype)
+    array = np.empty(count, dtype=dtype)
+    view = memoryview(array).cast("B") if nbytes else memoryview(b"")
+    done = 0
+    chunk = 1 << 24
+    try:
+        while done < nbytes:
+            got = handle.readinto(view[done : done + chunk])  # type: ignore[attr-defined]
+            if not got:
+                raise TraceFormatError(f"{where}: truncated: {done:,} of {nbytes:,} bytes of data")
+            done += got
+        if handle.read(1):  # also reaches the end of a zip member, where its CRC is checked
+            raise TraceFormatError(f"{where}: data past the end of the array")
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+        raise TraceFormatError(f"{where}: damaged data ({exc})") from None
+    if fortran:
+        return array.reshape(shape[::-1]).transpose()
+    return array.reshape(shape)
+
+
+def open_npz(path: Path) -> zipfile.ZipFile:
+    """Open a ``.npz`` archive for :func:`read_npz_member`, after checking that it is a regular, readable zip."""
+    check_regular_file(path, "trace file")
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise TraceFormatError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if magic[:2] != b"PK":
         raise TraceFormatError(f"{path}: not a .npz (zip) archive; write traces with save_trace or numpy.savez")
     try:
-        archive = np.load(path, allow_pickle=False)
-    except ValueError as exc:  # object arrays need pickle: refuse them
-        raise TraceFormatError(f"{path}: {exc}; v1 traces hold only numeric arrays and a JSON string") from exc
-    except Exception as exc:
-        raise TraceFormatError(f"{path}: not a readable .npz archive ({exc})") from exc
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as exc:
+        raise TraceFormatError(f"{path}: not a readable .npz archive ({exc})") from None
+
+
+def npz_members(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """Array name -> zip member of an ``.npz`` archive (``name.npy`` members)."""
+    return {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+
+
+def read_npz_member(
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    where: str,
+    check: Callable[[tuple[int, ...], np.dtype], None] | None = None,
+) -> np.ndarray:
+    """Read one array of an ``.npz`` archive through :func:`read_npy` (sizes checked before allocating)."""
+    try:
+        handle = archive.open(info)
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, ValueError) as exc:
+        raise TraceFormatError(f"{where}: cannot open the archive member ({exc})") from None
+    with handle:
+        return read_npy(handle, where, stored_bytes=info.file_size, check=check)
+
+
+def load_trace(path: str | os.PathLike) -> Trace:
+    """Read and validate a v1 trace file.
+
+    Everything is checked before it is allocated: the path is a regular file (a directory or a FIFO is
+    refused without opening it), each array's header matches its stored size, the trace holds at most
+    :func:`max_trace_cells` cells, and a damaged member (bad CRC, truncated) is reported. Errors are
+    :class:`TraceFormatError` (or FileNotFoundError) naming the file.
+    """
+    path = Path(path)
+    archive = open_npz(path)
     with archive:
-        names = set(archive.files)
+        members = npz_members(archive)
         for required in ("experts", "sequence", "meta"):
-            if required not in names:
+            if required not in members:
                 raise TraceFormatError(f"{path}: missing array {required!r}; v1 needs experts, sequence and meta")
+
+        def meta_size(shape: tuple[int, ...], dtype: np.dtype) -> None:
+            if dtype.kind not in "US" or shape != ():
+                raise TraceFormatError(f"{path}: meta is not a JSON string (a {dtype} array of shape {shape})")
+            if dtype.itemsize > MAX_META_BYTES * 4:
+                raise TraceFormatError(f"{path}: meta is larger than {MAX_META_BYTES // 2**20} MiB")
+
+        meta_raw = read_npz_member(archive, members["meta"], f"{path}: meta", meta_size)
         try:
-            meta_raw = archive["meta"]
-            meta = json.loads(str(meta_raw[()] if meta_raw.shape == () else meta_raw.item()))
-        except (ValueError, json.JSONDecodeError) as exc:
-            raise TraceFormatError(f"{path}: meta is not a JSON string ({exc})") from exc
-        arrays: dict[str, np.ndarray] = {}
-        for name in ("experts", "sequence", "weights"):
-            if name not in names:
-                continue
-            try:
-                arrays[name] = archive[name]
-            except ValueError as exc:  # an object array would need pickle: refuse it
-                raise TraceFormatError(
-                    f"{path}: array {name!r} is an object array ({exc}); v1 arrays are plain integer or float "
-                    "arrays, written without pickle"
-                ) from None
-        experts = arrays["experts"]
-        sequence = arrays["sequence"]
-        weights = arrays.get("weights")
+            meta = json.loads(str(meta_raw[()]))
+        except (ValueError, RecursionError) as exc:
+            raise TraceFormatError(f"{path}: meta is not a JSON string ({str(exc)[:200]})") from None
+
+        def experts_size(shape: tuple[int, ...], dtype: np.dtype) -> None:
+            if len(shape) == 3:
+                check_trace_size(*shape, where=str(path))
+
+        experts = read_npz_member(archive, members["experts"], f"{path}: array 'experts'", experts_size)
+        tokens = int(experts.shape[0]) if experts.ndim else 0
+
+        def same_tokens(shape: tuple[int, ...], dtype: np.dtype) -> None:
+            # validate_arrays names a wrong shape; here only refuse what would be large to allocate
+            if math.prod(shape) > max(experts.size, tokens, 1):
+                raise TraceFormatError(f"{path}: array of shape {shape} does not fit experts {experts.shape}")
+
+        sequence = read_npz_member(archive, members["sequence"], f"{path}: array 'sequence'", same_tokens)
+        weights = None
+        if "weights" in members:
+            weights = read_npz_member(archive, members["weights"], f"{path}: array 'weights'", same_tokens)
     try:
         return Trace(experts=experts, sequence=sequence, meta=meta, weights=weights, path=str(path))
     except TraceFormatError as exc:

@@ -9,7 +9,8 @@
   with the previous token (``overlap``; chance ``k/E``), the rate of an identical first choice
   (``same_top1``; chance ``1/E``) and of at least one shared expert (``any_shared``);
 - cross-layer predictability: a co-occurrence table from layer ``l``'s experts to layer ``l + 1``'s (and
-  ``l + 2``'s) is counted on the first half of the sequences; on the second half, each token's next-layer
+  ``l + 2``'s) is counted on the first half of the sequences (of the tokens, for a trace of one sequence of at
+  least ``MIN_SPLIT_TOKENS`` tokens); on the second half, each token's next-layer
   prediction is the ``k`` experts with the largest summed counts over its ``k`` experts at layer ``l``, and the
   precision is the fraction of the predicted ``k`` that the token really uses. Beside it, popularity alone (the
   ``k`` most used experts of the first half) and chance (``k/E``). Also the accuracy of predicting the next
@@ -29,10 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from moe_cache_env.traces.format import Trace
+from moe_cache_env.traces.format import Trace, check_table_experts
 
 #: domains with fewer tokens than this are left out of per-domain statistics (too noisy to compare)
 MIN_DOMAIN_TOKENS = 200
+#: a trace of one sequence is split at half its tokens for the cross-layer tables when it has at least this many
+MIN_SPLIT_TOKENS = 64
+#: tokens per block of the (tokens, E) score matrices
+_TOKEN_BLOCK = 16384
 
 
 def _shares(experts_at_layer: np.ndarray, num_experts: int) -> np.ndarray:
@@ -102,18 +107,25 @@ def cooccurrence_precision(
     Arrays are (tokens, k) expert ids of the same tokens at a source layer and a later target layer.
     """
     k = test_target.shape[1]
-    table = _cooccurrence(train_source, train_target, num_experts)
+    table = _cooccurrence(train_source, train_target, num_experts).astype(np.float32)
     popularity = np.bincount(train_target.ravel(), minlength=num_experts).astype(np.float64)
+    tie_break = (popularity / (popularity.sum() + 1.0)).astype(np.float32)
+    popular = _predict_top_k(popularity[None, :], k)[0]
     # Summed rows of the table over the token's k source experts (a membership matrix times the table);
-    # popularity, with a weight below one count, breaks ties.
-    source_member = _membership(test_source, num_experts).astype(np.float32)
-    scores = source_member @ table.astype(np.float32)
-    scores += (popularity / (popularity.sum() + 1.0)).astype(np.float32)
-    member = _membership(test_target, num_experts)
-    table_precision = _precision(_predict_top_k(scores, k), member)
-    popular = _predict_top_k(popularity[None, :], k)
-    popularity_precision = float(member[:, popular[0]].mean())
-    return table_precision, popularity_precision
+    # popularity, with a weight below one count, breaks ties. The sums are of integer counts below 2**24, so
+    # exact in float32 whatever order a threaded BLAS adds them in. Blocks of tokens keep the (tokens, E)
+    # matrices small.
+    hits = popular_hits = 0
+    for start in range(0, len(test_source), _TOKEN_BLOCK):
+        block = slice(start, start + _TOKEN_BLOCK)
+        source_member = _membership(test_source[block], num_experts).astype(np.float32)
+        scores = source_member @ table
+        scores += tie_break
+        member = _membership(test_target[block], num_experts)
+        hits += int(np.take_along_axis(member, _predict_top_k(scores, k), axis=1).sum())
+        popular_hits += int(member[:, popular].sum())
+    total = len(test_source) * k
+    return hits / total, popular_hits / total
 
 
 def top1_transition_accuracy(
@@ -159,6 +171,7 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
     experts = trace.experts
     T, L, K = experts.shape
     E = trace.num_experts
+    check_table_experts(E, trace.name)
     bounds = trace.sequence_bounds()
     num_sequences = len(bounds)
 
@@ -166,11 +179,15 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
     same_sequence = trace.sequence[1:] == trace.sequence[:-1]
     num_pairs = int(same_sequence.sum())
 
-    # Train / test split by sequence: the first half of the sequences fits the co-occurrence tables.
+    # Train / test split by sequence: the first half of the sequences fits the co-occurrence tables. A trace of
+    # one long sequence (an engine's single prompt) is split at half its tokens instead.
+    split: str | None
     if num_sequences >= 2:
-        split_token = int(bounds[num_sequences // 2, 0])
+        split_token, split = int(bounds[num_sequences // 2, 0]), "sequences"
+    elif T >= MIN_SPLIT_TOKENS:
+        split_token, split = T // 2, "tokens"
     else:
-        split_token = None
+        split_token, split = None, None
 
     domain_info = token_domains(trace)
     domain_rows: list[dict[str, Any]] = []
@@ -301,7 +318,9 @@ def trace_statistics(trace: Trace) -> dict[str, Any]:
             "sequences": num_sequences,
             "mean_sequence_tokens": T / num_sequences,
             "consecutive_pairs": num_pairs,
-            "train_sequences": num_sequences // 2 if split_token is not None else None,
+            "train_sequences": num_sequences // 2 if split == "sequences" else None,
+            "split": split,
+            "train_tokens": split_token,
         },
         "chance": {
             "overlap": K / E,
