@@ -112,8 +112,8 @@ def test_constant_link_share_and_kv_fraction():
         (CacheConfig(4, 6, 10), 0.95, 3, [3, 0, 0]),
         # no KV cache: every slot
         (CacheConfig(4, 6, 10), 0.0, 2, [4, 6, 10]),
-        # 10 x (1 - 0.3) is 6.999... in binary floating point; the slots left are 7, not 6
-        (CacheConfig(2, 3, 5), 0.3, 2, [2, 3, 2]),
+        # 30 x (1 - 0.8) is 5.999999999999998 in binary floating point; the slots left are 6, not 5
+        (CacheConfig(4, 8, 18), 0.8, 2, [4, 2, 0]),
         # a flat (one-tier) cache of the same 20 slots holds the same number of experts at each KV share
         (CacheConfig(20, 0, 0), 0.3, 2, [14, 0, 0]),
         (CacheConfig(20, 0, 0), 0.6, 2, [8, 0, 0]),
