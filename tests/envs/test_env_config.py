@@ -11,10 +11,24 @@ from moe_cache_env.sim.config import ConfigError
 def test_defaults_are_valid_and_json_able():
     import json
 
-    json.dumps(DEFAULT_CONFIG)
+    from moe_cache_env.sim.config import CacheConfig, WorkloadConfig
+
+    # registered kwargs must survive JSON unchanged (no tuples, no objects)
+    assert json.loads(json.dumps(DEFAULT_CONFIG)) == DEFAULT_CONFIG
     config = make_config()
-    assert config.sim.profile == DEFAULT_CONFIG["profile"]
+    # the documented defaults (docs/environment.md), typed in here rather than read back from DEFAULT_CONFIG
+    assert config.sim.profile == "h100" and config.sim.timing == "timeline"
+    assert config.sim.predictor == "cross-layer" and config.sim.oracle_accuracy == 0.4755
+    assert config.sim.cache == CacheConfig(l1_slots=4, l2_slots=10, l3_slots=20, scope="per-layer")
+    assert config.sim.workload == WorkloadConfig(batch_min=1, batch_max=8, kv_min=0.0, kv_max=0.6,
+                                                 background_min=0.0, background_max=0.5, domain_shift=True,
+                                                 segment_steps=128)
     assert config.l2_range == (0.5, 0.9) and config.l3_range == (0.1, 0.6)
+    assert config.initial_thresholds == (0.7, 0.3)
+    # an override reaches the simulator's config, and a given section replaces the default one whole
+    other = make_config({"profile": "rtx3090-seed", "workload": {"batch_max": 4}, "expert_bytes": 1000})
+    assert (other.sim.profile, other.sim.expert_bytes) == ("rtx3090-seed", 1000)
+    assert other.sim.workload == WorkloadConfig(batch_min=1, batch_max=4)
 
 
 def test_nested_reward_merges_key_by_key():

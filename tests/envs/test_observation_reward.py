@@ -89,4 +89,13 @@ def test_reward_terms():
     terms = reward_terms({"perfect_coverage": 0.4, "mean_latency_ms": 30.0}, 60.0, coverage_weight=1.0, latency_weight=2.0)
     assert terms["latency_ratio"] == pytest.approx(0.5)
     assert terms["reward"] == pytest.approx(0.4 - 1.0)
-    assert terms["coverage_term"] + terms["latency_term"] == pytest.approx(terms["reward"])
+    # each term by hand: 1.0 * 0.4 and -2.0 * (30 / 60)
+    assert terms["coverage_term"] == pytest.approx(0.4)
+    assert terms["latency_term"] == pytest.approx(-1.0)
+    assert terms["perfect_coverage"] == 0.4 and terms["reference_latency_ms"] == 60.0
+    # weights scale their own term only: coverage 3 x 0.25, latency 0.5 x 45 / 30
+    other = reward_terms({"perfect_coverage": 0.25, "mean_latency_ms": 45.0}, 30.0, coverage_weight=3.0,
+                         latency_weight=0.5)
+    assert (other["coverage_term"], other["latency_term"], other["reward"]) == pytest.approx((0.75, -0.75, 0.0))
+    # no reference latency (an empty window): the latency term is 0, not a division by zero
+    assert reward_terms({"perfect_coverage": 1.0, "mean_latency_ms": 5.0}, 0.0, 1.0, 1.0)["reward"] == 1.0

@@ -79,3 +79,26 @@ def assert_same_tree(a: Any, b: Any, rel: float = 1e-9, path: str = "profile") -
         assert abs(a - b) <= rel * max(abs(a), abs(b)), f"{path}: {a} != {b}"
     else:
         assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def plain_transfer_fit(points: list[tuple[float, float]], relative: bool) -> tuple[float, float]:
+    """``(overhead_ms, gbps)`` of the line ``overhead + bytes / bandwidth`` through (bytes, ms) points, by the
+    normal equations written out in plain Python: an expectation independent of the profile code's solver.
+
+    Weighted least squares with weight 1/ms per point (``relative``) or 1; a negative intercept is clamped to 0
+    and the slope refitted through the origin, as ``docs/hardware-profiles.md`` defines the fit.
+    """
+    import math
+
+    w = [1.0 / y if relative else 1.0 for _, y in points]
+    s00 = math.fsum(wi * wi for wi in w)
+    s01 = math.fsum(wi * wi * x for wi, (x, _) in zip(w, points))
+    s11 = math.fsum(wi * wi * x * x for wi, (x, _) in zip(w, points))
+    t0 = math.fsum(wi * wi * y for wi, (_, y) in zip(w, points))
+    t1 = math.fsum(wi * wi * x * y for wi, (x, y) in zip(w, points))
+    det = s00 * s11 - s01 * s01
+    overhead = (t0 * s11 - t1 * s01) / det
+    slope = (s00 * t1 - s01 * t0) / det
+    if overhead < 0:
+        overhead, slope = 0.0, t1 / s11
+    return overhead, 1.0 / (slope * 1e6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 
 import pytest
 
@@ -12,7 +13,7 @@ from moe_cache_env.profiles.calibrate import rebuild_profile
 from moe_cache_env.profiles.profile import DATA_DIR, profile_from_dict
 from moe_cache_env.profiles.seed import build_seed_profile
 
-from .fakes import assert_same_tree
+from .fakes import assert_same_tree, plain_transfer_fit
 
 
 def _good() -> dict:
@@ -65,9 +66,23 @@ def test_load_errors_name_the_problem(tmp_path):
         load_profile(bad)
 
 
-def test_seed_profile_is_unchanged_by_the_fit_options():
+def test_seed_profile_carries_the_seed_table_and_its_fitted_line():
+    """The shipped seed profile against the seed design note's timing table (RTX 3090, 28 MiB experts), typed in
+    here from the note, and its copy line against a plain-Python least-squares fit of the table's copies."""
     shipped = json.loads((DATA_DIR / "rtx3090-seed.json").read_text())
-    assert build_seed_profile() == shipped
+    note = {"h2d_1_expert_ms": 4.35, "h2d_4_experts_ms": 19.14, "h2d_20_experts_ms": 97.16, "l1_access_ms": 0.047,
+            "l2l3_access_ms": 0.541, "compute_1_expert_ms": 0.106, "compute_4_experts_ms": 0.415, "alloc_ms": 0.008}
+    assert shipped["seed_table"] == note
+    expert = 28 * 2**20
+    points = [(1 * expert, 4.35), (4 * expert, 19.14), (20 * expert, 97.16)]
+    assert [(p["bytes"], p["ms"]) for p in shipped["h2d_fit"]["points"]] == points
+    overhead, gbps = plain_transfer_fit(points, relative=False)
+    # the unconstrained line has a negative intercept (-0.47 ms), so the fit runs through the origin
+    assert overhead == 0.0
+    assert shipped["h2d_overhead_ms"] == 0.0
+    assert shipped["h2d_gbps"] == pytest.approx(gbps, abs=1e-6)  # stored rounded to 6 decimals
+    assert shipped["compute"] == {"expert_bytes": expert, "tokens": [1.0], "ms": [0.106]}
+    assert build_seed_profile() == shipped  # and the generator still writes exactly the shipped file
 
 
 @pytest.mark.parametrize("name", list_profiles())
@@ -89,7 +104,25 @@ def test_h100_profile_is_shipped_with_its_measurements():
 
 @pytest.mark.parametrize("name", [n for n in list_profiles() if "measurements" in json.loads((DATA_DIR / f"{n}.json").read_text())])
 def test_measured_profiles_rebuild_from_their_raw_measurements(name):
-    """The fitted fields of a shipped measured profile follow from its recorded samples, exactly."""
+    """The fitted fields of a shipped measured profile follow from its recorded samples: medians and
+    least-squares lines recomputed here in plain Python, not by the profile code."""
     data = json.loads((DATA_DIR / f"{name}.json").read_text())
+    transfers = data["measurements"]["transfers"]
+    for key, fit in data["fits"].items():
+        direction, memory = key.split("_")
+        points = [(t["bytes"], statistics.median(t["samples_ms"])) for t in transfers
+                  if t["direction"] == direction and t["memory"] == memory]
+        assert [p["bytes"] for p in fit["points"]] == [b for b, _ in points]
+        assert [p["ms"] for p in fit["points"]] == pytest.approx([ms for _, ms in points], rel=1e-12)
+        overhead, gbps = plain_transfer_fit(points, relative=True)
+        assert fit["overhead_ms"] == pytest.approx(overhead, rel=1e-6, abs=1e-9), key
+        assert fit["gbps"] == pytest.approx(gbps, rel=1e-6), key
+    assert (data["h2d_overhead_ms"], data["h2d_gbps"]) == (data["fits"]["h2d_pinned"]["overhead_ms"],
+                                                           data["fits"]["h2d_pinned"]["gbps"])
+    compute = sorted(data["measurements"]["compute"], key=lambda c: c["tokens"])
+    assert data["compute"]["tokens"] == [float(c["tokens"]) for c in compute]
+    assert data["compute"]["ms"] == pytest.approx([statistics.median(c["graph_samples_ms"]) for c in compute],
+                                                  rel=1e-12)
+    # and rebuilding from the raw samples changes nothing (the recorded file is a fixed point)
     rebuilt = rebuild_profile(copy.deepcopy(data))
     assert_same_tree(json.loads(json.dumps(rebuilt)), data)
