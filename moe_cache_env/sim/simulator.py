@@ -16,7 +16,7 @@ from moe_cache_env.sim.metrics import metrics_from_counters
 from moe_cache_env.sim.predictors import PREDICTORS, fit_cooccurrence
 from moe_cache_env.sim.schedule import Schedule, build_schedule
 from moe_cache_env.sim.state import allocate_state, schedule_arrays
-from moe_cache_env.traces.format import Trace
+from moe_cache_env.traces.format import MAX_TABLE_EXPERTS, Trace
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class Simulator:
         self.config = config
         self.cache: CacheConfig = config.cache
         check_geometry(trace, self.cache, allow_full=True)
+        if trace.num_experts > MAX_TABLE_EXPERTS:
+            raise ConfigError(
+                f"trace {trace.name or ''!r} declares {trace.num_experts} experts per layer; the simulator keeps "
+                f"per-layer expert-by-expert tables and supports at most {MAX_TABLE_EXPERTS}"
+            )
         self.profile = profile or load_profile(self.config.profile)
         rng = rng if rng is not None else np.random.default_rng(0)
         self.schedule: Schedule = build_schedule(trace, self.config.workload, self.cache, rng)
