@@ -272,11 +272,14 @@ PRESETS: dict[str, SynthPreset] = {
         # only 0.30-0.42 precision: the second choice says little about the next layer. One Gumbel top-k draw
         # (secondary_gain 1) gave 0.55 at the same first-choice accuracy; a weak pull of the hidden state on
         # the second choice (0.25) gives both, and a slower context (0.97) keeps the shared-expert rates.
+        # allenai/OLMoE's Mixtral counts: the first choice at layer 0 predicts layer 7's with 0.19-0.24 per
+        # domain, layer 7 layer 15's with 0.21-0.30: a faster drift over depth (0.9) than the default's.
         locality_peak=0.5,
         locality_last=0.25,
         locality_peak_at=0.33,
         context_memory=0.97,
-        router_gain=5.0,
+        depth_memory=0.9,
+        router_gain=5.5,
         secondary_gain=0.25,
         latent_dim=6,
     ),
