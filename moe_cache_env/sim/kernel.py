@@ -175,8 +175,8 @@ def _next_use(key, nu_start, nu_events, nu_cursor):
 
 @njit(cache=True, error_model="numpy")
 def custom_score(age_steps, uses, confidence, tier, layer, expert):
-    """The ``EV_CUSTOM`` rule of this module: a constant (every key ties; the lower key is evicted). A plug-in's
-    private copy of the kernel replaces it (``plugins.EvictionPolicy``)."""
+    """The ``EV_CUSTOM`` rule called by a plug-in's private copy of this kernel, where ``plugins.py`` replaces it
+    with the registered ``EvictionPolicy.score`` (this module's own ``EV_CUSTOM`` scores every key 0)."""
     return 0.0
 
 
@@ -188,7 +188,8 @@ def _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_
     if mode == EV_BELADY:
         return -float(_next_use(key, nu_start, nu_events, nu_cursor))
     if mode == EV_CUSTOM:
-        return custom_score(clock - k_last[key], k_uses[key], k_conf[key], k_tier[key], key // E, key % E)
+        # a call here would slow every built-in rule down: plugins.py compiles its private copy with the call
+        return 0.0  # CUSTOM_SCORE_CALL
     age = clock - k_last[key]
     uses = k_uses[key]
     return (
