@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from moe_cache_env.agents.evaluation import OracleChooser, make_agent, make_env, run_agent, run_episode, tune_static
+from moe_cache_env.agents.evaluation import OracleChooser, make_agent, make_env, run_episode, tune_static
 from moe_cache_env._io import atomic_write, atomic_write_json, atomic_write_text
 
 BOUNDS = ("lru", "belady", "perfect")
@@ -54,24 +54,37 @@ def compare(
     tune_episodes: int = 3,
     with_bounds: bool = True,
     oracle: bool = False,
+    progress: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every agent; return (and write under ``out_dir``) the per-agent summary and per-episode rows."""
+    """Run every agent; return (and write under ``out_dir``) the per-agent summary and per-episode rows.
+
+    ``progress(n, what)``, when given, is called after each unit of work (an episode, a grid point of the
+    static-tuned search, one episode's bounds); :func:`work_units` gives their total.
+    """
+    from moe_cache_env.envs import resolve_env_id
+
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not agent_specs:
         raise ValueError("no agents given")
+    env_id = resolve_env_id(env_id)
+    tick = progress or (lambda n, what: None)
     env = make_env(env_id, split, overrides)
     tuned = None
     tuning_rows: list[dict[str, Any]] = []
     if "static-tuned" in agent_specs:
-        tuned, tuning_rows = tune_static(env_id, tune_episodes, seed + 10_000, overrides=overrides)
+        tuned, tuning_rows = tune_static(env_id, tune_episodes, seed + 10_000, overrides=overrides,
+                                         progress=lambda l2, l3: tick(1, f"static-tuned grid {l2:.2f}/{l3:.2f}"))
     agents = [make_agent(spec, tuned) for spec in agent_specs]
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     timing: dict[str, float] = {}
     for agent in agents:
         start = time.time()
-        records = run_agent(env, agent, episodes, seed)
+        records = []
+        for i in range(episodes):
+            records.append(run_episode(env, agent, seed + i, i))
+            tick(1, f"{agent.name} episode {i + 1}/{episodes}")
         timing[agent.name] = round(time.time() - start, 2)
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
@@ -83,6 +96,7 @@ def compare(
         for i in range(episodes):
             record = run_episode(env, _Named(chooser.name), seed + i, i, choose=chooser)
             records.append(record)
+            tick(1, f"{chooser.name} episode {i + 1}/{episodes}")
         timing[chooser.name] = round(time.time() - start, 2)
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
@@ -96,7 +110,10 @@ def compare(
         summary[name]["reward_minus_" + reference] = _mean_std(deltas)
     bounds: dict[str, Any] = {}
     if with_bounds:
-        per_episode = [bounds_for_episode(env, seed + i) for i in range(episodes)]
+        per_episode = []
+        for i in range(episodes):
+            per_episode.append(bounds_for_episode(env, seed + i))
+            tick(1, f"bounds episode {i + 1}/{episodes}")
         for policy in BOUNDS:
             bounds[policy] = {
                 key: _mean_std([b[policy][key] for b in per_episode])
@@ -121,6 +138,17 @@ def compare(
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result
+
+
+def work_units(agent_specs: Sequence[str], episodes: int, *, with_bounds: bool = True, oracle: bool = False,
+               grid_points: int | None = None) -> int:
+    """How many ``progress`` calls :func:`compare` makes with these arguments."""
+    from moe_cache_env.agents.evaluation import threshold_grid
+
+    units = len(agent_specs) * episodes + (episodes if oracle else 0) + (episodes if with_bounds else 0)
+    if "static-tuned" in agent_specs:
+        units += grid_points if grid_points is not None else len(threshold_grid())
+    return units
 
 
 class _Named:
