@@ -56,6 +56,8 @@ class Simulator:
         fit_trace: Trace | None = None,
         profile: HardwareProfile | None = None,
     ) -> None:
+        from moe_cache_env.sim.compile_note import note_if_compiling  # a note on stderr before a long first compile
+        note_if_compiling(K.run_steps)
         self.trace = trace
         self.config = config or SimConfig()
         self.profile = profile or load_profile(self.config.profile)
