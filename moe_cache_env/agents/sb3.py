@@ -8,8 +8,9 @@ Hyperparameters come from ``agents/hyperparams/<algo>.yml`` (RL-Zoo style: an en
 
 Checkpoints and resuming
 ------------------------
-Every ``checkpoint_freq`` steps a checkpoint is written at the start of a rollout (after the model's update,
-before it collects the next experience), the one point where nothing is half done:
+Every ``checkpoint_freq`` steps, and at the end of a run that was not interrupted, a checkpoint is written at
+the start of a rollout (after the model's update, before it collects the next experience), the one point where
+nothing is half done:
 
 - ``checkpoints/ALGO_N_steps.zip``: the model (parameters, optimiser state, step counter), loadable with
   ``ALGO.load``;
@@ -398,6 +399,10 @@ def _run(trainer: _Trainer, resumed_from: int | None) -> dict[str, Any]:
                 trainer.load_checkpoint(resumed_from)
             trainer.learn(resumed=resumed_from is not None)
             wall_s = time.time() - start
+            assert trainer.checkpoint_callback is not None
+            if not stop.is_set and trainer.checkpoint_callback.last_checkpoint != trainer.model.num_timesteps:
+                # the end of learn() is a rollout boundary too: a finished run can go on with --resume --timesteps
+                trainer.write_checkpoint()
             model_path = out / "model.zip"
             atomic_write(model_path, lambda handle: trainer.model.save(handle))
         finally:
@@ -514,7 +519,9 @@ def resume(out_dir: str | Path, *, timesteps: int | None = None, progress_bar: b
     """Continue the run in ``out_dir`` from its newest complete checkpoint (see the module docstring).
 
     Args:
-        timesteps: a new total for the run (at least the checkpoint's step count); None = the run's own.
+        timesteps: a new total for the run (above the checkpoint's step count); None = the run's own. A finished
+            run goes on with a larger total (bit-identical to a longer run only where no schedule or rollout size
+            depends on the total, as with this package's hyperparameter files).
     Raises:
         TrainingError: no checkpoint to resume from, or one written by another layout.
     """

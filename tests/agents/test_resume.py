@@ -54,6 +54,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, algo, env_id, n
                   overrides=SMALL, progress_bar=False)
     full = train(algo, env_id, 64, 3, tmp_path / "full", **kwargs)
     assert full["timesteps_done"] >= 64 and not full["interrupted"]
+    # the end of a finished run is a checkpoint too, so that it can go on with a larger total
+    assert full["resume_checkpoint"].endswith(f"{algo}_{full['timesteps_done']}_steps.resume.pkl")
     for path in _paths_in(full):
         assert Path(path).exists(), f"run.json names {path}, which does not exist"
     # a run that stopped after its first checkpoint: only that checkpoint's files
