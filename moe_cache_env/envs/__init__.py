@@ -15,6 +15,10 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
 - ``MoECache-Learned-v0``: as v0 on the bundled real routing traces of the small MoE trained from scratch
   (``traces/learned/``: 12 layers, 64 experts, top-8, three text domains), replayed with OLMoE-1B-7B's expert
   size (3 x 2048 x 1024 bf16 = 12,582,912 bytes) and tiers 8 / 10 / 20 of 64 experts per layer.
+
+Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`` merges onto them) and
+``max_episode_steps`` (256). :func:`resolve_env_id` turns any id form ``gym.make`` accepts (``MoECache-v0``,
+``moe_cache_env:MoECache-v0``, ``MoECache``) into the registered id; the command line uses it for ``--env``.
 """
 
 from __future__ import annotations
