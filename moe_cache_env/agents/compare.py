@@ -2,23 +2,28 @@
 
 Every agent plays episodes ``reset(seed=seed + i)``, i < episodes, of the environment on the chosen split
 (``test`` by default), so all see the same traces, start points and workload schedules. Beside the agents, the
-simulator's reference bounds are evaluated on the same episode traces under the same workload schedule:
-``lru`` and ``belady`` (demand-only caches of the same slots) and ``perfect`` (the cache fed by the perfect
-predictor at the seed's 0.7 / 0.3 thresholds).
+simulator's reference policies are evaluated on the same episode traces under the same workload schedule:
+``lru`` (the demand-only cache of engines, a reference, not a bound), ``belady`` (the hit-rate bound of
+demand-only caches of the same slots), ``clairvoyant`` (the latency bound) and ``perfect`` (the cache fed by
+the perfect predictor at the seed's 0.7 / 0.3 thresholds: an oracle predictor, not a bound; its prefetches
+can land late). ``docs/simulator.md`` says what each bounds.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from moe_cache_env.agents.evaluation import OracleChooser, make_agent, make_env, run_agent, run_episode, tune_static
+from moe_cache_env.agents.evaluation import OracleChooser, make_agent, make_env, run_episode, tune_static
 from moe_cache_env._io import atomic_write, atomic_write_json, atomic_write_text
 
-BOUNDS = ("lru", "belady", "perfect")
+#: the simulator's reference policies replayed beside the agents (``REFERENCE_KINDS`` says what each is)
+BOUNDS = ("lru", "belady", "clairvoyant", "perfect")
+REFERENCE_KINDS = {"lru": "reference", "belady": "hit-rate bound", "clairvoyant": "latency bound",
+                   "perfect": "oracle predictor"}
 SUMMARY_KEYS = ("reward", "perfect_coverage", "mean_latency_ms", "p95_latency_ms", "wasted_prefetch_bytes")
 
 
@@ -54,24 +59,37 @@ def compare(
     tune_episodes: int = 3,
     with_bounds: bool = True,
     oracle: bool = False,
+    progress: Callable[[int, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run every agent; return (and write under ``out_dir``) the per-agent summary and per-episode rows."""
+    """Run every agent; return (and write under ``out_dir``) the per-agent summary and per-episode rows.
+
+    ``progress(n, what)``, when given, is called after each unit of work (an episode, a grid point of the
+    static-tuned search, one episode's bounds); :func:`work_units` gives their total.
+    """
+    from moe_cache_env.envs import resolve_env_id
+
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not agent_specs:
         raise ValueError("no agents given")
+    env_id = resolve_env_id(env_id)
+    tick = progress or (lambda n, what: None)
     env = make_env(env_id, split, overrides)
     tuned = None
     tuning_rows: list[dict[str, Any]] = []
     if "static-tuned" in agent_specs:
-        tuned, tuning_rows = tune_static(env_id, tune_episodes, seed + 10_000, overrides=overrides)
+        tuned, tuning_rows = tune_static(env_id, tune_episodes, seed + 10_000, overrides=overrides,
+                                         progress=lambda l2, l3: tick(1, f"static-tuned grid {l2:.2f}/{l3:.2f}"))
     agents = [make_agent(spec, tuned) for spec in agent_specs]
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     timing: dict[str, float] = {}
     for agent in agents:
         start = time.time()
-        records = run_agent(env, agent, episodes, seed)
+        records = []
+        for i in range(episodes):
+            records.append(run_episode(env, agent, seed + i, i))
+            tick(1, f"{agent.name} episode {i + 1}/{episodes}")
         timing[agent.name] = round(time.time() - start, 2)
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
@@ -83,6 +101,7 @@ def compare(
         for i in range(episodes):
             record = run_episode(env, _Named(chooser.name), seed + i, i, choose=chooser)
             records.append(record)
+            tick(1, f"{chooser.name} episode {i + 1}/{episodes}")
         timing[chooser.name] = round(time.time() - start, 2)
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
@@ -96,7 +115,10 @@ def compare(
         summary[name]["reward_minus_" + reference] = _mean_std(deltas)
     bounds: dict[str, Any] = {}
     if with_bounds:
-        per_episode = [bounds_for_episode(env, seed + i) for i in range(episodes)]
+        per_episode = []
+        for i in range(episodes):
+            per_episode.append(bounds_for_episode(env, seed + i))
+            tick(1, f"bounds episode {i + 1}/{episodes}")
         for policy in BOUNDS:
             bounds[policy] = {
                 key: _mean_std([b[policy][key] for b in per_episode])
@@ -113,6 +135,7 @@ def compare(
         "agent_order": list(summary),
         "agents": summary,
         "bounds": bounds,
+        "bound_kinds": {name: REFERENCE_KINDS[name] for name in bounds},
         "static_tuned": {"thresholds": list(tuned), "grid": tuning_rows, "tune_episodes": tune_episodes,
                          "tune_seed": seed + 10_000, "split": "train"} if tuned else None,
         "wall_s": timing,
@@ -121,6 +144,17 @@ def compare(
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result
+
+
+def work_units(agent_specs: Sequence[str], episodes: int, *, with_bounds: bool = True, oracle: bool = False,
+               grid_points: int | None = None) -> int:
+    """How many ``progress`` calls :func:`compare` makes with these arguments."""
+    from moe_cache_env.agents.evaluation import threshold_grid
+
+    units = len(agent_specs) * episodes + (episodes if oracle else 0) + (episodes if with_bounds else 0)
+    if "static-tuned" in agent_specs:
+        units += grid_points if grid_points is not None else len(threshold_grid())
+    return units
 
 
 class _Named:

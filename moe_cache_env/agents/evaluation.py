@@ -16,7 +16,7 @@ import numpy as np
 
 import moe_cache_env.envs  # noqa: F401  (registers the environments)
 from moe_cache_env.agents.baselines import BASELINES, Agent, StaticAgent
-from moe_cache_env.envs import variant_config
+from moe_cache_env.envs import resolve_env_id, variant_config
 
 #: the grid of fixed thresholds searched by ``static-tuned`` and tried per window by the oracle
 L2_GRID = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -62,12 +62,20 @@ class EpisodeRecord:
 
 
 def make_env(env_id: str, split: str = "test", overrides: dict[str, Any] | None = None, **kwargs: Any) -> gym.Env:
-    """``gymnasium.make(env_id)`` with the registered config, replaying ``split`` (train/validation/test)."""
-    config = variant_config(env_id)
+    """``gymnasium.make(env_id)`` with the registered config, replaying ``split`` (train/validation/test).
+
+    ``env_id`` may be in any form ``gymnasium.make`` accepts (``moe_cache_env.envs.resolve_env_id``);
+    ``overrides`` replace the variant's keys. The ``TimeLimit`` that ``gymnasium.make`` adds is set to the
+    config's ``max_episode_steps``, so the environment's own truncation and the wrapper's agree.
+    """
+    canonical = resolve_env_id(env_id)
+    config = variant_config(canonical)
     config["split"] = split
     for key, value in (overrides or {}).items():
         config[key] = value
-    return gym.make(f"moe_cache_env:{env_id}", config=config, **kwargs)
+    steps = config.get("max_episode_steps")
+    kwargs.setdefault("max_episode_steps", int(steps) if isinstance(steps, int) and steps > 0 else None)
+    return gym.make(canonical, config=config, **kwargs)
 
 
 def run_episode(env: gym.Env, agent: Agent, seed: int, episode: int = 0,
@@ -116,10 +124,12 @@ def threshold_grid(l2_grid: Sequence[float] = L2_GRID, l3_grid: Sequence[float] 
 
 
 def tune_static(env_id: str, episodes: int, seed: int, grid: Iterable[tuple[float, float]] | None = None,
-                overrides: dict[str, Any] | None = None) -> tuple[tuple[float, float], list[dict[str, Any]]]:
+                overrides: dict[str, Any] | None = None,
+                progress: Callable[[float, float], None] | None = None) -> tuple[tuple[float, float], list[dict[str, Any]]]:
     """Grid search of fixed thresholds on the *train* split: the pair with the best mean episode reward.
 
-    Returns ``((l2, l3), rows)`` with one row per grid point (mean and std of the reward).
+    Returns ``((l2, l3), rows)`` with one row per grid point (mean and std of the reward);
+    ``progress(l2, l3)`` is called after each grid point.
     """
     env = make_env(env_id, "train", overrides)
     rows = []
@@ -127,6 +137,8 @@ def tune_static(env_id: str, episodes: int, seed: int, grid: Iterable[tuple[floa
         records = run_agent(env, StaticAgent(l2, l3, name=f"static-{l2:.2f}-{l3:.2f}"), episodes, seed)
         rewards = [r.reward for r in records]
         rows.append({"l2": l2, "l3": l3, "mean_reward": float(np.mean(rewards)), "std_reward": float(np.std(rewards))})
+        if progress is not None:
+            progress(l2, l3)
     env.close()
     best = max(rows, key=lambda r: r["mean_reward"])
     return (best["l2"], best["l3"]), rows

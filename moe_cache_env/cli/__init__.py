@@ -54,15 +54,30 @@ def missing_extra_message(exc: ModuleNotFoundError) -> str | None:
     return f"this command needs {top!r}, which is not installed; install it with: pip install 'moe-cache-env[{extra}]'"
 
 
+EPILOG = """examples:
+  moe-cache-env evaluate --trace qwen1.5-moe --policy static,lru,belady
+  moe-cache-env train --algo ppo --env moe_cache_env:MoECache-v0 --timesteps 200000 --out runs/ppo
+  moe-cache-env compare --agents static,dynamic,ppo:runs/ppo/model.zip --episodes 10 --out results/
+  moe-cache-env COMMAND --help    (each command's options and examples)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from moe_cache_env import __version__
+
+    # RawDescriptionHelpFormatter keeps the module docstrings' example lines one per line
     parser = argparse.ArgumentParser(
         prog="moe-cache-env",
         description="Simulate, evaluate and learn Mixture-of-Experts GPU expert caches.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"moe_cache_env.cli.{module_name}")
-        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        command = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(command)
         command.set_defaults(_run=module.run)
     return parser
@@ -83,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"moe-cache-env {args.command}: error: {advice}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: one line and the shell's status for SIGINT (128 + 2), not a traceback
+        print(f"\nmoe-cache-env {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (CommandError, TraceFormatError, ProfileError, FileNotFoundError, ValueError, KeyError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"moe-cache-env {args.command}: error: {message}", file=sys.stderr)

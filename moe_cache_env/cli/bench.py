@@ -2,7 +2,12 @@
 
 Runs the default timeline model with the cross-layer predictor and the static thresholds (0.7 / 0.3) on a
 bundled trace, with per-layer tiers holding 40% of the experts (as ``evaluate`` by default), after one warm-up
-run (which also loads or compiles the kernel), and prints JSON.
+run (which also loads or compiles the kernel), and prints JSON. A progress line goes to stderr when it is a
+terminal (not with --quiet or --json).
+
+Examples:
+  moe-cache-env bench
+  moe-cache-env bench --trace qwen1.5-moe --window 8 --repeats 5 --json
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+
+from moe_cache_env.cli import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=0,
                         help="replay in windows of this many steps (as the environment does); 0 = one call")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,7 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from moe_cache_env.sim.evaluate import default_capacity, split_capacity
     from moe_cache_env.sim.simulator import Simulator
     from moe_cache_env.cli._common import load_named_trace
+    from moe_cache_env.cli._progress import Progress
 
+    if args.repeats < 1:
+        raise CommandError(f"--repeats must be >= 1, got {args.repeats}")
     trace = load_named_trace(args.trace)
     cache = split_capacity(default_capacity(trace.num_experts, trace.top_k), trace.top_k)
     config = SimConfig(predictor=args.predictor, cache=cache)
@@ -37,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     # machine; wall time is reported beside it.
     timings = []
     walls = []
+    progress = Progress(args.repeats + 1, "bench", quiet=args.quiet or args.json)
     for attempt in range(args.repeats + 1):
         sim = Simulator(trace, config, rng=np.random.default_rng(0))
         start_cpu = time.process_time()
@@ -48,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         if attempt > 0:  # the first run is the warm-up
             timings.append(elapsed)
             walls.append(wall)
+        progress.update(1, "warm-up" if attempt == 0 else f"run {attempt}/{args.repeats}")
+    progress.close()
     events = trace.num_tokens * trace.num_layers
     best = min(timings)
     result = {

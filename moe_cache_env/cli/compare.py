@@ -19,7 +19,9 @@ DEFAULT_AGENTS = "static,conservative,aggressive,balanced,dynamic"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", default="MoECache-v0", help="registered environment id (default: %(default)s)")
+    parser.add_argument("--env", default="MoECache-v0",
+                        help="environment id in any form gym.make accepts, e.g. moe_cache_env:MoECache-v0 "
+                             "(default: %(default)s)")
     parser.add_argument("--agents", default=DEFAULT_AGENTS, help="comma-separated agents (default: %(default)s)")
     parser.add_argument("--episodes", type=int, default=5, help="episodes per agent (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset(seed=SEED+i)")
@@ -30,25 +32,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also run the per-window hindsight oracle (tries 27 thresholds per window: slow)")
     parser.add_argument("--no-bounds", action="store_true", help="skip the lru / belady / perfect bounds")
     parser.add_argument("--env-config", default=None, help="JSON object (or file) of env config keys to replace")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
 def run(args: argparse.Namespace) -> int:
-    from moe_cache_env.agents.compare import compare, format_table
+    from moe_cache_env.agents.compare import compare, format_table, work_units
+    from moe_cache_env.cli._progress import Progress
     from moe_cache_env.cli.train import parse_env_config
-    from moe_cache_env.envs import VARIANTS
+    from moe_cache_env.envs import resolve_env_id
 
-    if args.env not in VARIANTS:
-        raise CommandError(f"unknown environment {args.env!r}; registered: {', '.join(sorted(VARIANTS))}")
+    env_id = resolve_env_id(args.env)  # an unknown id is a one-line ValueError
     specs = [s.strip() for s in args.agents.split(",") if s.strip()]
     if not specs:
         raise CommandError("--agents is empty")
     if args.episodes < 1:
         raise CommandError(f"--episodes must be >= 1, got {args.episodes}")
-    result = compare(
-        args.env, specs, args.episodes, args.seed, args.out,
-        split=args.split, overrides=parse_env_config(args.env_config), tune_episodes=args.tune_episodes,
-        with_bounds=not args.no_bounds, oracle=args.oracle,
-    )
+    overrides = parse_env_config(args.env_config)
+    units = work_units(specs, args.episodes, with_bounds=not args.no_bounds, oracle=args.oracle)
+    with Progress(units, "compare", quiet=args.quiet) as progress:
+        result = compare(
+            env_id, specs, args.episodes, args.seed, args.out,
+            split=args.split, overrides=overrides, tune_episodes=args.tune_episodes,
+            with_bounds=not args.no_bounds, oracle=args.oracle, progress=progress.update,
+        )
     print(format_table(result))
     if result["static_tuned"]:
         print(f"static-tuned thresholds (grid search on the train split): L2 {result['static_tuned']['thresholds'][0]}, "

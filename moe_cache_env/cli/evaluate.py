@@ -112,10 +112,9 @@ def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed:
     from dataclasses import asdict
 
     from moe_cache_env.agents.evaluation import make_agent, make_env
-    from moe_cache_env.envs import VARIANTS
+    from moe_cache_env.envs import resolve_env_id
 
-    if env_id not in VARIANTS:
-        raise CommandError(f"unknown environment {env_id!r}; registered: {sorted(VARIANTS)}")
+    env_id = resolve_env_id(env_id)  # any id gym.make accepts; an unknown one is a one-line ValueError
     agent = make_agent(spec)
     overrides = {
         "traces": [trace_name],

@@ -4,9 +4,15 @@ Training environments replay the train split of the suite's traces; an evaluatio
 the validation split and keeps the best model. The output directory gets model.zip (the final model),
 best/best_model.zip, checkpoints/, tb/ (TensorBoard), eval/evaluations.npz and run.json.
 
+A resumable checkpoint is written every --checkpoint-freq steps; --resume DIR continues the run in DIR from
+its newest one with the same random streams (the settings come from the checkpoint). Ctrl-C saves the model
+and run.json and exits with status 130; resume from the last checkpoint afterwards.
+
 Examples:
   moe-cache-env train --algo ppo --env MoECache-v0 --timesteps 200000 --seed 0 --out runs/ppo
-  moe-cache-env train --algo dqn --env MoECache-Discrete-v0 --timesteps 50000 --out runs/dqn
+  moe-cache-env train --algo dqn --env moe_cache_env:MoECache-Discrete-v0 --timesteps 50000 --out runs/dqn
+  moe-cache-env train --algo sac --env MoECache-v0 --timesteps 100000 --out runs/sac
+  moe-cache-env train --resume runs/ppo
   tensorboard --logdir runs/ppo/tb
 """
 
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +45,13 @@ def parse_env_config(text: str | None) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", default="ppo", choices=["ppo", "a2c", "sac", "dqn"], help="SB3 algorithm")
-    parser.add_argument("--env", default="MoECache-v0", help="registered environment id (default: %(default)s)")
+    parser.add_argument("--algo", default=None, choices=["ppo", "a2c", "sac", "dqn"], help="SB3 algorithm (default: ppo)")
+    parser.add_argument("--env", default=None,
+                        help="environment id in any form gym.make accepts, e.g. MoECache-v0 or "
+                             "moe_cache_env:MoECache-v0 (default: MoECache-v0)")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="continue the run in DIR from its newest checkpoint (its settings are reused; "
+                             "--timesteps may raise the total)")
     parser.add_argument("--timesteps", type=int, default=None,
                         help="environment steps (windows) in all; default: the hyperparameter file's n_timesteps")
     parser.add_argument("--seed", type=int, default=0)
@@ -56,31 +68,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moe_cache_env.agents.sb3 import train
-    from moe_cache_env.envs import VARIANTS
+    from moe_cache_env.agents.sb3 import resume, train
+    from moe_cache_env.envs import resolve_env_id
 
-    if args.env not in VARIANTS:
-        raise CommandError(f"unknown environment {args.env!r}; registered: {', '.join(sorted(VARIANTS))}")
     if args.timesteps is not None and args.timesteps < 1:
         raise CommandError(f"--timesteps must be >= 1, got {args.timesteps}")
-    out = args.out or f"runs/{args.algo}-{args.env}-s{args.seed}"
-    record = train(
-        args.algo,
-        args.env,
-        args.timesteps,
-        args.seed,
-        out,
-        n_envs=args.n_envs,
-        eval_freq=args.eval_freq,
-        eval_episodes=args.eval_episodes,
-        checkpoint_freq=args.checkpoint_freq,
-        hyperparams_path=args.hyperparams,
-        overrides=parse_env_config(args.env_config),
-        progress_bar=not args.no_progress_bar,
-        verbose=args.verbose,
-    )
+    if args.resume:
+        given = [f"--{name.replace('_', '-')}" for name in ("algo", "env", "out", "n_envs", "hyperparams", "env_config")
+                 if getattr(args, name) is not None]
+        if given:
+            raise CommandError(f"--resume takes the run's settings from its checkpoint; drop {', '.join(given)}")
+        record = resume(args.resume, timesteps=args.timesteps, progress_bar=not args.no_progress_bar,
+                        verbose=args.verbose)
+    else:
+        algo = args.algo or "ppo"
+        env_id = resolve_env_id(args.env or "MoECache-v0")
+        out = args.out or f"runs/{algo}-{env_id}-s{args.seed}"
+        record = train(
+            algo,
+            env_id,
+            args.timesteps,
+            args.seed,
+            out,
+            n_envs=args.n_envs,
+            eval_freq=args.eval_freq,
+            eval_episodes=args.eval_episodes,
+            checkpoint_freq=args.checkpoint_freq,
+            hyperparams_path=args.hyperparams,
+            overrides=parse_env_config(args.env_config),
+            progress_bar=not args.no_progress_bar,
+            verbose=args.verbose,
+        )
     validation = record["validation"].get("mean_reward") or []
     last = f", last validation reward {validation[-1]:.3f}" if validation else ""
-    print(f"trained {args.algo} on {args.env} for {record['timesteps']} steps in {record['train_wall_s']} s{last}")
-    print(f"model: {record['model']}  (compare with: moe-cache-env compare --agents static,dynamic,{args.algo}:{record['model']})")
+    algo = record["algo"]
+    if record["interrupted"]:
+        where = record["resume_checkpoint"]
+        then = (f"; resume from the last checkpoint with: moe-cache-env train --resume {Path(where).parent.parent}"
+                if where else "; no checkpoint was written yet, so a new run starts from scratch")
+        print(f"interrupted after {record['timesteps_done']} of {record['timesteps']} steps: saved {record['model']} "
+              f"and run.json{then}", file=sys.stderr)
+        return 130
+    print(f"trained {algo} on {record['env']} for {record['timesteps_done']} steps in {record['train_wall_s']} s{last}")
+    print(f"model: {record['model']}  (compare with: moe-cache-env compare --agents static,dynamic,{algo}:{record['model']})")
     return 0

@@ -15,6 +15,10 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
 - ``MoECache-Learned-v0``: as v0 on the bundled real routing traces of the small MoE trained from scratch
   (``traces/learned/``: 12 layers, 64 experts, top-8, three text domains), replayed with OLMoE-1B-7B's expert
   size (3 x 2048 x 1024 bf16 = 12,582,912 bytes) and tiers 8 / 10 / 20 of 64 experts per layer.
+
+Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`` merges onto them) and
+``max_episode_steps`` (256). :func:`resolve_env_id` turns any id form ``gym.make`` accepts (``MoECache-v0``,
+``moe_cache_env:MoECache-v0``, ``MoECache``) into the registered id; the command line uses it for ``--env``.
 """
 
 from __future__ import annotations
@@ -63,20 +67,87 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 
 def register_envs() -> None:
-    """Register every variant with Gymnasium (idempotent)."""
+    """Register every variant with Gymnasium (idempotent).
+
+    The variant's settings go in as ``base_config``, so that ``gym.make(id, config={...})`` merges the user's
+    keys onto them instead of replacing them. ``max_episode_steps`` is the variant's own (256 unless the variant
+    sets it), so ``env.spec.max_episode_steps`` tells the episode length; see :class:`MoECacheEnv` (Episode End)
+    for how the environment's own truncation and ``gym.make``'s ``TimeLimit`` agree.
+    """
+    from moe_cache_env.envs.config import DEFAULT_CONFIG
+
     for env_id, overrides in VARIANTS.items():
         if env_id in gymnasium.registry:
             continue
-        gymnasium.register(id=env_id, entry_point=ENTRY_POINT, kwargs={"config": copy.deepcopy(overrides)})
+        steps = int(overrides.get("max_episode_steps", DEFAULT_CONFIG["max_episode_steps"]))
+        gymnasium.register(
+            id=env_id, entry_point=ENTRY_POINT, max_episode_steps=steps,
+            kwargs={"base_config": copy.deepcopy(overrides)},
+        )
+
+
+def _is_cache_env(spec: Any) -> bool:
+    entry = spec.entry_point
+    if isinstance(entry, str):
+        return entry == ENTRY_POINT
+    from moe_cache_env.envs.moe_cache import MoECacheEnv
+
+    return isinstance(entry, type) and issubclass(entry, MoECacheEnv)
+
+
+def resolve_env_id(env_id: str) -> str:
+    """The registered id of an expert-cache environment named in any form ``gymnasium.make`` accepts.
+
+    ``"MoECache-v0"``, ``"moe_cache_env:MoECache-v0"`` (the module is imported first, as ``gym.make`` does),
+    an unversioned ``"MoECache"`` (the latest version), or an id registered by the user with this package's
+    entry point. Raises ``ValueError`` naming the registered ids when the id is unknown or is not an
+    expert-cache environment.
+    """
+    import importlib
+
+    if not isinstance(env_id, str) or not env_id.strip():
+        raise ValueError(f"environment id must be a non-empty string, got {env_id!r}")
+    text = env_id.strip()
+    known = ", ".join(sorted(VARIANTS))
+    if ":" in text:
+        module, _, name = text.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(f"environment {env_id!r}: cannot import module {module!r} ({exc}); "
+                             f"registered: {known}") from None
+    else:
+        name = text
+    register_envs()  # a test or user may have removed the registrations
+    from gymnasium.envs.registration import find_highest_version, get_env_id, parse_env_id
+
+    try:
+        spec = gymnasium.registry.get(name)
+        if spec is None:
+            ns, base, version = parse_env_id(name)
+            latest = find_highest_version(ns, base) if version is None else None
+            if latest is not None:  # an unversioned id means its latest version, as in gym.make
+                spec = gymnasium.registry.get(get_env_id(ns, base, latest))
+    except Exception as exc:  # gymnasium.error.Error: a malformed id
+        raise ValueError(f"unknown environment {env_id!r} ({exc}); registered: {known}") from None
+    if spec is None:
+        raise ValueError(f"unknown environment {env_id!r}; registered: {known}")
+    if not _is_cache_env(spec):
+        raise ValueError(f"environment {env_id!r} ({spec.id}) is not an expert-cache environment; use one of: {known}")
+    return spec.id
 
 
 def variant_config(env_id: str) -> dict[str, Any]:
-    """The full config of a registered variant (defaults merged), e.g. to derive a validation env."""
+    """The full config of a registered environment (defaults merged), e.g. to derive a validation env.
+
+    ``env_id`` may be in any form :func:`resolve_env_id` accepts; the registered ``base_config`` and any
+    ``config`` the registration passes are merged in that order, as the environment itself does.
+    """
     from moe_cache_env.envs.config import merge_config
 
-    if env_id not in VARIANTS:
-        raise KeyError(f"unknown environment {env_id!r}; registered: {sorted(VARIANTS)}")
-    return merge_config(VARIANTS[env_id])
+    spec = gymnasium.spec(resolve_env_id(env_id))
+    kwargs = spec.kwargs or {}
+    return merge_config(kwargs.get("config"), kwargs.get("base_config"))
 
 
 def __getattr__(name: str) -> Any:
@@ -95,4 +166,4 @@ def __getattr__(name: str) -> Any:
 
 register_envs()
 
-__all__ = ["MoECacheEnv", "VARIANTS", "DEFAULT_CONFIG", "register_envs", "variant_config"]
+__all__ = ["MoECacheEnv", "VARIANTS", "DEFAULT_CONFIG", "register_envs", "resolve_env_id", "variant_config"]

@@ -11,6 +11,11 @@ moves) and encodes desired thresholds back into an action, so hand-written agent
   >= 0: 2 layers), prefetch budget (one of ``budget_levels``, the last = unlimited), the L2 share of a finite
   budget [0, 1], and the eviction weights of recency, frequency and confidence, each in [0, 2].
 
+Actions are checked before they are decoded: a box action must have exactly the space's shape and finite
+components (values outside [-1, 1] are clipped, as SB3's policies expect); a discrete action must be an integer
+(a Python or NumPy integer, or a one-element integer array) in 0..8. Anything else raises ``ValueError``
+naming the action space.
+
 Every type keeps L3 at or below L2: when the L3 range reaches above the L2 threshold (the seed's ranges overlap
 in 0.5-0.6), the L3 threshold is clipped down to the L2 threshold.
 """
@@ -36,6 +41,44 @@ def _to_unit(value: float, lo: float, hi: float) -> float:
 def _from_unit(u: float, lo: float, hi: float) -> float:
     """[-1, 1] -> [lo, hi] (clipped)."""
     return float(lo + (np.clip(u, -1.0, 1.0) + 1.0) * 0.5 * (hi - lo))
+
+
+def _describe(action: Any) -> str:
+    text = repr(action)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_box_action(action: Any, space: spaces.Box, name: str) -> np.ndarray:
+    """``action`` as a float64 array of ``space``'s shape with finite components, or ``ValueError``."""
+    where = f"for the {name} action space {space}"
+    if action is None:
+        raise ValueError(f"action None is not valid {where}: give an array of shape {space.shape}")
+    try:
+        a = np.asarray(action, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"action {_describe(action)} is not valid {where}: it is not an array of numbers") from None
+    if a.shape != space.shape:
+        raise ValueError(f"action of shape {a.shape} is not valid {where}: the shape must be {space.shape}")
+    bad = np.flatnonzero(~np.isfinite(a))
+    if bad.size:
+        raise ValueError(f"action {_describe(action)} is not valid {where}: component(s) {bad.tolist()} are not "
+                         f"finite (NaN or infinity); every component must be a number in [-1, 1]")
+    return a
+
+
+def check_discrete_action(action: Any, space: spaces.Discrete, name: str) -> int:
+    """``action`` as a Python int in the space, or ``ValueError`` (floats, strings and booleans are refused)."""
+    where = f"for the {name} action space {space}"
+    value = action
+    if isinstance(value, np.ndarray) and value.size == 1 and value.ndim <= 1:
+        value = value.reshape(-1)[0]  # SB3's predict on one observation gives a 0-d or 1-element array
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"action {_describe(action)} is not valid {where}: it must be an integer in "
+                         f"0..{space.n - 1}, got {type(action).__name__}")
+    index = int(value)
+    if not 0 <= index < space.n:
+        raise ValueError(f"action {index} is not valid {where}: it must be in 0..{space.n - 1}")
+    return index
 
 
 class ActionType(ABC):
@@ -87,7 +130,7 @@ class ContinuousThresholds(ActionType):
         return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 
     def decode(self, action: Any, current: Controls) -> Controls:
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        a = check_box_action(action, self.space, self.name)
         l2, l3 = self.clip_thresholds(_from_unit(a[0], *self.l2_range), _from_unit(a[1], *self.l3_range))
         return current.replace(l2_threshold=l2, l3_threshold=l3)
 
@@ -103,9 +146,7 @@ class DiscreteThresholds(ActionType):
         return spaces.Discrete(9)
 
     def decode(self, action: Any, current: Controls) -> Controls:
-        index = int(np.asarray(action).reshape(-1)[0])
-        if not 0 <= index < 9:
-            raise ValueError(f"discrete action must be in 0..8, got {index}")
+        index = check_discrete_action(action, self.space, self.name)
         d2, d3 = index // 3 - 1, index % 3 - 1
         l2, l3 = self.clip_thresholds(
             current.l2_threshold + d2 * self.discrete_step, current.l3_threshold + d3 * self.discrete_step
@@ -131,7 +172,7 @@ class ExtendedControls(ActionType):
         return spaces.Box(-1.0, 1.0, shape=(8,), dtype=np.float32)
 
     def decode(self, action: Any, current: Controls) -> Controls:
-        a = np.clip(np.asarray(action, dtype=np.float64).reshape(-1), -1.0, 1.0)
+        a = np.clip(check_box_action(action, self.space, self.name), -1.0, 1.0)
         l2, l3 = self.clip_thresholds(_from_unit(a[0], *self.l2_range), _from_unit(a[1], *self.l3_range))
         n = len(self.budget_levels)
         level = int(min(n - 1, np.floor((a[3] + 1.0) * 0.5 * n)))

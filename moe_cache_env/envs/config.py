@@ -65,8 +65,10 @@ _TOP_LEVEL_KEYS = tuple(DEFAULT_CONFIG)
 
 
 def _number(key: str, value: Any, lo: float, hi: float, *, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
-        raise ConfigError(f"env config {key} must be a number in [{lo}, {hi}], got {value!r}")
+    # NaN and infinity are rejected before any comparison or int(): int(inf) raises OverflowError, and NaN
+    # compares false with every bound
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"env config {key} must be a finite number in [{lo}, {hi}], got {value!r}")
     if integer and int(value) != value:
         raise ConfigError(f"env config {key} must be an integer in [{lo}, {hi}], got {value!r}")
     if not lo <= value <= hi:
@@ -84,10 +86,32 @@ def _pair(key: str, value: Any, lo: float, hi: float) -> tuple[float, float]:
     return float(a), float(b)
 
 
-def merge_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """DEFAULT_CONFIG with ``overrides`` merged in (nested dicts key by key); unknown keys rejected."""
+def _check_mapping(what: str, value: Any) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what} must be a dict of config keys (e.g. {{\"episode_tokens\": 4096}}), "
+                          f"got {type(value).__name__} {value!r}")
+    bad = [k for k in value if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(f"{what}: keys must be strings, got {bad!r}")
+    return value
+
+
+def merge_config(overrides: Mapping[str, Any] | None, base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULT_CONFIG, then ``base`` (a registered variant's settings), then ``overrides`` merged in.
+
+    Nested dicts merge key by key, except ``cache`` and ``workload``, which a layer replaces whole; unknown
+    keys and a non-dict ``overrides`` raise :class:`ConfigError`.
+    """
     config = copy.deepcopy(DEFAULT_CONFIG)
-    for key, value in dict(overrides or {}).items():
+    for layer, what in ((base, "base_config"), (overrides, "env config")):
+        _merge_into(config, _check_mapping(what, layer))
+    return config
+
+
+def _merge_into(config: dict[str, Any], overrides: Mapping[str, Any]) -> None:
+    for key, value in overrides.items():
         if key not in _TOP_LEVEL_KEYS:
             raise ConfigError(f"unknown env config key {key!r}; known keys: {sorted(_TOP_LEVEL_KEYS)}")
         if isinstance(DEFAULT_CONFIG[key], dict):
@@ -104,7 +128,6 @@ def merge_config(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
                 config[key].update(value)
         else:
             config[key] = copy.deepcopy(value)
-    return config
 
 
 @dataclass(frozen=True)
@@ -121,9 +144,9 @@ class EnvConfig:
         return self.raw[key]
 
 
-def make_config(overrides: Mapping[str, Any] | None = None) -> EnvConfig:
-    """Merge ``overrides`` onto the defaults and validate every value."""
-    raw = merge_config(overrides)
+def make_config(overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None) -> EnvConfig:
+    """Merge ``base`` and then ``overrides`` onto the defaults and validate every value."""
+    raw = merge_config(overrides, base)
     try:
         check_suite(raw["traces"])
     except ValueError as exc:

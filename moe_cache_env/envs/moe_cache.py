@@ -6,10 +6,13 @@ The environment is thin: it translates an action into the simulator's controls, 
 
 from __future__ import annotations
 
+import sys
+from collections import deque
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import logger
 
 from moe_cache_env.envs.actions import make_action_type
 from moe_cache_env.envs.config import EnvConfig, make_config
@@ -21,6 +24,7 @@ from moe_cache_env.envs.observation import (
     popularity_entropy,
     popularity_shift,
 )
+from moe_cache_env.envs.render import HISTORY_WINDOWS, draw_state
 from moe_cache_env.envs.reward import DemandAllReference, reward_terms
 from moe_cache_env.envs.suite import load_split
 from moe_cache_env.sim.config import Controls
@@ -73,22 +77,39 @@ class MoECacheEnv(gym.Env):
 
     Terminated when the episode's tokens have all been served; truncated after ``max_episode_steps`` windows.
 
+    The environment truncates by itself, at its config's ``max_episode_steps``, so it ends episodes the same way
+    whether it is made with ``gymnasium.make`` or constructed directly. Each registered id also declares that
+    number as ``spec.max_episode_steps`` (256), so ``gymnasium.make`` adds a ``TimeLimit`` that counts the same
+    windows and fires at the same step: both report ``truncated=True`` once, on the same step. A config with
+    *more* windows than the spec also needs ``gymnasium.make(..., max_episode_steps=N)`` (or ``-1`` for no
+    ``TimeLimit``), else the ``TimeLimit`` ends the episode first; ``moe_cache_env.agents.evaluation.make_env``
+    passes it.
+
     ## Arguments
 
     ``gymnasium.make("moe_cache_env:MoECache-v0", config={...}, render_mode="ansi")``: ``config`` is merged
-    onto ``moe_cache_env.envs.config.DEFAULT_CONFIG``; unknown keys and bad values raise ``ConfigError``.
+    onto the registered variant's settings (``base_config``), which are merged onto
+    ``moe_cache_env.envs.config.DEFAULT_CONFIG``; unknown keys and bad values raise ``ConfigError``.
+    ``render_mode``: ``"ansi"`` (``render()`` returns one line per window), ``"rgb_array"`` (a 96 x 160 RGB
+    picture of the tiers, the link and the recent latency ratios: ``moe_cache_env/envs/render.py``) or
+    ``"human"`` (the line is printed on every reset and step; ``render()`` returns None).
 
     ## Version History
 
     - v0: initial release.
+    - v0, revised with dynamics and reward unchanged (so the id stays v0): ``rgb_array`` and ``human`` render modes;
+      ``spec.max_episode_steps`` registered; ``gym.make(id, config=...)`` merges ``config`` onto the
+      variant's settings instead of replacing them (``MoECache-Discrete-v0`` stays discrete); malformed
+      actions (wrong shape, NaN, infinity, non-integer discrete actions) raise ``ValueError``.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": ["human", "rgb_array", "ansi"], "render_fps": 4}
 
-    def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None) -> None:
+    def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None,
+                 base_config: dict[str, Any] | None = None) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode={render_mode!r} is not supported; use one of {self.metadata['render_modes']}")
-        self.config: EnvConfig = make_config(config)
+        self.config: EnvConfig = make_config(config, base_config)
         self.render_mode = render_mode
         raw = self.config.raw
         self.action_type = make_action_type(
@@ -106,6 +127,9 @@ class MoECacheEnv(gym.Env):
         self.trace_name = ""
         self.elapsed_steps = 0
         self._last_line = ""
+        self._last_info: dict[str, Any] | None = None
+        #: (latency_ratio, perfect_coverage) of recent windows, for the rgb_array picture
+        self._history: deque[tuple[float, float]] = deque(maxlen=HISTORY_WINDOWS)
 
     # ---- episodes ------------------------------------------------------------------------------------------
     def _split(self, name: str, split: str) -> Trace:
@@ -168,6 +192,7 @@ class MoECacheEnv(gym.Env):
         self.elapsed_steps = 0
         self._previous_shares: np.ndarray | None = None
         self._previous_raw: dict[str, float] | None = None
+        self._history.clear()
         window = self.sim.run(self.window_steps, self.controls)
         obs, info = self._observe(window)
         self._render_line(info)
@@ -275,17 +300,48 @@ class MoECacheEnv(gym.Env):
         t = info["reward_terms"]
         m = info["metrics"]
         w = info["workload"]
+        self._last_info = info
+        self._history.append((float(t["latency_ratio"]), float(m["perfect_coverage"])))
         self._last_line = (
             f"window {info['window']:4d}  L2 {self.controls.l2_threshold:.3f}  L3 {self.controls.l3_threshold:.3f}  "
             f"batch {w['batch']:5.2f}  kv {w['kv_fraction']:.2f}  link {w['link_share']:.2f}  "
             f"cov {m['perfect_coverage']:.3f}  lat {m['mean_latency_ms']:7.2f} ms  ratio {t['latency_ratio']:.3f}  "
             f"reward {t['reward']:+.3f}"
         )
+        if self.render_mode == "human":
+            # human mode renders as it goes (the Gymnasium convention); a line on stdout needs no display
+            print(self._last_line, file=sys.stdout, flush=True)
 
-    def render(self) -> str | None:
+    def _tier_state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(configured slots, capacity left by the KV cache, mean slots in use) of L1, L2, L3 per pool."""
+        cache = self.sim.cache if self.sim is not None else self.config.sim.cache
+        slots = np.array([cache.l1_slots, cache.l2_slots, cache.l3_slots], dtype=np.float64)
+        if self.sim is None:
+            return slots, slots, np.zeros(3)
+        capacity = np.asarray(self.sim.current_capacities(), dtype=np.float64).reshape(-1)[:3]
+        used = self.sim.tier_occupancy()
+        return slots, capacity, used
+
+    def render(self) -> str | np.ndarray | None:
+        """The ``render_mode``'s output: a line (``ansi``), an RGB array (``rgb_array``), None (``human``, none)."""
+        if self.render_mode is None:
+            spec_id = self.spec.id if self.spec is not None else "MoECache-v0"
+            logger.warn(
+                "You are calling render method without specifying any render mode. You can specify the render_mode "
+                f'at initialization, e.g. gymnasium.make("{spec_id}", render_mode="rgb_array")'
+            )
+            return None
         if self.render_mode == "ansi":
             return self._last_line
-        return None
+        if self.render_mode == "rgb_array":
+            slots, capacity, used = self._tier_state()
+            info = self._last_info
+            link_busy = float(info["metrics"]["link_utilization"]) if info else 0.0
+            background = 1.0 - float(info["workload"]["link_share"]) if info else 0.0
+            ratios = [r for r, _ in self._history]
+            coverages = [c for _, c in self._history]
+            return draw_state(slots, capacity, used, link_busy, background, ratios, coverages)
+        return None  # human: already printed by reset() and step()
 
 
 _WARNED_FULL: set[tuple[str, int]] = set()

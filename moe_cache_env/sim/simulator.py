@@ -58,6 +58,8 @@ class Simulator:
         fit_trace: Trace | None = None,
         profile: HardwareProfile | None = None,
     ) -> None:
+        from moe_cache_env.sim.compile_note import note_if_compiling  # a note on stderr before a long first compile
+        note_if_compiling(K.run_steps)
         self.trace = trace
         config = config or SimConfig()
         if config.cache is None:
@@ -220,6 +222,10 @@ class Simulator:
         )
 
     # ---- views for observers -----------------------------------------------------------------------------------
+    def tier_occupancy(self) -> np.ndarray:
+        """(3,) keys held in L1, L2 and L3 now, averaged over pools."""
+        return self.state.tiers.cnt.mean(axis=0).astype(np.float64)
+
     def current_capacities(self) -> np.ndarray:
         """(3,) tier capacities per pool at the next step."""
         s = min(self.position, self.schedule.num_steps - 1)

@@ -25,7 +25,11 @@ def test_compare_five_strategies_writes_one_entry_per_agent(tmp_path: Path):
                      "--env-config", SMALL)
     data = json.loads((out / "compare.json").read_text())
     assert data["agent_order"] == FIVE and sorted(data["agents"]) == sorted(FIVE)
-    assert set(data["bounds"]) == {"lru", "belady", "perfect"}
+    assert set(data["bounds"]) == {"lru", "belady", "clairvoyant", "perfect"}
+    assert data["bound_kinds"]["clairvoyant"] == "latency bound" and data["bound_kinds"]["lru"] == "reference"
+    # the latency bound is at or below every agent's mean latency on the same episodes
+    for name in FIVE:
+        assert data["bounds"]["clairvoyant"]["mean_latency_ms"]["mean"] <= data["agents"][name]["mean_latency_ms"]["mean"]
     assert len(data["episodes_detail"]) == 2 * len(FIVE)
     for name in FIVE:
         assert name in result.stdout
@@ -45,11 +49,11 @@ def test_compare_rejects_unknown_agent(tmp_path: Path):
 
 def test_train_ppo_then_compare_the_saved_model(tmp_path: Path):
     out = tmp_path / "ppo"
-    run_cli("train", "--algo", "ppo", "--env", "MoECache-v0", "--timesteps", "64", "--seed", "1", "--n-envs", "1",
+    run_cli("train", "--algo", "ppo", "--env", "moe_cache_env:MoECache-v0", "--timesteps", "64", "--seed", "1", "--n-envs", "1",
             "--eval-freq", "32", "--eval-episodes", "1", "--checkpoint-freq", "32", "--out", str(out),
             "--env-config", SMALL, "--no-progress-bar")
     record = json.loads((out / "run.json").read_text())
-    assert record["algo"] == "ppo" and record["timesteps"] == 64
+    assert record["algo"] == "ppo" and record["timesteps"] == 64 and record["env"] == "MoECache-v0"
     assert (out / "model.zip").exists() and (out / "best" / "best_model.zip").exists()
     assert any((out / "checkpoints").iterdir())
     assert any((out / "tb").rglob("events.out.tfevents*"))
@@ -63,9 +67,29 @@ def test_train_ppo_then_compare_the_saved_model(tmp_path: Path):
 
 def test_train_dqn_on_the_discrete_variant(tmp_path: Path):
     out = tmp_path / "dqn"
-    run_cli("train", "--algo", "dqn", "--env", "MoECache-Discrete-v0", "--timesteps", "64", "--n-envs", "1",
-            "--eval-freq", "64", "--eval-episodes", "1", "--out", str(out), "--env-config", SMALL, "--no-progress-bar")
+    result = run_cli("train", "--algo", "dqn", "--env", "MoECache-Discrete-v0", "--timesteps", "64", "--n-envs", "1",
+                     "--eval-freq", "64", "--eval-episodes", "1", "--out", str(out), "--env-config", SMALL,
+                     "--no-progress-bar")
     assert (out / "model.zip").exists()
+    assert "Warning" not in result.stderr, result.stderr
+
+
+def test_train_a2c_and_sac_use_their_hyperparameter_files(tmp_path: Path):
+    from moe_cache_env.agents.sb3 import load_hyperparams
+
+    assert load_hyperparams("a2c", "MoECache-v0")["n_steps"] == 32
+    assert load_hyperparams("sac", "MoECache-v0")["buffer_size"] == 100000
+    assert "log_std_init" not in load_hyperparams("a2c", "MoECache-Discrete-v0")["policy_kwargs"]
+    for algo in ("a2c", "sac"):
+        out = tmp_path / algo
+        result = run_cli("train", "--algo", algo, "--env", "MoECache-v0", "--timesteps", "64", "--n-envs", "2",
+                         "--eval-freq", "32", "--eval-episodes", "1", "--out", str(out), "--env-config", SMALL,
+                         "--no-progress-bar")
+        record = json.loads((out / "run.json").read_text())
+        assert record["hyperparams"]["gamma"] == 0.95 and record["n_envs"] == 2
+        # no spurious SB3 warning (the training/eval VecEnv type check) and no other warning either
+        assert "Warning" not in result.stderr, result.stderr
+        assert record["best_model"] and Path(record["best_model"]).exists()
 
 
 def test_train_rejects_mismatched_algorithm():

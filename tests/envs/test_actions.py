@@ -62,3 +62,77 @@ def test_extended_decodes_every_control():
     kept = a.decode(a.encode(0.8, 0.2, Controls()), Controls())
     assert (kept.l2_threshold, kept.l3_threshold, kept.prefetch_budget, kept.lookahead) == pytest.approx((0.8, 0.2, 0, 1))
     assert a.budget_levels == [1, 2, 4, 8, 16, 0]
+
+
+# ---- malformed actions: one ValueError naming the action space, never a silent control ----------------------
+@pytest.mark.parametrize("name", ["continuous", "extended"])
+@pytest.mark.parametrize("shape", [(3,), (2, 2), (1,), (), (1, 2)])
+def test_box_action_of_wrong_shape_is_refused(name, shape):
+    a = make_action_type(name, **RANGES)
+    if shape == a.space.shape:
+        pytest.skip("the right shape")
+    with pytest.raises(ValueError, match=rf"shape .* for the {name} action space Box\(-1\.0, 1\.0, \({a.space.shape[0]},\)"):
+        a.decode(np.zeros(shape, dtype=np.float32), Controls())
+
+
+@pytest.mark.parametrize("name", ["continuous", "extended", "discrete"])
+def test_none_action_is_refused(name):
+    a = make_action_type(name, **RANGES)
+    with pytest.raises(ValueError, match=f"action None is not valid for the {name} action space"):
+        a.decode(None, Controls())
+
+
+@pytest.mark.parametrize("name", ["continuous", "extended"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_component_is_refused_in_every_position(name, bad):
+    a = make_action_type(name, **RANGES)
+    n = a.space.shape[0]
+    for i in range(n):
+        action = np.zeros(n, dtype=np.float32)
+        action[i] = bad
+        with pytest.raises(ValueError, match=rf"component\(s\) \[{i}\] are not finite"):
+            a.decode(action, Controls())
+
+
+def test_nan_lookahead_and_budget_no_longer_become_controls():
+    a = make_action_type("extended", **RANGES)
+    for i in (2, 3):  # lookahead (NaN < 0 is False: it was 2) and budget (NaN floor: it was unlimited)
+        action = np.zeros(8, dtype=np.float32)
+        action[i] = np.nan
+        with pytest.raises(ValueError, match="extended action space"):
+            a.decode(action, Controls())
+
+
+def test_text_is_refused_for_box_actions():
+    a = make_action_type("continuous", **RANGES)
+    with pytest.raises(ValueError, match="not an array of numbers"):
+        a.decode(["a", "b"], Controls())
+
+
+@pytest.mark.parametrize("bad", [2.7, 4.0, "4", True, np.float32(3), np.array([1, 2]), np.array(2.0), [4], 9, -1])
+def test_discrete_accepts_only_integers_in_range(bad):
+    a = make_action_type("discrete", **RANGES)
+    with pytest.raises(ValueError, match=r"for the discrete action space Discrete\(9\)"):
+        a.decode(bad, Controls())
+
+
+@pytest.mark.parametrize("good", [4, np.int64(4), np.int32(4), np.array(4), np.array([4])])
+def test_discrete_accepts_python_and_numpy_integers(good):
+    a = make_action_type("discrete", **RANGES)
+    assert a.decode(good, Controls(l2_threshold=0.7, l3_threshold=0.3)) == Controls(l2_threshold=0.7, l3_threshold=0.3)
+
+
+def test_out_of_range_finite_values_are_still_clipped():
+    a = make_action_type("continuous", **RANGES)
+    c = a.decode(np.array([5.0, -5.0]), Controls())
+    assert (c.l2_threshold, c.l3_threshold) == pytest.approx((0.9, 0.1))
+
+
+def test_env_step_reports_the_bad_action(make_small_env):
+    env = make_small_env("MoECache-v0")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="continuous action space"):
+        env.step(np.array([np.nan, 0.0], dtype=np.float32))
+    # the episode goes on after a refused action: nothing was applied
+    obs, reward, *_ = env.step(np.zeros(2, dtype=np.float32))
+    assert np.isfinite(reward)
