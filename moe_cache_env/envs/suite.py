@@ -20,9 +20,11 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+import numpy as np
+
 from moe_cache_env.traces.catalog import expand_suite, parse_synth, resolve
 from moe_cache_env.traces.format import Trace
-from moe_cache_env.traces.splits import SPLITS, split_trace
+from moe_cache_env.traces.splits import SPLITS, split_sequence_ids
 
 #: the default suite: a synthetic Qwen1.5-MoE-A2.7B trace of five domains (~270 sequences).
 DEFAULT_SUITE: tuple[str, ...] = ("synth:qwen1.5-moe:65536:0",)
@@ -57,7 +59,32 @@ def load_split(name: str, split: str, fractions: tuple[float, float, float], spl
         raise ValueError(f"split {split!r} is not one of {list(EPISODE_SPLITS)}")
     if split == "all":
         return load_suite_trace(name)
-    return split_trace(load_suite_trace(name), fractions, split_seed)[split]
+    return split_part(load_suite_trace(name), split, fractions, split_seed)
+
+
+def split_part(trace: Trace, split: str, fractions: tuple[float, float, float], split_seed: int) -> Trace:
+    """``splits.split_trace(trace, fractions, split_seed)[split]``, built alone and validated once.
+
+    ``split_trace`` builds all three parts and validates each twice; on the default suite trace that was half
+    the time of an environment's first reset, for one part it keeps.
+    """
+    ids = split_sequence_ids(trace, fractions, split_seed)[split]
+    bounds = trace.sequence_bounds()
+    row_of = {int(value): i for i, value in enumerate(trace.sequence[bounds[:, 0]])}
+    chosen = [row_of[int(sid)] for sid in ids]
+    rows = np.concatenate([np.arange(bounds[i, 0], bounds[i, 1]) for i in chosen])
+    meta = dict(trace.meta)
+    domains = trace.domains()
+    if domains is not None:
+        meta["domains"] = [domains[i] for i in chosen]
+    meta["name"] = f"{trace.name}#{split}"
+    return Trace(
+        experts=trace.experts[rows],
+        sequence=trace.sequence[rows],
+        meta=meta,
+        weights=None if trace.weights is None else trace.weights[rows],
+        path=trace.path,
+    )
 
 
 def check_suite(names: Sequence[str]) -> None:
@@ -73,4 +100,5 @@ __all__ = [
     "load_split",
     "load_suite_trace",
     "parse_synth_name",
+    "split_part",
 ]
