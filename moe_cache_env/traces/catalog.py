@@ -15,8 +15,8 @@ A trace is named in one of these forms (:func:`resolve` turns any of them into a
 ==================================================  ============================================================
 
 Synthetic traces are cached in ``$MOE_CACHE_ENV_CACHE`` (else ``$XDG_CACHE_HOME/moe-cache-env``, else
-``~/.cache/moe-cache-env``), one uncompressed ``.npz`` per (preset, tokens, seed), addressed by a hash of those
-and of the generator (the source of ``synth.py`` and ``format.py``, the routing data file, numpy's version):
+``~/.cache/moe-cache-env``), one uncompressed ``.npz`` per (preset, tokens, seed) at
+``synth/KEY/PRESET-tTOKENS-sSEED.npz``, where KEY is a hash of those and of the generator (the source of ``synth.py`` and ``format.py``, the routing data file, numpy's version):
 changing the generator changes every key, so a stale trace is never read. A cache file is written atomically
 (concurrent writers each rename a complete file into place) and is re-validated on every read (zip CRC-32 of
 each array, the format checks, the generator record in its meta); one that fails any check is regenerated.
@@ -214,7 +214,8 @@ def cache_key(spec: SynthSpec) -> str:
 
 def synth_cache_path(spec: SynthSpec) -> Path:
     """Where the cache keeps the trace of ``spec`` (whether or not it is there yet)."""
-    return cache_dir() / "synth" / f"{spec.preset}-t{spec.num_tokens}-s{spec.seed}-{cache_key(spec)[:24]}.npz"
+    # the key names the folder, so the file's stem (a loaded trace's default name) stays readable
+    return cache_dir() / "synth" / cache_key(spec)[:32] / f"{spec.preset}-t{spec.num_tokens}-s{spec.seed}.npz"
 
 
 def _generate(spec: SynthSpec) -> Trace:

@@ -191,7 +191,7 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
     assert cache_dir() == tmp_path / "xdg" / "moe-cache-env"
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "own"))
     assert cache_dir() == tmp_path / "own"
-    assert synth_cache_path(SPEC).parent == tmp_path / "own" / "synth"
+    assert synth_cache_path(SPEC).parent.parent == tmp_path / "own" / "synth"
 
 
 def test_the_key_separates_every_input(monkeypatch):
@@ -218,8 +218,9 @@ def test_the_fingerprint_covers_file_bytes_and_versions(tmp_path):
 def test_the_cache_is_reused_across_names(cache, reference, generate_calls):
     first = resolve(SPEC.uri)
     assert generate_calls == [(PRESET, TOKENS)]
-    files = list((cache / "synth").iterdir())
+    files = [p for p in cache.rglob("*") if p.is_file()]
     assert files == [synth_cache_path(SPEC)]
+    assert synth_cache_path(SPEC).name == "mixtral-t256-s3.npz"
     again = resolve(f"synth:{PRESET}:{TOKENS}:{SEED}")
     assert generate_calls == [(PRESET, TOKENS)]  # read back, not generated
     _same(first, reference)
@@ -319,7 +320,7 @@ def test_concurrent_writers_leave_one_valid_file(cache, reference, monkeypatch):
     for thread in threads:
         thread.join(timeout=60)
     assert not errors and len(results) == 4
-    assert [p.name for p in (cache / "synth").iterdir()] == [synth_cache_path(SPEC).name]  # no temporary left
+    assert [p for p in cache.rglob("*") if p.is_file()] == [synth_cache_path(SPEC)]  # no temporary left
     _same(load_trace(synth_cache_path(SPEC)), reference, same_name=False)
 
 
