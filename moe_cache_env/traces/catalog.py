@@ -16,8 +16,9 @@ A trace is named in one of these forms (:func:`resolve` turns any of them into a
 
 Synthetic traces are cached in ``$MOE_CACHE_ENV_CACHE`` (else ``$XDG_CACHE_HOME/moe-cache-env``, else
 ``~/.cache/moe-cache-env``), one uncompressed ``.npz`` per (preset, tokens, seed) at
-``synth/KEY/PRESET-tTOKENS-sSEED.npz``, where KEY is a hash of those and of the generator (the source of ``synth.py`` and ``format.py``, the routing data file, numpy's version):
-changing the generator changes every key, so a stale trace is never read. A cache file is written atomically
+``synth/KEY/PRESET-tTOKENS-sSEED.npz``, where KEY is a hash of those and of the generator (the source of
+``synth.py`` and ``format.py``, the routing data file, numpy's version): changing the generator changes every
+key, so a stale trace is never read. A cache file is written atomically
 (concurrent writers each rename a complete file into place) and is re-validated on every read (zip CRC-32 of
 each array, the format checks, the generator record in its meta); one that fails any check is regenerated.
 A cache folder that cannot be written only costs the time of generating the trace again next time.
@@ -76,7 +77,8 @@ def list_bundled_traces() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for root in reversed(trace_roots()):
         if root.is_dir():
-            found.update({p.relative_to(root).with_suffix("").as_posix(): p for p in root.rglob("*.npz") if p.is_file()})
+            files = (p for p in root.rglob("*.npz") if p.is_file())
+            found.update({p.relative_to(root).with_suffix("").as_posix(): p for p in files})
     return dict(sorted(found.items()))
 
 
@@ -143,12 +145,17 @@ def parse_synth(name: str) -> SynthSpec:
         values = dict(query)
         missing = [key for key in ("tokens", "seed") if key not in values]
         if missing:
-            raise ValueError(f"synthetic trace {name!r} lacks {' and '.join(missing)}; write synth://PRESET?tokens=N&seed=S")
+            raise ValueError(
+                f"synthetic trace {name!r} lacks {' and '.join(missing)}; write synth://PRESET?tokens=N&seed=S"
+            )
         tokens, seed = values["tokens"], values["seed"]
     else:
         fields = name.split(":")
         if len(fields) != 4 or fields[0] != "synth":
-            raise ValueError(f"synthetic trace name {name!r} must look like synth:PRESET:TOKENS:SEED or synth://PRESET?tokens=N&seed=S")
+            raise ValueError(
+                f"synthetic trace name {name!r} must look like synth:PRESET:TOKENS:SEED "
+                "or synth://PRESET?tokens=N&seed=S"
+            )
         _, preset, tokens, seed = fields
     try:
         num_tokens, seed_value = int(tokens), int(seed)
@@ -162,7 +169,9 @@ def parse_synth(name: str) -> SynthSpec:
     from moe_cache_env.traces.synth import PRESETS
 
     if preset not in PRESETS:
-        raise ValueError(f"synthetic trace name {name!r}: unknown preset {preset!r}; presets: {', '.join(sorted(PRESETS))}")
+        raise ValueError(
+            f"synthetic trace name {name!r}: unknown preset {preset!r}; presets: {', '.join(sorted(PRESETS))}"
+        )
     return SynthSpec(preset, num_tokens, seed_value)
 
 
@@ -170,7 +179,7 @@ def parse_synth(name: str) -> SynthSpec:
 
 
 def cache_dir() -> Path:
-    """The cache folder: ``$MOE_CACHE_ENV_CACHE``, else ``$XDG_CACHE_HOME/moe-cache-env``, else ``~/.cache/...``."""
+    """The cache folder: ``$MOE_CACHE_ENV_CACHE``, else ``$XDG_CACHE_HOME/moe-cache-env``, else ``~/.cache``'s."""
     own = os.environ.get(CACHE_ENV)
     if own:
         return Path(own).expanduser()
@@ -208,7 +217,12 @@ def generator_fingerprint() -> str:
 
 def cache_key(spec: SynthSpec) -> str:
     """The content address of a synthetic trace: a hex sha256 of the spec and the generator's fingerprint."""
-    payload = {"preset": spec.preset, "tokens": spec.num_tokens, "seed": spec.seed, "generator": generator_fingerprint()}
+    payload = {
+        "preset": spec.preset,
+        "tokens": spec.num_tokens,
+        "seed": spec.seed,
+        "generator": generator_fingerprint(),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
@@ -421,7 +435,9 @@ def expand_suite(names: Sequence[str]) -> list[str]:
         if folder is None:
             out.append(name)
             continue
-        files = sorted((p for p in folder.rglob("*.npz") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix())
+        files = sorted(
+            (p for p in folder.rglob("*.npz") if p.is_file()), key=lambda p: p.relative_to(folder).as_posix()
+        )
         if not files:
             raise ValueError(f"traces: folder {name!r} holds no .npz trace file")
         if name.startswith("bundled://"):

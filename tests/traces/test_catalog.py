@@ -1,4 +1,4 @@
-"""The trace catalog: every naming form resolves to the same trace, errors are one line, the synth cache is sound."""
+"""The trace catalog: every naming form gives the same trace, errors are one line, the synth cache is sound."""
 
 from __future__ import annotations
 
@@ -166,7 +166,8 @@ def test_not_found_lists_what_exists(monkeypatch):
     message = str(excinfo.value)
     for name in ("synthetic/qwen1.5-moe", "synthetic/mixtral", "learned/tiny-olmoe-12L-64E-prefill"):
         assert name in message
-    assert "synth://PRESET?tokens=N&seed=S with PRESET one of deepseek-v2-lite, mixtral, olmoe, qwen1.5-moe" in message
+    presets = "deepseek-v2-lite, mixtral, olmoe, qwen1.5-moe"
+    assert f"synth://PRESET?tokens=N&seed=S with PRESET one of {presets}" in message
     assert f"${TRACES_ENV}" in message
 
 
@@ -195,7 +196,8 @@ def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
 
 
 def test_the_key_separates_every_input(monkeypatch):
-    keys = {cache_key(s) for s in (SPEC, SynthSpec("olmoe", TOKENS, SEED), SynthSpec(PRESET, 512, SEED), SynthSpec(PRESET, TOKENS, 4))}
+    specs = (SPEC, SynthSpec("olmoe", TOKENS, SEED), SynthSpec(PRESET, 512, SEED), SynthSpec(PRESET, TOKENS, 4))
+    keys = {cache_key(spec) for spec in specs}
     assert len(keys) == 4
     assert cache_key(SPEC) == cache_key(SynthSpec(PRESET, TOKENS, SEED))
     before = cache_key(SPEC)
@@ -263,7 +265,8 @@ def _truncate(path: Path) -> None:
 
 def _other_spec(path: Path) -> None:
     # a valid trace of another spec under this key's name: readable, but not what the key promises
-    save_trace(synth.generate(PRESET, TOKENS, np.random.default_rng(SEED + 1), seed=SEED + 1), path, compress=False)
+    other = synth.generate(PRESET, TOKENS, np.random.default_rng(SEED + 1), seed=SEED + 1)
+    save_trace(other, path, compress=False)
 
 
 def _bad_ids(path: Path) -> None:
