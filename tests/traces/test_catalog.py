@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -324,6 +325,22 @@ def test_concurrent_writers_leave_one_valid_file(cache, reference, monkeypatch):
         thread.join(timeout=60)
     assert not errors and len(results) == 4
     assert [p for p in cache.rglob("*") if p.is_file()] == [synth_cache_path(SPEC)]  # no temporary left
+    _same(load_trace(synth_cache_path(SPEC)), reference, same_name=False)
+
+
+@pytest.mark.slow
+def test_processes_filling_the_cache_at_once_agree(cache, reference):
+    code = (
+        "import hashlib, sys\nfrom moe_cache_env.traces import catalog\n"
+        f"trace = catalog.resolve({SPEC.uri!r})\n"
+        "print(hashlib.sha256(trace.experts.tobytes() + trace.sequence.tobytes()).hexdigest())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(3)]
+    digests = {run.communicate(timeout=300)[0].strip() for run in runs}
+    assert all(run.returncode == 0 for run in runs)
+    assert digests == {hashlib.sha256(reference.experts.tobytes() + reference.sequence.tobytes()).hexdigest()}
+    assert [p for p in cache.rglob("*") if p.is_file()] == [synth_cache_path(SPEC)]
     _same(load_trace(synth_cache_path(SPEC)), reference, same_name=False)
 
 
