@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trace", default="qwen1.5-moe")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent))
     args = parser.parse_args(argv)
-    from moe_cache_env.cli._common import load_named_trace
+    from moe_cache_env.traces.catalog import resolve as load_named_trace
 
     trace = load_named_trace(args.trace)
     keep = ("mean_latency_ms", "p95_latency_ms", "perfect_coverage", "hit_rate", "wasted_prefetch_bytes",

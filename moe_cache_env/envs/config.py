@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from moe_cache_env.envs.suite import DEFAULT_SUITE, EPISODE_SPLITS, check_suite
+from moe_cache_env.envs.suite import DEFAULT_SUITE, EPISODE_SPLITS, expand_suite
 from moe_cache_env.sim.config import CacheConfig, ConfigError, SimConfig, WorkloadConfig, from_mapping
 from moe_cache_env.traces.splits import DEFAULT_FRACTIONS
 
@@ -148,7 +148,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, base: Mapping[str, A
     """Merge ``base`` and then ``overrides`` onto the defaults and validate every value."""
     raw = merge_config(overrides, base)
     try:
-        check_suite(raw["traces"])
+        raw["traces"] = expand_suite(raw["traces"])  # a folder stands for every trace in it
     except ValueError as exc:
         raise ConfigError(f"env config {exc}") from None
     raw["traces"] = list(raw["traces"])

@@ -45,3 +45,15 @@ def test_missing_user_folder_is_ignored(tmp_path, monkeypatch):
     assert "synthetic/qwen1.5-moe" in list_bundled_traces()
     with pytest.raises(FileNotFoundError, match="no trace file or bundled trace named 'anything'"):
         resolve_trace("anything")
+
+
+def test_the_old_names_are_the_catalogs(tmp_path, monkeypatch):
+    from moe_cache_env.cli._common import load_named_trace
+    from moe_cache_env.traces import catalog
+
+    monkeypatch.setenv(catalog.CACHE_ENV, str(tmp_path))
+    full = bundled_root() / "synthetic" / "qwen1.5-moe.npz"
+    assert resolve_trace("bundled://synthetic/qwen1.5-moe") == full
+    assert load_named_trace("bundled://qwen1.5-moe").num_layers == 24
+    path = resolve_trace("synth://mixtral?tokens=128&seed=0")
+    assert path.is_relative_to(tmp_path) and load_trace(path).num_tokens == 128
