@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     for policy, slots, log in logs:
         timing = ReferenceTiming.from_profile(profile, log.expert_bytes, batch=log.batch, context=context)
-        no_host = ReferenceTiming(timing.transfer_ms, timing.compute_ms, timing.non_expert_ms, 0.0)
+        no_host = timing.without_host()
         counts = log.counts()
         for order in args.order:
             estimate = estimate_latency(log, timing, order)

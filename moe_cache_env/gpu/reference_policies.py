@@ -18,13 +18,16 @@ A step is ``batch`` consecutive tokens of the trace (sequence boundaries are ign
 the profile's per-expert compute table, the non-expert time per layer, a host decision cost per layer) under
 the replay rules of ``decision_log`` and the execution order of a layer:
 
-- the layer's non-expert work (attention, router, norms, shared experts) runs first, ``non_expert_ms``;
-- the host reads the routing and decides: ``host_ms`` later the demand loads are issued (ahead of every
-  prefetch not yet started) and then the layer's prefetches are queued;
-- ``fused``: the layer's experts start when all of them are on the GPU, and run back to back;
-  ``per-expert``: experts already on the GPU run first, then each missing one as soon as its own copy lands;
-- the next layer starts when this one's last expert has finished. A step's latency is the time from its first
-  layer's start to its last layer's end.
+- the host launches the layer's non-expert work (``layer_launch_ms``), which runs (``non_expert_ms``: attention,
+  router, norms, shared experts) once the previous layer's experts are done;
+- the host waits for the router, reads the routing and decides: ``host_ms`` later the demand loads are issued
+  (ahead of every prefetch not yet started) and then the layer's prefetches are queued;
+- the host launches the experts one by one (``launch_ms`` each); an expert starts when it is launched, the
+  previous one is done, and its weights are on the GPU: ``fused``: all the layer's experts; ``per-expert``:
+  its own (experts already on the GPU first, then the others in the order their copies land);
+- a step's latency runs from the end of the previous step (its last expert done and the host past its last
+  launch) to the end of this one. With a free host (``host_ms = launch_ms = layer_launch_ms = 0``) a layer
+  takes its non-expert time, the wait for its copies and its experts' compute, as in the simulator.
 """
 
 from __future__ import annotations
@@ -168,6 +171,24 @@ def reference_log_for_trace(trace: Any, policy: str, slots_per_layer: int, *, ba
     )
 
 
+def all_hits_log(num_layers: int, num_experts: int, top_k: int, expert_bytes: int, *, steps: int,
+                 batch: int = 1) -> DecisionLog:
+    """A log in which every layer needs the same ``top_k`` experts, all resident from the start (no copies):
+    what ``calibrate`` replays to measure the host's per-layer cost."""
+    builder = LogBuilder({"policy": "all-hits", "producer": PRODUCER, "num_layers": num_layers,
+                          "num_experts": num_experts, "top_k": top_k, "expert_bytes": expert_bytes,
+                          "num_slots": num_layers * top_k, "slots_per_layer": top_k, "pool": "per-layer",
+                          "batch": batch})
+    for _ in range(steps):
+        builder.begin_step(batch)
+        for layer in range(num_layers):
+            for j in range(top_k):
+                builder.need(j, layer * top_k + j, batch, SOURCE_RESIDENT)
+            builder.end_layer()
+    initial = np.array([layer * num_experts + j for layer in range(num_layers) for j in range(top_k)])
+    return builder.build(initial)
+
+
 # ------------------------------------------------------------------------------------------ the estimate
 
 
@@ -179,28 +200,43 @@ class ReferenceTiming:
         transfer_ms: one expert's host-to-GPU copy (the profile's line at the log's expert bytes).
         compute_ms: one expert's compute by token count (index = tokens; index 0 unused).
         non_expert_ms: the non-expert work of one layer at the replay's batch and context.
-        host_ms: the host's decision cost per layer (from the router's end to the demand loads' issue).
+        host_ms: the host's decision cost per layer (from the router's end to the demand loads' issue: event
+            poll, ``.cpu()`` of the routing, bookkeeping, copy issue).
+        launch_ms: host time to launch one expert (its kernels); an expert cannot start before the host has
+            launched it.
+        layer_launch_ms: host time to launch one layer's non-expert work.
     """
 
     transfer_ms: float
     compute_ms: tuple[float, ...]
     non_expert_ms: float = 0.0
     host_ms: float = 0.0
+    launch_ms: float = 0.0
+    layer_launch_ms: float = 0.0
 
     @classmethod
     def from_profile(cls, profile: Any, expert_bytes: int, *, batch: int = 1, context: int | None = None,
                      include_host: bool = True) -> "ReferenceTiming":
         table = profile.compute_table(expert_bytes, max(1, batch))
+        host = profile.raw.get("host") if include_host else None
+        host = host if isinstance(host, Mapping) else {}
         return cls(
             transfer_ms=float(profile.transfer_ms(expert_bytes)),
             compute_ms=tuple(float(x) for x in table),
             non_expert_ms=float(profile.non_expert_ms(batch, context)),
             host_ms=float(profile.host_decision_ms) if include_host else 0.0,
+            launch_ms=float(host.get("expert_launch_ms", 0.0)),
+            layer_launch_ms=float(host.get("layer_launch_ms", 0.0)),
         )
+
+    def without_host(self) -> "ReferenceTiming":
+        """The same timing with a free host (no decision cost, no launch cost)."""
+        return ReferenceTiming(self.transfer_ms, self.compute_ms, self.non_expert_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {"transfer_ms": self.transfer_ms, "compute_ms": list(self.compute_ms),
-                "non_expert_ms": self.non_expert_ms, "host_ms": self.host_ms}
+                "non_expert_ms": self.non_expert_ms, "host_ms": self.host_ms, "launch_ms": self.launch_ms,
+                "layer_launch_ms": self.layer_launch_ms}
 
 
 def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fused") -> dict[str, Any]:
@@ -211,6 +247,8 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
     T = timing.transfer_ms
     ctab = timing.compute_ms
     A, H = timing.non_expert_ms, timing.host_ms
+    launch, layer_launch = timing.launch_ms, timing.layer_launch_ms
+    host = 0.0  # the host's clock: it launches work, waits for the router, decides
     E = log.num_experts
     arrival = [-np.inf] * log.num_slots  # when the slot's latest submitted write lands
     read_done = [-np.inf] * log.num_slots  # when the last computation reading the slot ends
@@ -246,11 +284,13 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
             start_copy(slot, issued)
             copies["prefetch"] += 1
 
+    boundary = 0.0
     for decisions in log.iter_decisions():
         s, l = decisions.step, decisions.layer
-        if l == 0:
-            step_start = t
-        decide = t + A + H
+        host += layer_launch
+        router = max(t, host) + A
+        host = max(host, router) + H
+        decide = host
         advance(decide)
         for e, slot, _, source in decisions.need:
             if source == SOURCE_DEMAND:
@@ -269,21 +309,25 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
             queued[slot] = pl * E + pe
             queue.append((slot, pl * E + pe, decide))
         ready = [(arrival[slot], ctab[ntok], slot) for _, slot, ntok, _ in decisions.need]
+        cur = t
         if per_expert:
-            cur = decide
             landed = [r for r in ready if r[0] <= decide]
             pending = sorted((r for r in ready if r[0] > decide), key=lambda r: r[0])
             for at, dur, slot in landed + pending:
-                cur = max(cur, at) + dur
+                host += launch
+                cur = max(cur, host, at) + dur
                 read_done[slot] = cur
         else:
-            cur = max([decide] + [r[0] for r in ready])
+            all_in = max(r[0] for r in ready)
             for _, dur, slot in ready:
-                cur += dur
+                host += launch
+                cur = max(cur, host, all_in) + dur
                 read_done[slot] = cur
         t = cur
         if l == log.num_layers - 1:
-            latency[s] = t - step_start
+            end = max(t, host)  # the step's event is recorded once the host has launched everything
+            latency[s] = end - boundary
+            boundary = end
     return {"latency_ms": latency, "copies": copies, "link_busy_ms": busy, "elapsed_ms": t}
 
 

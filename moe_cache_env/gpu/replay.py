@@ -58,6 +58,12 @@ class ReplayDevice(Protocol):
     def reset(self, log: DecisionLog) -> None:
         """Load the log's initial slot contents and clear all state; untimed."""
 
+    def start_run(self) -> None:
+        """Called before a run's first launch (the CUDA device makes its compute stream current)."""
+
+    def end_run(self) -> None:
+        """Called after a run's last launch."""
+
     def step_marker(self) -> Any:
         """A marker at the current end of the compute stream."""
 
@@ -151,6 +157,17 @@ def _run(device: ReplayDevice, log: DecisionLog, decisions: list[LayerDecisions]
     E = log.num_experts
     L = log.num_layers
     link = _Link(device, window)
+    device.start_run()
+    try:
+        markers = _run_layers(device, decisions, link, per_expert, E, L)
+    finally:
+        device.end_run()
+    latency = np.asarray(device.elapsed_ms(markers), dtype=np.float64)
+    return {"latency_ms": latency, "copies": dict(link.counts)}
+
+
+def _run_layers(device: ReplayDevice, decisions: list[LayerDecisions], link: _Link, per_expert: bool, E: int,
+                L: int) -> list[Any]:
     markers = [device.step_marker()]
     for d in decisions:
         layer = d.layer
@@ -188,8 +205,7 @@ def _run(device: ReplayDevice, log: DecisionLog, decisions: list[LayerDecisions]
         if layer == L - 1:
             device.end_step()
             markers.append(device.step_marker())
-    latency = np.asarray(device.elapsed_ms(markers), dtype=np.float64)
-    return {"latency_ms": latency, "copies": dict(link.counts)}
+    return markers
 
 
 def replay(
@@ -235,16 +251,19 @@ class FakeReplayDevice:
 
     A compute stream and a copy stream each run their work in order; work starts when its stream is free, the
     host has issued it, and every marker it waits for has passed. Durations come from a
-    :class:`ReferenceTiming`; the host spends ``read_ms`` (default: the timing's ``host_ms``) reading each
-    layer's routing and ``launch_ms`` per launch. Markers are times in ms. Deterministic.
+    :class:`ReferenceTiming`: the host spends ``host_ms`` reading each layer's routing and deciding,
+    ``launch_ms`` per expert launch, ``layer_launch_ms`` per non-expert launch and ``copy_launch_ms`` per copy
+    issue (0: copy issue is part of the decision cost). Markers are times in ms. Deterministic.
     """
 
     name = "fake"
 
-    def __init__(self, timing: ReferenceTiming, *, launch_ms: float = 0.0, read_ms: float | None = None) -> None:
+    def __init__(self, timing: ReferenceTiming, *, copy_launch_ms: float = 0.0) -> None:
         self.timing = timing
-        self.launch_ms = float(launch_ms)
-        self.read_ms = float(timing.host_ms if read_ms is None else read_ms)
+        self.launch_ms = float(timing.launch_ms)
+        self.layer_launch_ms = float(timing.layer_launch_ms)
+        self.copy_launch_ms = float(copy_launch_ms)
+        self.read_ms = float(timing.host_ms)
         self.reset(None)
 
     def prepare(self, log: DecisionLog) -> None:
@@ -257,16 +276,21 @@ class FakeReplayDevice:
         self.copy_tail = 0.0
         self.copy_ends: list[float] = []
 
+    def start_run(self) -> None:
+        pass
+
+    def end_run(self) -> None:
+        pass
+
     def step_marker(self) -> float:
         return max(self.compute_tail, self.host)
 
-    def _launch(self, tail: float, duration: float, after: float = -math.inf) -> float:
-        start = max(tail, self.host, after)
-        self.host += self.launch_ms
-        return start + duration
+    def _launch(self, tail: float, duration: float, cost: float, after: float = -math.inf) -> float:
+        self.host += cost
+        return max(tail, self.host, after) + duration
 
     def non_expert(self, layer: int) -> float:
-        self.compute_tail = self._launch(self.compute_tail, self.timing.non_expert_ms)
+        self.compute_tail = self._launch(self.compute_tail, self.timing.non_expert_ms, self.layer_launch_ms)
         return self.compute_tail
 
     def wait(self, marker: float, poll: Callable[[], None]) -> None:
@@ -281,7 +305,8 @@ class FakeReplayDevice:
         self.host += self.read_ms
 
     def copy(self, key: int, slot: int, after: float | None) -> float:
-        self.copy_tail = self._launch(self.copy_tail, self.timing.transfer_ms, -math.inf if after is None else after)
+        self.copy_tail = self._launch(self.copy_tail, self.timing.transfer_ms, self.copy_launch_ms,
+                                      -math.inf if after is None else after)
         self.copy_ends.append(self.copy_tail)
         return self.copy_tail
 
@@ -290,7 +315,7 @@ class FakeReplayDevice:
 
     def expert(self, slot: int, ntokens: int, waits: Sequence[float]) -> float:
         after = max(waits) if waits else -math.inf
-        self.compute_tail = self._launch(self.compute_tail, self.timing.compute_ms[ntokens], after)
+        self.compute_tail = self._launch(self.compute_tail, self.timing.compute_ms[ntokens], self.launch_ms, after)
         return self.compute_tail
 
     def end_step(self) -> None:
@@ -445,7 +470,21 @@ class CudaReplayDevice:
         self.h.copy_(self.h0)
         torch.cuda.synchronize()
 
-    # -- the interface
+    # -- the interface (between start_run and end_run the compute stream is current and autograd is off, so
+    # that the per-call host work is what an engine's would be: no context managers on the hot path)
+
+    def start_run(self) -> None:
+        torch = self.torch
+        self._saved = (torch.cuda.current_stream(self.device), torch.is_grad_enabled())
+        torch.set_grad_enabled(False)
+        torch.cuda.set_stream(self.compute)
+        B = self.config.batch
+        self._h_rows = [self.h[:n] for n in range(B + 1)]
+
+    def end_run(self) -> None:
+        stream, grad = self._saved
+        self.torch.cuda.set_stream(stream)
+        self.torch.set_grad_enabled(grad)
 
     def step_marker(self) -> Any:
         ev = self.torch.cuda.Event(enable_timing=True)
@@ -453,14 +492,13 @@ class CudaReplayDevice:
         return ev
 
     def non_expert(self, layer: int) -> Any:
-        torch = self.torch
         graph, m, ids = self.layer_out[layer]
-        with torch.cuda.stream(self.compute), torch.no_grad():
-            if m is None:
-                m, ids = graph()
-            else:
-                graph.replay()
+        if m is None:
+            m, ids = graph()
+        else:
+            graph.replay()
         self.cur_m, self.cur_ids = m, ids
+        self._m_rows = None
         self.router_event.record(self.compute)
         return self.router_event
 
@@ -470,38 +508,37 @@ class CudaReplayDevice:
             poll()
 
     def read_routing(self, layer: int) -> None:
-        with self.torch.cuda.stream(self.compute):
-            self.cur_ids.cpu()
+        self.cur_ids.cpu()
 
     def copy(self, key: int, slot: int, after: Any | None) -> Any:
         torch = self.torch
+        stream = self.copy_stream
         if after is not None:
-            self.copy_stream.wait_event(after)
-        with torch.cuda.stream(self.copy_stream):
-            self.slots[slot].copy_(self.host_views[key % self.host_keys], non_blocking=True)
+            stream.wait_event(after)
+        torch.cuda.set_stream(stream)
+        self.slots[slot].copy_(self.host_views[key % self.host_keys], non_blocking=True)
         ev = torch.cuda.Event()
-        ev.record(self.copy_stream)
+        ev.record(stream)
+        torch.cuda.set_stream(self.compute)
         return ev
 
     def done(self, marker: Any) -> bool:
         return marker.query()
 
     def expert(self, slot: int, ntokens: int, waits: Sequence[Any]) -> Any:
-        torch = self.torch
-        F = torch.nn.functional
+        F = self.torch.nn.functional
+        compute = self.compute
         for w in waits:
-            self.compute.wait_event(w)
+            compute.wait_event(w)
         gate, up, down = self.views[slot]
-        with torch.cuda.stream(self.compute), torch.no_grad():
-            x = self.cur_m[:ntokens]
-            self.h[:ntokens].add_(F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down))
+        x = self.cur_m if ntokens == self.config.batch else self.cur_m[:ntokens]
+        self._h_rows[ntokens].add_(F.linear(F.silu(F.linear(x, gate)) * F.linear(x, up), down))
         ev = self.read_events[slot]
-        ev.record(self.compute)
+        ev.record(compute)
         return ev
 
     def end_step(self) -> None:
-        with self.torch.cuda.stream(self.compute):
-            self.h.copy_(self.h0)
+        self.h.copy_(self.h0)
 
     def elapsed_ms(self, markers: Sequence[Any]) -> list[float]:
         self.torch.cuda.synchronize()

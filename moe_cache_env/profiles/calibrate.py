@@ -694,89 +694,57 @@ class CudaBackend:
     def host_samples_ms(
         self, layer: LayerShape, batch: int, context: int, *, layers: int, repeats: int, warmup: int
     ) -> dict[str, Any]:
-        """The per-layer cost of a host that reads each layer's routing before launching its experts.
+        """The host's per-layer cost, measured through ``replay-gpu``'s own engine and CUDA device.
 
-        ``layers`` decode layers (own weights and KV caches; each one's non-expert part a CUDA graph) are run
-        with ``top_k`` resident experts each (eager SwiGLU calls, as a per-expert loop launches them), three ways:
-
-        - ``graph``: the whole loop (non-expert graphs and experts) captured in one CUDA graph: device time;
-        - ``pipelined``: non-expert graph, then the experts launched eagerly, no host synchronisation: the host
-          runs ahead of the GPU unless launching is slower than computing;
-        - ``synced``: after each layer's non-expert graph the host polls an event until the router has run,
-          copies the top-k ids to the host (``.cpu()``), issues ``top_k`` small host-to-GPU copies on a copy
-          stream, makes the compute stream wait for them, then launches the experts: what an offloading engine
-          does at each layer, as ``replay-gpu`` does it.
-
-        All three are timed with events on the compute stream and divided by ``layers``.
+        ``synced``: a decision log in which each of ``layers`` layers needs ``top_k`` resident experts (no
+        copies) is replayed ``repeats`` steps (after ``warmup``): per layer, the non-expert work (a CUDA graph of
+        the model's layer), a host wait for the router's event, ``.cpu()`` of the top-k ids, the engine's
+        bookkeeping, and the experts launched one by one. Each sample is one step's time per layer.
+        ``expert_launch`` / ``layer_launch``: host time to launch one expert / one layer's non-expert graph
+        while the GPU is busy (so that only the launch is timed), per call.
         """
+        from moe_cache_env.gpu.reference_policies import all_hits_log
+        from moe_cache_env.gpu.replay import CudaReplayConfig, CudaReplayDevice, replay
+
         torch = self.torch
-        decode = self._decode_layers(layer, batch, context, layers)
-        weights = self._weight_sets()
-        top_k = layer.top_k
-        h0 = torch.randn((batch, layer.hidden), device=self.device, generator=self._gen).to(self.torch_dtype)
-        h = h0.clone()
         if layer.hidden != self.shape.hidden:
             raise CalibrationError(
                 f"host cost: the layer's hidden size {layer.hidden} differs from the expert's {self.shape.hidden}"
             )
-        copy_bytes = 4096
-        src = torch.empty((top_k, copy_bytes), dtype=torch.uint8, pin_memory=True)
-        dst = torch.empty((top_k, copy_bytes), dtype=torch.uint8, device=self.device)
-        copy_stream = self.side_stream
-        copy_events = [torch.cuda.Event() for _ in range(top_k)]
-        router_done = torch.cuda.Event()
+        log = all_hits_log(layers, layer.num_experts, layer.top_k, self.expert_bytes, steps=repeats, batch=batch)
+        host_gib = layers * layer.top_k * self.expert_bytes / 2**30 + 0.01
+        device = CudaReplayDevice(CudaReplayConfig(
+            layer=layer, hidden=self.shape.hidden, intermediate=self.shape.intermediate, batch=batch,
+            context=context, host_memory_gib=host_gib, device_index=self.device_index))
+        result = replay(device, log, order="fused", warmup_steps=warmup)
+        synced = [round(float(t) / layers, SAMPLE_DECIMALS) for t in result["latency_ms"]]
 
-        def layer_step(lay: Any) -> tuple[Any, Any]:
-            h_new, m, _, ids = lay(h)
-            h.copy_(h_new)
-            return m, ids
+        def launches(call: Callable[[int], Any], count: int) -> list[float]:
+            samples = []
+            device.start_run()
+            try:
+                for _ in range(3 + repeats):
+                    torch.cuda._sleep(int(2e8))  # keep the GPU busy: only the host's launch is timed
+                    started = time.perf_counter()
+                    for i in range(count):
+                        call(i)
+                    samples.append(round((time.perf_counter() - started) * 1e3 / count, SAMPLE_DECIMALS))
+                    torch.cuda.synchronize()
+            finally:
+                device.end_run()
+            return samples[3:]
 
-        with torch.no_grad():
-            graphs = []
-            for lay in decode:
-                graph, (m, ids) = self._capture(lambda lay=lay: layer_step(lay))
-                graphs.append((graph, m, ids))
-
-            def run(mode: str) -> None:
-                h.copy_(h0)
-                for graph, m, ids in graphs:
-                    graph.replay()
-                    if mode == "synced":
-                        router_done.record(self.stream)
-                        while not router_done.query():
-                            pass
-                        ids.cpu()
-                        with torch.cuda.stream(copy_stream):
-                            for j in range(top_k):
-                                dst[j].copy_(src[j], non_blocking=True)
-                                copy_events[j].record(copy_stream)
-                        for j in range(top_k):
-                            self.stream.wait_event(copy_events[j])
-                    for j in range(top_k):
-                        h.add_(self._expert(m, *weights[j % len(weights)]))
-
-            def run_uncaptured() -> None:
-                # the same work with the layers' forwards called directly, so that it can be captured whole
-                h.copy_(h0)
-                for lay in decode:
-                    m, _ = layer_step(lay)
-                    for j in range(top_k):
-                        h.add_(self._expert(m, *weights[j % len(weights)]))
-
-            with torch.cuda.stream(self.stream):
-                run("pipelined")
-            whole, _ = self._capture(run_uncaptured)
-            result: dict[str, Any] = {"top_k": top_k, "layers": layers, "copy_bytes": copy_bytes}
-            with torch.cuda.stream(self.stream):
-                for mode in ("graph", "pipelined", "synced"):
-                    work = (lambda _: whole.replay()) if mode == "graph" else (lambda _, mode=mode: run(mode))
-                    samples = measure_ms(work, repeats=repeats, warmup=warmup, timer=self.timer)
-                    result[mode] = [round(t / layers, SAMPLE_DECIMALS) for t in samples]
-            self.stream.synchronize()
-            result["check"] = {"finite": bool(torch.isfinite(h).all())}
-        del whole, graphs, decode
+        device.start_run()
+        device.non_expert(0)
+        device.end_run()
+        expert_launch = launches(lambda i: device.expert(i % (layers * layer.top_k), batch, ()), 64)
+        layer_launch = launches(lambda i: device.non_expert(i % layers), 32)
+        torch.cuda.synchronize()
+        check = {"finite": bool(torch.isfinite(device.h).all())}
+        del device
         torch.cuda.empty_cache()
-        return result
+        return {"top_k": layer.top_k, "layers": layers, "check": check, "synced": synced,
+                "expert_launch": expert_launch, "layer_launch": layer_launch}
 
 
 # -------------------------------------------------------------------------------------------- driving
@@ -902,9 +870,8 @@ def run_calibration(
             "context": plan.default_context,
             "layers": host["layers"],
             "top_k": host["top_k"],
-            "copy_bytes": host["copy_bytes"],
             "check": host["check"],
-            **{f"{mode}_samples_ms": host[mode] for mode in ("graph", "pipelined", "synced")},
+            **{f"{mode}_samples_ms": host[mode] for mode in ("synced", "expert_launch", "layer_launch")},
         }
     return measurements
 
@@ -1099,7 +1066,11 @@ def build_profile(
         profile["layer_overhead_ms"] = profile["non_expert"]["default_ms"]
     host = measurements.get("host")
     if host:
-        profile["host"] = summarize_host(host)
+        if not non_expert:
+            raise ProfileError("measurements: a host cost needs the non-expert measurements of the same layer")
+        batch = float(host["batch"])
+        compute_at_batch = float(np.interp(batch, [c["tokens"] for c in compute], graph_ms))
+        profile["host"] = summarize_host(host, profile["non_expert"]["default_ms"], compute_at_batch)
         profile["host_decision_ms"] = profile["host"]["decision_ms"]
     if checks:
         profile["checks"] = dict(checks)
@@ -1152,28 +1123,41 @@ def summarize_non_expert(non_expert: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def summarize_host(host: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-layer times of the host-cost loop and the decision cost they imply.
+def summarize_host(host: Mapping[str, Any], non_expert_ms: float, compute_ms: float) -> dict[str, Any]:
+    """The host's per-layer decision cost, from the all-resident replay and the launch times.
 
-    ``decision_ms`` = synced - graph (at least 0): what a layer whose experts are all resident takes beyond the
-    device time of its work, when the host reads the routing before launching the experts (event poll,
-    ``.cpu()`` of the ids, copy issue, expert launches). ``sync_ms`` = synced - pipelined: the part that the
-    synchronisation adds to a host that launches eagerly anyway.
+    The reference estimate (``gpu.reference_policies.estimate_latency``) times a layer with a host that
+    launches the non-expert work (``layer_launch_ms``), waits for the router, decides (``decision_ms``) and
+    launches the experts one by one (``expert_launch_ms`` each). ``decision_ms`` is what makes that estimate,
+    given the measured launch times, the non-expert time ``non_expert_ms`` and the expert compute
+    ``compute_ms`` of this profile, equal the measured all-resident replay (``synced_ms`` per layer): the part
+    of the host's work that nothing overlaps (event poll, ``.cpu()`` of the routing, bookkeeping). At least 0.
     """
+    from moe_cache_env.gpu.reference_policies import ReferenceTiming, all_hits_log, estimate_latency
+
     if not host.get("check", {}).get("finite", True):
         raise ProfileError(f"measurements.host: failed check {host.get('check')}")
-    med = {mode: _median(host[f"{mode}_samples_ms"]) for mode in ("graph", "pipelined", "synced")}
+    synced = _median(host["synced_samples_ms"])
+    expert_launch = _median(host["expert_launch_samples_ms"])
+    layer_launch = _median(host["layer_launch_samples_ms"])
+    layers, top_k, batch = int(host["layers"]), int(host["top_k"]), int(host["batch"])
+    log = all_hits_log(layers, max(top_k, 1), top_k, 1, steps=4, batch=batch)
+    ctab = tuple([0.0] + [compute_ms] * batch)
+    free = ReferenceTiming(1.0, ctab, non_expert_ms, 0.0, expert_launch, layer_launch)
+    model = float(estimate_latency(log, free)["latency_ms"][-1]) / layers
     return {
         "model": host["model"],
-        "batch": host["batch"],
+        "batch": batch,
         "context": host["context"],
-        "layers": host["layers"],
-        "top_k": host["top_k"],
-        "graph_ms": med["graph"],
-        "pipelined_ms": med["pipelined"],
-        "synced_ms": med["synced"],
-        "decision_ms": max(0.0, med["synced"] - med["graph"]),
-        "sync_ms": med["synced"] - med["pipelined"],
+        "layers": layers,
+        "top_k": top_k,
+        "synced_ms": synced,
+        "expert_launch_ms": expert_launch,
+        "layer_launch_ms": layer_launch,
+        "non_expert_ms": non_expert_ms,
+        "compute_ms": compute_ms,
+        "model_without_decision_ms": model,
+        "decision_ms": max(0.0, synced - model),
     }
 
 

@@ -236,10 +236,11 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
     host = profile.get("host")
     if host:
         out.append(
-            f"\nhost decision cost per layer ({host.get('model')}, batch {host['batch']}, {host['top_k']} resident "
-            f"experts, {host['layers']} layers): device time {host['graph_ms']:.4g} ms, launched without sync "
-            f"{host['pipelined_ms']:.4g} ms, with the router sync and copy issue {host['synced_ms']:.4g} ms -> "
-            f"host_decision_ms = {host['decision_ms']:.4g} ms (of which the sync {host['sync_ms']:.4g} ms)"
+            f"\nhost cost per layer ({host.get('model')}, batch {host['batch']}, {host['top_k']} resident experts, "
+            f"{host['layers']} layers, replayed by replay-gpu's engine): {host['synced_ms']:.4g} ms per layer; "
+            f"launch {host['expert_launch_ms']:.4g} ms per expert, {host['layer_launch_ms']:.4g} ms per non-expert "
+            f"graph; a host that only launches would take {host['model_without_decision_ms']:.4g} ms -> "
+            f"host_decision_ms = {host['decision_ms']:.4g} ms (router sync, .cpu(), bookkeeping)"
         )
     checks = profile.get("checks") or {}
     for key, check in sorted(checks.items()):

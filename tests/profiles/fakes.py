@@ -87,17 +87,16 @@ class FakeBackend:
 
     def host_samples_ms(self, layer, batch, context, *, layers, repeats, warmup):
         self.calls.append(("host", batch, context, layers))
-        graph = NON_EXPERT_B1_MS + layer.top_k * 0.02
-        return {"top_k": layer.top_k, "layers": layers, "copy_bytes": 4096, "check": {"finite": True},
-                "graph": self._samples(graph, repeats), "pipelined": self._samples(graph + 0.01, repeats),
-                "synced": self._samples(graph + HOST_DECISION_MS, repeats)}
+        return {"top_k": layer.top_k, "layers": layers, "check": {"finite": True},
+                "synced": self._samples(HOST_SYNCED_MS, repeats), "expert_launch": self._samples(0.03, repeats),
+                "layer_launch": self._samples(0.01, repeats)}
 
 
 #: The fake's compute-scaling truth (fixed cost + weight read) and its non-expert time at batch 1, context 512.
 COMPUTE_FIXED_MS = 0.015
 COMPUTE_GBPS = 3000.0
 NON_EXPERT_B1_MS = 0.03 + 1e-3 + 2e-6 * 512 + 0.01 + 0.02 + 1e-4
-HOST_DECISION_MS = 0.08
+HOST_SYNCED_MS = 0.5
 
 
 def assert_same_tree(a: Any, b: Any, rel: float = 1e-9, path: str = "profile") -> None:

@@ -235,7 +235,7 @@ def _full_fake_profile(noise: float = 0.0) -> dict:
 
 
 def test_non_expert_grid_sets_layer_overhead_and_host_cost(tmp_path):
-    from .fakes import HOST_DECISION_MS, NON_EXPERT_B1_MS
+    from .fakes import HOST_SYNCED_MS, NON_EXPERT_B1_MS
 
     profile = _full_fake_profile()
     plan = CalibrationPlan.quick()
@@ -247,6 +247,15 @@ def test_non_expert_grid_sets_layer_overhead_and_host_cost(tmp_path):
     row = table["rows"][0]
     assert row["attention_ms"] + row["router_ms"] + row["shared_expert_ms"] == pytest.approx(row["ms"])
     assert row["eager_ms"] == pytest.approx(2.5 * row["ms"])
+    host = profile["host"]
+    assert host["synced_ms"] == pytest.approx(HOST_SYNCED_MS)
+    assert host["non_expert_ms"] == pytest.approx(NON_EXPERT_B1_MS)
+    # launch-bound (0.03 ms per expert launch > 0.02 ms of compute): a layer is the non-expert time, four expert
+    # launches, and the last expert's compute (longer than the next layer's launch)
+    assert host["expert_launch_ms"] > host["compute_ms"] > host["layer_launch_ms"]
+    free = NON_EXPERT_B1_MS + 4 * host["expert_launch_ms"] + host["compute_ms"]
+    assert host["model_without_decision_ms"] == pytest.approx(free, rel=1e-6)
+    HOST_DECISION_MS = HOST_SYNCED_MS - free
     assert profile["host"]["decision_ms"] == pytest.approx(HOST_DECISION_MS)
     assert profile["host_decision_ms"] == pytest.approx(HOST_DECISION_MS)
     loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
