@@ -700,8 +700,9 @@ class CudaBackend:
         copies) is replayed ``repeats`` steps (after ``warmup``): per layer, the non-expert work (a CUDA graph of
         the model's layer), a host wait for the router's event, ``.cpu()`` of the top-k ids, the engine's
         bookkeeping, and the experts launched one by one. Each sample is one step's time per layer.
-        ``expert_launch`` / ``layer_launch``: host time to launch one expert / one layer's non-expert graph
-        while the GPU is busy (so that only the launch is timed), per call.
+        ``synced_double``: the same with twice as many experts per layer (the slope gives the host's cost per
+        expert where launching is slower than computing). ``expert_launch`` / ``layer_launch``: host time to
+        launch one expert / one layer's non-expert graph while the GPU is busy (only the launch is timed).
         """
         from moe_cache_env.gpu.reference_policies import all_hits_log
         from moe_cache_env.gpu.replay import CudaReplayConfig, CudaReplayDevice, replay
@@ -711,13 +712,19 @@ class CudaBackend:
             raise CalibrationError(
                 f"host cost: the layer's hidden size {layer.hidden} differs from the expert's {self.shape.hidden}"
             )
-        log = all_hits_log(layers, layer.num_experts, layer.top_k, self.expert_bytes, steps=repeats, batch=batch)
-        host_gib = layers * layer.top_k * self.expert_bytes / 2**30 + 0.01
+        double = min(2 * layer.top_k, layer.num_experts)
+        logs = {k: all_hits_log(layers, layer.num_experts, k, self.expert_bytes, steps=repeats, batch=batch)
+                for k in (double, layer.top_k)}
+        host_gib = layers * double * self.expert_bytes / 2**30 + 0.01
         device = CudaReplayDevice(CudaReplayConfig(
             layer=layer, hidden=self.shape.hidden, intermediate=self.shape.intermediate, batch=batch,
             context=context, host_memory_gib=host_gib, device_index=self.device_index))
-        result = replay(device, log, order="fused", warmup_steps=warmup)
-        synced = [round(float(t) / layers, SAMPLE_DECIMALS) for t in result["latency_ms"]]
+        device.prepare(logs[double])
+        per_layer = {}
+        for k in (layer.top_k, double, layer.top_k, double):  # interleaved, so that drift affects both alike
+            result = replay(device, logs[k], order="fused", warmup_steps=warmup, prepared=True)
+            per_layer.setdefault(k, []).extend(round(float(t) / layers, SAMPLE_DECIMALS) for t in result["latency_ms"])
+        synced = per_layer[layer.top_k]
 
         def launches(call: Callable[[int], Any], count: int) -> list[float]:
             samples = []
@@ -744,6 +751,7 @@ class CudaBackend:
         del device
         torch.cuda.empty_cache()
         return {"top_k": layer.top_k, "layers": layers, "check": check, "synced": synced,
+                "double_top_k": double, "synced_double": per_layer[double],
                 "expert_launch": expert_launch, "layer_launch": layer_launch}
 
 
@@ -757,7 +765,7 @@ def _entry(samples_ms: list[float], **fields: Any) -> dict[str, Any]:
 
 def default_scaling_shapes() -> dict[str, ExpertShape]:
     """The expert shapes the compute-scaling fit is measured on: every preset's own expert, and the 28 MiB
-    expert of the synthetic traces (2048 x 2389, the nearest whole SwiGLU shape)."""
+    expert of the synthetic traces (computed as 2048 x 2368: see ``shapes.expert_shape_for_bytes``)."""
     shapes = dict(MODEL_EXPERT_SHAPES)
     shapes["synthetic-28mib"] = expert_shape_for_bytes(2048, 28 * MIB)
     return shapes
@@ -871,7 +879,9 @@ def run_calibration(
             "layers": host["layers"],
             "top_k": host["top_k"],
             "check": host["check"],
-            **{f"{mode}_samples_ms": host[mode] for mode in ("synced", "expert_launch", "layer_launch")},
+            "double_top_k": host["double_top_k"],
+            **{f"{mode}_samples_ms": host[mode] for mode in ("synced", "synced_double", "expert_launch",
+                                                               "layer_launch")},
         }
     return measurements
 
@@ -1124,23 +1134,29 @@ def summarize_non_expert(non_expert: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def summarize_host(host: Mapping[str, Any], non_expert_ms: float, compute_ms: float) -> dict[str, Any]:
-    """The host's per-layer decision cost, from the all-resident replay and the launch times.
+    """The host's per-layer costs, from the all-resident replays at ``top_k`` and twice as many experts.
 
     The reference estimate (``gpu.reference_policies.estimate_latency``) times a layer with a host that
     launches the non-expert work (``layer_launch_ms``), waits for the router, decides (``decision_ms``) and
-    launches the experts one by one (``expert_launch_ms`` each). ``decision_ms`` is what makes that estimate,
-    given the measured launch times, the non-expert time ``non_expert_ms`` and the expert compute
-    ``compute_ms`` of this profile, equal the measured all-resident replay (``synced_ms`` per layer): the part
-    of the host's work that nothing overlaps (event poll, ``.cpu()`` of the routing, bookkeeping). At least 0.
+    launches the experts one by one (``expert_launch_ms`` each; an expert cannot start before its launch).
+    ``expert_launch_ms`` is the slope of the per-layer time between the two replays (each added expert costs the
+    larger of its launch and its compute, so this is the launch cost where launching is the slower; at least
+    the expert's compute time otherwise); ``decision_ms`` then makes the estimate of the ``top_k`` replay, with
+    this profile's non-expert time ``non_expert_ms`` and expert compute ``compute_ms``, equal the measured
+    ``synced_ms``: the host work per layer that nothing overlaps (event poll, ``.cpu()`` of the routing,
+    bookkeeping). At least 0. ``expert_launch_busy_ms`` is the launch time measured alone, on a busy GPU.
     """
     from moe_cache_env.gpu.reference_policies import ReferenceTiming, all_hits_log, estimate_latency
 
     if not host.get("check", {}).get("finite", True):
         raise ProfileError(f"measurements.host: failed check {host.get('check')}")
     synced = _median(host["synced_samples_ms"])
-    expert_launch = _median(host["expert_launch_samples_ms"])
-    layer_launch = _median(host["layer_launch_samples_ms"])
     layers, top_k, batch = int(host["layers"]), int(host["top_k"]), int(host["batch"])
+    double = int(host["double_top_k"])
+    synced_double = _median(host["synced_double_samples_ms"])
+    slope = (synced_double - synced) / (double - top_k) if double > top_k else compute_ms
+    expert_launch = max(slope, 0.0)
+    layer_launch = _median(host["layer_launch_samples_ms"])
     log = all_hits_log(layers, max(top_k, 1), top_k, 1, steps=4, batch=batch)
     ctab = tuple([0.0] + [compute_ms] * batch)
     free = ReferenceTiming(1.0, ctab, non_expert_ms, 0.0, expert_launch, layer_launch)
@@ -1152,7 +1168,10 @@ def summarize_host(host: Mapping[str, Any], non_expert_ms: float, compute_ms: fl
         "layers": layers,
         "top_k": top_k,
         "synced_ms": synced,
+        "double_top_k": double,
+        "synced_double_ms": synced_double,
         "expert_launch_ms": expert_launch,
+        "expert_launch_busy_ms": _median(host["expert_launch_samples_ms"]),
         "layer_launch_ms": layer_launch,
         "non_expert_ms": non_expert_ms,
         "compute_ms": compute_ms,

@@ -88,8 +88,9 @@ class FakeBackend:
     def host_samples_ms(self, layer, batch, context, *, layers, repeats, warmup):
         self.calls.append(("host", batch, context, layers))
         return {"top_k": layer.top_k, "layers": layers, "check": {"finite": True},
-                "synced": self._samples(HOST_SYNCED_MS, repeats), "expert_launch": self._samples(0.03, repeats),
-                "layer_launch": self._samples(0.01, repeats)}
+                "synced": self._samples(HOST_SYNCED_MS, repeats), "double_top_k": 2 * layer.top_k,
+                "synced_double": self._samples(HOST_SYNCED_MS + layer.top_k * 0.03, repeats),
+                "expert_launch": self._samples(0.025, repeats), "layer_launch": self._samples(0.01, repeats)}
 
 
 #: The fake's compute-scaling truth (fixed cost + weight read) and its non-expert time at batch 1, context 512.

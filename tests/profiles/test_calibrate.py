@@ -252,6 +252,8 @@ def test_non_expert_grid_sets_layer_overhead_and_host_cost(tmp_path):
     assert host["non_expert_ms"] == pytest.approx(NON_EXPERT_B1_MS)
     # launch-bound (0.03 ms per expert launch > 0.02 ms of compute): a layer is the non-expert time, four expert
     # launches, and the last expert's compute (longer than the next layer's launch)
+    assert host["expert_launch_ms"] == pytest.approx(0.03)  # the slope between 4 and 8 experts per layer
+    assert host["expert_launch_busy_ms"] == pytest.approx(0.025)
     assert host["expert_launch_ms"] > host["compute_ms"] > host["layer_launch_ms"]
     free = NON_EXPERT_B1_MS + 4 * host["expert_launch_ms"] + host["compute_ms"]
     assert host["model_without_decision_ms"] == pytest.approx(free, rel=1e-6)
@@ -326,8 +328,9 @@ def test_layer_shapes_of_the_presets():
     for name, layer in MODEL_LAYER_SHAPES.items():
         assert layer.hidden == MODEL_EXPERT_SHAPES[name].hidden
     seed = expert_shape_for_bytes(2048, 28 * 2**20)
-    assert seed == ExpertShape(2048, 2389)
-    assert 0 <= 28 * 2**20 - seed.expert_bytes("bf16") < 3 * 2048 * 2
+    assert seed == ExpertShape(2048, 2368)  # a multiple of 64, 0.9% short of 28 MiB
+    assert 0 <= 28 * 2**20 - seed.expert_bytes("bf16") < 64 * 3 * 2048 * 2
+    assert expert_shape_for_bytes(2048, 28 * 2**20, align=1) == ExpertShape(2048, 2389)
     with pytest.raises(ValueError, match="kv_heads"):
         LayerShape(hidden=64, heads=6, kv_heads=4, head_dim=8, num_experts=4, top_k=2)
     with pytest.raises(ValueError, match="MLA"):
