@@ -78,7 +78,7 @@ class LayerDecisions:
     prefetch: list[tuple[int, int, int]]  # (layer, expert, slot)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DecisionLog:
     """A validated decision log (see the module docstring for the meaning of each array)."""
 
@@ -100,6 +100,14 @@ class DecisionLog:
         for name, dtype in ARRAYS.items():
             object.__setattr__(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
         validate(self)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DecisionLog):
+            return NotImplemented
+        return dict(self.meta) == dict(other.meta) and all(
+            np.array_equal(getattr(self, name), getattr(other, name)) for name in ARRAYS)
+
+    __hash__ = None  # type: ignore[assignment]
 
     # -- shape
 
