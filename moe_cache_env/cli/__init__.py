@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trace-stats": ("trace_stats", "print a trace's routing statistics"),
     "profiles": ("profiles", "list the hardware profiles or show one"),
     "calibrate": ("calibrate", "measure this machine's CUDA GPU and write a hardware profile"),
+    "replay-gpu": ("replay_gpu", "execute a policy's decisions on a CUDA GPU and compare with the estimate"),
     "train": ("train", "train a Stable-Baselines3 agent on an expert-cache environment"),
     "compare": ("compare", "run agents on the same held-out episodes and compare their rewards and metrics"),
     "record": ("record", "record the routing of a local Hugging Face MoE model as traces"),

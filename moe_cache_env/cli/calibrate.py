@@ -1,10 +1,12 @@
 """Measure this machine's CUDA GPU and write a hardware profile.
 
 Times host<->GPU copies (pinned and pageable host memory, 1 MB to 1 GB, and 1/4/20 experts copied separately
-or as one block), a GPU-to-GPU copy of one expert, one SwiGLU expert's compute for 1 to 256 tokens and a
-side-stream copy overlapping compute; fits overhead_ms + bytes / bandwidth per direction and memory kind,
-and writes the profile (fitted fields and raw samples) atomically. Needs torch with CUDA and a GPU; takes
-about half a minute on an H100 (a few seconds with --quick).
+or as one block), a GPU-to-GPU copy of one expert, one SwiGLU expert's compute for 1 to 256 tokens, every
+preset's expert shape (the compute-scaling fit) and a side-stream copy overlapping compute; then, for the
+model preset's layer geometry, the non-expert time per layer (attention, router, norms, shared experts; random
+weights, batch x context grid) and the host's per-layer decision cost (router sync, copy issue, launches).
+Fits overhead_ms + bytes / bandwidth per direction and memory kind, and writes the profile (fitted fields and
+raw samples) atomically. Needs torch with CUDA and a GPU; takes about a minute (a few seconds with --quick).
 """
 
 from __future__ import annotations
@@ -38,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="few sizes and repeats: a smoke test, not a profile to ship"
     )
+    parser.add_argument(
+        "--layer-model",
+        choices=sorted(MODEL_EXPERT_SHAPES),
+        help="model preset whose non-expert layer work (attention, router, norms, shared experts) and host "
+        "decision cost to measure (default: the --model preset; none with --expert-shape)",
+    )
+    parser.add_argument(
+        "--no-non-expert", action="store_true", help="skip the non-expert layer time and the host decision cost"
+    )
+    parser.add_argument(
+        "--no-scaling", action="store_true", help="skip timing every preset's expert shape (the compute-scaling fit)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model = args.model or "qwen1.5-moe"
         shape = model_expert_shape(model)
+    layer_model = None if args.no_non_expert else (args.layer_model or model)
     output = Path(args.output)
     if output.suffix != ".json":
         raise CommandError(f"--output must name a .json file, got {str(output)!r}")
@@ -66,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
             name=name,
             plan=plan,
             model=model,
+            layer_model=layer_model,
+            scaling=not args.no_scaling,
             device_index=args.device,
             command=command,
             progress=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True),

@@ -31,7 +31,13 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import numpy as np
 
 from moe_cache_env.profiles.profile import PROFILE_FORMAT, ProfileError, fit_transfer
-from moe_cache_env.profiles.shapes import ExpertShape, dtype_bytes
+from moe_cache_env.profiles.shapes import (
+    MODEL_EXPERT_SHAPES,
+    ExpertShape,
+    LayerShape,
+    dtype_bytes,
+    expert_shape_for_bytes,
+)
 
 MIB = 2**20
 
@@ -133,6 +139,15 @@ class CalibrationPlan:
         compute_repeats: timed repeats of each compute point.
         overlap_tokens: token count of the compute that runs beside a side-stream copy.
         overlap_repeats: timed repeats of the overlap experiment.
+        scaling_tokens: token counts at which every preset's own expert shape is timed (the compute-scaling
+            fit, ``fixed_ms + bytes / bandwidth``).
+        scaling_repeats: timed repeats of each compute-scaling point.
+        non_expert_batches, non_expert_contexts: the grid of batch sizes and context lengths at which the
+            non-expert part of a layer (attention, router, norms, shared experts) is timed.
+        non_expert_repeats: timed repeats of each non-expert point.
+        default_batch, default_context: the grid point whose time becomes ``layer_overhead_ms``.
+        host_layers: layers in the host-decision-cost loop (distinct layer weights, as in a model).
+        host_repeats: timed repeats of each host-cost mode.
     """
 
     transfer_sizes_bytes: tuple[int, ...] = _sizes_mib(range(11))
@@ -144,9 +159,19 @@ class CalibrationPlan:
     compute_repeats: int = 50
     overlap_tokens: int = 16
     overlap_repeats: int = 20
+    scaling_tokens: tuple[int, ...] = (1, 4, 16, 64, 256)
+    scaling_repeats: int = 30
+    non_expert_batches: tuple[int, ...] = (1, 4, 16, 64)
+    non_expert_contexts: tuple[int, ...] = (512, 2048, 8192)
+    non_expert_repeats: int = 30
+    default_batch: int = 1
+    default_context: int = 512
+    host_layers: int = 24
+    host_repeats: int = 20
 
     def __post_init__(self) -> None:
-        for name in ("transfer_sizes_bytes", "expert_counts", "token_counts"):
+        for name in ("transfer_sizes_bytes", "expert_counts", "token_counts", "scaling_tokens",
+                     "non_expert_batches", "non_expert_contexts"):
             values = getattr(self, name)
             if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
                 raise ValueError(f"calibration plan: {name} must be a non-empty list of positive integers")
@@ -154,7 +179,12 @@ class CalibrationPlan:
                 raise ValueError(f"calibration plan: {name} must be strictly increasing, got {list(values)}")
         if len(self.transfer_sizes_bytes) < 2:
             raise ValueError("calibration plan: transfer_sizes_bytes needs at least two sizes to fit a line")
-        for name in ("transfer_repeats", "expert_repeats", "compute_repeats", "overlap_repeats", "overlap_tokens"):
+        if self.default_batch not in self.non_expert_batches:
+            raise ValueError(f"calibration plan: default_batch {self.default_batch} is not in non_expert_batches")
+        if self.default_context not in self.non_expert_contexts:
+            raise ValueError(f"calibration plan: default_context {self.default_context} is not in non_expert_contexts")
+        for name in ("transfer_repeats", "expert_repeats", "compute_repeats", "overlap_repeats", "overlap_tokens",
+                     "scaling_repeats", "non_expert_repeats", "host_layers", "host_repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"calibration plan: {name} must be >= 1, got {getattr(self, name)}")
         if self.warmup < 0:
@@ -173,6 +203,13 @@ class CalibrationPlan:
             compute_repeats=10,
             overlap_tokens=16,
             overlap_repeats=5,
+            scaling_tokens=(1, 16),
+            scaling_repeats=5,
+            non_expert_batches=(1, 8),
+            non_expert_contexts=(512,),
+            non_expert_repeats=5,
+            host_layers=8,
+            host_repeats=3,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,6 +258,24 @@ class CalibrationBackend(Protocol):
 
     def overlap_samples_ms(self, copy_bytes: int, tokens: int, *, repeats: int, warmup: int) -> dict[str, Any]:
         """Compute alone, copy alone, and both at once (copy on a side stream); see :class:`CudaBackend`."""
+        ...
+
+    def shape_compute_samples_ms(self, shape: ExpertShape, tokens: int, *, repeats: int, warmup: int) -> list[float]:
+        """Graph-replayed compute of one expert of another ``shape`` (per expert), for the scaling fit."""
+        ...
+
+    def non_expert_samples_ms(
+        self, layer: LayerShape, batch: int, context: int, *, repeats: int, warmup: int
+    ) -> dict[str, Any]:
+        """One layer's non-expert work per layer: ``{"graph", "eager", "attention", "router", "shared_expert"
+        (samples, ms), "instances": n, "check": {...}}``; see :class:`CudaBackend`."""
+        ...
+
+    def host_samples_ms(
+        self, layer: LayerShape, batch: int, context: int, *, layers: int, repeats: int, warmup: int
+    ) -> dict[str, Any]:
+        """Per-layer time of ``layers`` layers with all experts resident: ``{"graph", "pipelined", "synced"}``
+        samples (ms per layer); see :class:`CudaBackend`."""
         ...
 
 
@@ -535,6 +590,171 @@ class CudaBackend:
         }
 
 
+
+    # -- compute of other expert shapes
+
+    def shape_compute_samples_ms(self, shape: ExpertShape, tokens: int, *, repeats: int, warmup: int) -> list[float]:
+        """Like :meth:`compute_samples_ms` (graph replay over weight sets past the L2), for another shape."""
+        torch = self.torch
+        eb = shape.expert_bytes(self.dtype_name)
+        props = torch.cuda.get_device_properties(self.device)
+        l2_bytes = int(getattr(props, "L2_cache_size", 0)) or 64 * MIB
+        sets = max(2, min(math.ceil(4 * l2_bytes / eb), (8 * 2**30) // eb, 64))
+        h, i = shape.hidden, shape.intermediate
+
+        def rand(rows: int, cols: int, s: float) -> Any:
+            w = torch.randn((rows, cols), device=self.device, generator=self._gen, dtype=torch.float32)
+            return (w * s).to(self.torch_dtype)
+
+        weights = [(rand(i, h, 1 / math.sqrt(h)), rand(i, h, 1 / math.sqrt(h)), rand(h, i, 1 / math.sqrt(i)))
+                   for _ in range(sets)]
+        x = torch.randn((tokens, h), device=self.device, generator=self._gen).to(self.torch_dtype)
+        with torch.cuda.stream(self.stream):
+            for w in weights:
+                self._expert(x, *w)
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            outs = [self._expert(x, *w) for w in weights]
+        with torch.cuda.stream(self.stream):
+            replay_ms = measure_ms(lambda _: graph.replay(), repeats=repeats, warmup=warmup, timer=self.timer)
+        self.stream.synchronize()
+        if not bool(torch.isfinite(outs[0]).all()):
+            raise CalibrationError(f"expert {h}x{i}: non-finite output")
+        del graph, outs, weights
+        torch.cuda.empty_cache()
+        return [round(t / sets, SAMPLE_DECIMALS) for t in replay_ms]
+
+    # -- the non-expert part of a layer
+
+    def _decode_layers(self, layer: LayerShape, batch: int, context: int, count: int) -> list[Any]:
+        from moe_cache_env.profiles.layer import DecodeLayer
+
+        return [DecodeLayer(layer, batch=batch, context=context, device=self.device, dtype=self.torch_dtype,
+                            generator=self._gen) for _ in range(count)]
+
+    def _capture(self, fn: Callable[[], Any]) -> tuple[Any, Any]:
+        """Warm ``fn`` up on the stream, then capture it in a CUDA graph; returns (graph, fn's output)."""
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            fn()
+        self.stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self.stream):
+            out = fn()
+        return graph, out
+
+    def non_expert_samples_ms(
+        self, layer: LayerShape, batch: int, context: int, *, repeats: int, warmup: int
+    ) -> dict[str, Any]:
+        """Time the non-expert work of one decode layer (see ``moe_cache_env.profiles.layer``).
+
+        ``instances`` layers with their own weights and KV caches are captured one after another in a CUDA graph
+        (enough that their weights overflow the L2 cache 4 times, 2 to 8 of them; fewer when their KV caches
+        would pass 24 GiB), and the replay time is divided by their number: device time per layer, without
+        launch gaps. The parts (attention, router, shared expert) are captured and timed the same way, alone;
+        ``eager`` is one layer's forward called from Python, launches included.
+        """
+        from moe_cache_env.profiles.layer import kv_cache_bytes, layer_weight_bytes
+
+        torch = self.torch
+        props = torch.cuda.get_device_properties(self.device)
+        l2_bytes = int(getattr(props, "L2_cache_size", 0)) or 64 * MIB
+        count = max(2, min(8, math.ceil(4 * l2_bytes / layer_weight_bytes(layer))))
+        count = max(1, min(count, (24 * 2**30) // max(1, kv_cache_bytes(layer, batch, context))))
+        layers = self._decode_layers(layer, batch, context, count)
+        h = torch.randn((batch, layer.hidden), device=self.device, generator=self._gen).to(self.torch_dtype)
+        with torch.no_grad():
+            full, outs = self._capture(lambda: [lay(h) for lay in layers])
+            attention, _ = self._capture(lambda: [lay.attention(h) for lay in layers])
+            router, routed = self._capture(lambda: [lay.route(h) for lay in layers])
+            parts = {"attention": attention, "router": router}
+            if layer.shared_intermediate:
+                m = routed[0][0]
+                parts["shared_expert"], _ = self._capture(lambda: [lay.shared(m) for lay in layers])
+            result: dict[str, Any] = {"instances": count}
+            with torch.cuda.stream(self.stream):
+                samples = measure_ms(lambda _: full.replay(), repeats=repeats, warmup=warmup, timer=self.timer)
+                result["graph"] = [round(t / count, SAMPLE_DECIMALS) for t in samples]
+                for name, graph in parts.items():
+                    samples = measure_ms(lambda _, g=graph: g.replay(), repeats=repeats, warmup=warmup, timer=self.timer)
+                    result[name] = [round(t / count, SAMPLE_DECIMALS) for t in samples]
+                result["eager"] = measure_ms(lambda i: layers[i % count](h), repeats=repeats, warmup=warmup,
+                                             timer=self.timer)
+            self.stream.synchronize()
+            ids = outs[0][3]
+            result["check"] = {
+                "finite": bool(all(torch.isfinite(o[0]).all() for o in outs)),
+                "router_ids_in_range": bool(((ids >= 0) & (ids < layer.num_experts)).all()),
+            }
+        del full, parts, outs, layers
+        torch.cuda.empty_cache()
+        return result
+
+    def host_samples_ms(
+        self, layer: LayerShape, batch: int, context: int, *, layers: int, repeats: int, warmup: int
+    ) -> dict[str, Any]:
+        """The host's per-layer cost, measured through ``replay-gpu``'s own engine and CUDA device.
+
+        ``synced``: a decision log in which each of ``layers`` layers needs ``top_k`` resident experts (no
+        copies) is replayed ``repeats`` steps (after ``warmup``): per layer, the non-expert work (a CUDA graph of
+        the model's layer), a host wait for the router's event, ``.cpu()`` of the top-k ids, the engine's
+        bookkeeping, and the experts launched one by one. Each sample is one step's time per layer.
+        ``synced_double``: the same with twice as many experts per layer (the slope gives the host's cost per
+        expert where launching is slower than computing). ``expert_launch`` / ``layer_launch``: host time to
+        launch one expert / one layer's non-expert graph while the GPU is busy (only the launch is timed).
+        """
+        from moe_cache_env.gpu.reference_policies import all_hits_log
+        from moe_cache_env.gpu.replay import CudaReplayConfig, CudaReplayDevice, replay
+
+        torch = self.torch
+        if layer.hidden != self.shape.hidden:
+            raise CalibrationError(
+                f"host cost: the layer's hidden size {layer.hidden} differs from the expert's {self.shape.hidden}"
+            )
+        double = min(2 * layer.top_k, layer.num_experts)
+        logs = {k: all_hits_log(layers, layer.num_experts, k, self.expert_bytes, steps=repeats, batch=batch)
+                for k in (double, layer.top_k)}
+        host_gib = layers * double * self.expert_bytes / 2**30 + 0.01
+        device = CudaReplayDevice(CudaReplayConfig(
+            layer=layer, hidden=self.shape.hidden, intermediate=self.shape.intermediate, batch=batch,
+            context=context, host_memory_gib=host_gib, device_index=self.device_index))
+        device.prepare(logs[double])
+        per_layer = {}
+        for k in (layer.top_k, double, layer.top_k, double):  # interleaved, so that drift affects both alike
+            result = replay(device, logs[k], order="fused", warmup_steps=warmup, prepared=True)
+            per_layer.setdefault(k, []).extend(round(float(t) / layers, SAMPLE_DECIMALS) for t in result["latency_ms"])
+        synced = per_layer[layer.top_k]
+
+        def launches(call: Callable[[int], Any], count: int) -> list[float]:
+            samples = []
+            device.start_run()
+            try:
+                for _ in range(3 + repeats):
+                    torch.cuda._sleep(int(2e8))  # keep the GPU busy: only the host's launch is timed
+                    started = time.perf_counter()
+                    for i in range(count):
+                        call(i)
+                    samples.append(round((time.perf_counter() - started) * 1e3 / count, SAMPLE_DECIMALS))
+                    torch.cuda.synchronize()
+            finally:
+                device.end_run()
+            return samples[3:]
+
+        device.start_run()
+        device.non_expert(0)
+        device.end_run()
+        expert_launch = launches(lambda i: device.expert(i % (layers * layer.top_k), batch, ()), 64)
+        layer_launch = launches(lambda i: device.non_expert(i % layers), 32)
+        torch.cuda.synchronize()
+        check = {"finite": bool(torch.isfinite(device.h).all())}
+        del device
+        torch.cuda.empty_cache()
+        return {"top_k": layer.top_k, "layers": layers, "check": check, "synced": synced,
+                "double_top_k": double, "synced_double": per_layer[double],
+                "expert_launch": expert_launch, "layer_launch": layer_launch}
+
+
 # -------------------------------------------------------------------------------------------- driving
 
 
@@ -543,13 +763,29 @@ def _entry(samples_ms: list[float], **fields: Any) -> dict[str, Any]:
     return {**fields, **TimingStats.from_samples(samples_ms).to_dict(), "samples_ms": samples_ms}
 
 
+def default_scaling_shapes() -> dict[str, ExpertShape]:
+    """The expert shapes the compute-scaling fit is measured on: every preset's own expert, and the 28 MiB
+    expert of the synthetic traces (computed as 2048 x 2368: see ``shapes.expert_shape_for_bytes``)."""
+    shapes = dict(MODEL_EXPERT_SHAPES)
+    shapes["synthetic-28mib"] = expert_shape_for_bytes(2048, 28 * MIB)
+    return shapes
+
+
 def run_calibration(
     backend: CalibrationBackend,
     plan: CalibrationPlan,
     *,
+    layer: LayerShape | None = None,
+    layer_model: str | None = None,
+    scaling_shapes: Mapping[str, ExpertShape] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure everything ``plan`` asks for on ``backend``; returns the raw measurements (JSON-able)."""
+    """Measure everything ``plan`` asks for on ``backend``; returns the raw measurements (JSON-able).
+
+    With ``layer`` (the non-expert geometry of model preset ``layer_model``), also the non-expert time per layer
+    over the plan's batch/context grid and the host's per-layer decision cost; with ``scaling_shapes``, also
+    the compute of each of those expert shapes (the compute-scaling fit).
+    """
     say = progress or (lambda _msg: None)
     eb = backend.expert_bytes
     transfers = []
@@ -591,7 +827,7 @@ def run_calibration(
     overlap = backend.overlap_samples_ms(
         max(plan.expert_counts) * eb, plan.overlap_tokens, repeats=plan.overlap_repeats, warmup=plan.warmup
     )
-    return {
+    measurements: dict[str, Any] = {
         "expert_bytes": eb,
         "transfers": transfers,
         "experts": experts,
@@ -600,6 +836,59 @@ def run_calibration(
         "compute_check": check,
         "overlap": overlap,
     }
+    if scaling_shapes:
+        rows = []
+        for model, shape in scaling_shapes.items():
+            say(f"expert compute of {model} ({shape.hidden}x{shape.intermediate})")
+            for tokens in plan.scaling_tokens:
+                samples = backend.shape_compute_samples_ms(
+                    shape, tokens, repeats=plan.scaling_repeats, warmup=plan.warmup
+                )
+                rows.append(_entry(samples, model=model, hidden=shape.hidden, intermediate=shape.intermediate,
+                                   expert_bytes=shape.expert_bytes(_dtype_of(backend, eb)), tokens=tokens))
+        measurements["compute_scaling"] = rows
+    if layer is not None:
+        rows = []
+        for batch in plan.non_expert_batches:
+            for context in plan.non_expert_contexts:
+                say(f"non-expert layer work ({layer_model}), batch {batch}, context {context}")
+                r = backend.non_expert_samples_ms(
+                    layer, batch, context, repeats=plan.non_expert_repeats, warmup=plan.warmup
+                )
+                row = {"batch": batch, "context": context, "instances": r["instances"], "check": r["check"]}
+                for part in ("graph", "eager", "attention", "router", "shared_expert"):
+                    if part in r:
+                        row[f"{part}_samples_ms"] = r[part]
+                rows.append(row)
+        say(f"host decision cost per layer ({plan.host_layers} layers, batch {plan.default_batch})")
+        host = backend.host_samples_ms(
+            layer, plan.default_batch, plan.default_context, layers=plan.host_layers, repeats=plan.host_repeats,
+            warmup=plan.warmup,
+        )
+        measurements["non_expert"] = {
+            "model": layer_model,
+            "layer": layer.to_dict(),
+            "default_batch": plan.default_batch,
+            "default_context": plan.default_context,
+            "rows": rows,
+        }
+        measurements["host"] = {
+            "model": layer_model,
+            "batch": plan.default_batch,
+            "context": plan.default_context,
+            "layers": host["layers"],
+            "top_k": host["top_k"],
+            "check": host["check"],
+            "double_top_k": host["double_top_k"],
+            **{f"{mode}_samples_ms": host[mode] for mode in ("synced", "synced_double", "expert_launch",
+                                                               "layer_launch")},
+        }
+    return measurements
+
+
+def _dtype_of(backend: Any, expert_bytes: int) -> str:
+    """The dtype name of a backend (``dtype_name`` if it has one, else bf16)."""
+    return str(getattr(backend, "dtype_name", "bf16"))
 
 
 # ---------------------------------------------------------------------------------------- the profile
@@ -764,8 +1053,8 @@ def build_profile(
             "weight_sets": compute[0]["weight_sets"],
             "check": dict(check),
         },
-        # Attention and router time per layer depend on the model and batch, not on the expert; calibrate does
-        # not measure them, so they add nothing here.
+        # Attention, router, norms and shared experts: measured per model preset (``non_expert`` below, which
+        # then sets this to its default batch and context); 0 when calibrate did not measure them.
         "layer_overhead_ms": 0.0,
         "experts": summarize_experts(measurements, fits),
         "device_copy": {
@@ -778,9 +1067,117 @@ def build_profile(
         "calibration": dict(calibration),
         "measurements": dict(measurements),
     }
+    scaling = measurements.get("compute_scaling")
+    if scaling:
+        profile["compute_scaling"] = summarize_compute_scaling(scaling)
+    non_expert = measurements.get("non_expert")
+    if non_expert:
+        profile["non_expert"] = summarize_non_expert(non_expert)
+        profile["layer_overhead_ms"] = profile["non_expert"]["default_ms"]
+    host = measurements.get("host")
+    if host:
+        if not non_expert:
+            raise ProfileError("measurements: a host cost needs the non-expert measurements of the same layer")
+        batch = float(host["batch"])
+        compute_at_batch = float(np.interp(batch, [c["tokens"] for c in compute], graph_ms))
+        profile["host"] = summarize_host(host, profile["non_expert"]["default_ms"], compute_at_batch)
+        profile["host_decision_ms"] = profile["host"]["decision_ms"]
     if checks:
         profile["checks"] = dict(checks)
     return profile
+
+
+def summarize_compute_scaling(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Median compute of each measured expert shape and token count (what ``compute_affine_fit`` reads)."""
+    return {
+        "timing": "graph",
+        "rows": [
+            {"model": r["model"], "hidden": r["hidden"], "intermediate": r["intermediate"],
+             "expert_bytes": r["expert_bytes"], "tokens": r["tokens"], "measured_ms": _median(r["samples_ms"]),
+             "p10_ms": TimingStats.from_samples(r["samples_ms"]).p10_ms,
+             "p90_ms": TimingStats.from_samples(r["samples_ms"]).p90_ms}
+            for r in rows
+        ],
+    }
+
+
+def summarize_non_expert(non_expert: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-expert time per layer on the batch/context grid: medians of the graph-replayed device time
+    (``ms``, what the simulator adds per layer), its spread, the parts, and the eager time for comparison."""
+    rows = []
+    for r in non_expert["rows"]:
+        check = r.get("check", {})
+        if not (check.get("finite", True) and check.get("router_ids_in_range", True)):
+            raise ProfileError(
+                f"measurements.non_expert: batch {r['batch']}, context {r['context']}: failed check {check}"
+            )
+        graph = TimingStats.from_samples(r["graph_samples_ms"])
+        row = {"batch": r["batch"], "context": r["context"], "ms": graph.median_ms, "p10_ms": graph.p10_ms,
+               "p90_ms": graph.p90_ms, "instances": r["instances"]}
+        for part in ("eager", "attention", "router", "shared_expert"):
+            key = f"{part}_samples_ms"
+            if key in r:
+                row[f"{part}_ms"] = _median(r[key])
+        rows.append(row)
+    default = [r for r in rows if r["batch"] == non_expert["default_batch"] and r["context"] == non_expert["default_context"]]
+    if len(default) != 1:
+        raise ProfileError("measurements.non_expert: no row at the default batch and context")
+    return {
+        "model": non_expert["model"],
+        "layer": dict(non_expert["layer"]),
+        "timing": "graph",
+        "default_batch": non_expert["default_batch"],
+        "default_context": non_expert["default_context"],
+        "default_ms": default[0]["ms"],
+        "rows": rows,
+    }
+
+
+def summarize_host(host: Mapping[str, Any], non_expert_ms: float, compute_ms: float) -> dict[str, Any]:
+    """The host's per-layer costs, from the all-resident replays at ``top_k`` and twice as many experts.
+
+    The reference estimate (``gpu.reference_policies.estimate_latency``) times a layer with a host that
+    launches the non-expert work (``layer_launch_ms``), waits for the router, decides (``decision_ms``) and
+    launches the experts one by one (``expert_launch_ms`` each; an expert cannot start before its launch).
+    ``expert_launch_ms`` is the slope of the per-layer time between the two replays (each added expert costs the
+    larger of its launch and its compute, so this is the launch cost where launching is the slower; at least
+    the expert's compute time otherwise); ``decision_ms`` then makes the estimate of the ``top_k`` replay, with
+    this profile's non-expert time ``non_expert_ms`` and expert compute ``compute_ms``, equal the measured
+    ``synced_ms``: the host work per layer that nothing overlaps (event poll, ``.cpu()`` of the routing,
+    bookkeeping). At least 0. ``expert_launch_busy_ms`` is the launch time measured alone, on a busy GPU.
+    """
+    from moe_cache_env.gpu.reference_policies import ReferenceTiming, all_hits_log, estimate_latency
+
+    if not host.get("check", {}).get("finite", True):
+        raise ProfileError(f"measurements.host: failed check {host.get('check')}")
+    synced = _median(host["synced_samples_ms"])
+    layers, top_k, batch = int(host["layers"]), int(host["top_k"]), int(host["batch"])
+    double = int(host["double_top_k"])
+    synced_double = _median(host["synced_double_samples_ms"])
+    slope = (synced_double - synced) / (double - top_k) if double > top_k else compute_ms
+    expert_launch = max(slope, 0.0)
+    layer_launch = _median(host["layer_launch_samples_ms"])
+    log = all_hits_log(layers, max(top_k, 1), top_k, 1, steps=4, batch=batch)
+    ctab = tuple([0.0] + [compute_ms] * batch)
+    free = ReferenceTiming(1.0, ctab, non_expert_ms, 0.0, expert_launch, layer_launch)
+    model = float(estimate_latency(log, free)["latency_ms"][-1]) / layers
+    return {
+        "model": host["model"],
+        "batch": batch,
+        "context": host["context"],
+        "layers": layers,
+        "top_k": top_k,
+        "synced_ms": synced,
+        "double_top_k": double,
+        "synced_double_ms": synced_double,
+        "expert_launch_ms": expert_launch,
+        "expert_launch_busy_ms": _median(host["expert_launch_samples_ms"]),
+        "layer_launch_ms": layer_launch,
+        "non_expert_ms": non_expert_ms,
+        "compute_ms": compute_ms,
+        "model_without_decision_ms": model,
+        "decision_ms": max(0.0, synced - model),
+    }
 
 
 def rebuild_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
@@ -818,22 +1215,33 @@ def calibrate(
     name: str,
     plan: CalibrationPlan | None = None,
     model: str | None = None,
+    layer_model: str | None = None,
+    scaling: bool = True,
     device_index: int = 0,
     command: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure the CUDA device ``device_index`` and return its profile dictionary (not yet written).
 
-    ``command`` is the command line recorded in the profile's ``calibration`` section.
+    ``layer_model`` (a preset of ``MODEL_LAYER_SHAPES``) adds the non-expert time and host decision cost of that
+    model's layers; ``scaling`` the compute of every preset's expert shape. ``command`` is the command line
+    recorded in the profile's ``calibration`` section.
     """
+    from moe_cache_env.profiles.shapes import model_layer_shape
+
+    layer = model_layer_shape(layer_model) if layer_model else None
     dtype_bytes(dtype)  # validates the name before any CUDA work
     plan = plan or CalibrationPlan()
     started = time.perf_counter()
     backend = CudaBackend(shape, dtype, plan, device_index=device_index)
     device = backend.device_info()
-    measurements = run_calibration(backend, plan, progress=progress)
+    measurements = run_calibration(
+        backend, plan, layer=layer, layer_model=layer_model,
+        scaling_shapes=default_scaling_shapes() if scaling else None, progress=progress,
+    )
     calibration = {
         "model": model,
+        "layer_model": layer_model,
         "hidden": shape.hidden,
         "intermediate": shape.intermediate,
         "dtype": dtype,

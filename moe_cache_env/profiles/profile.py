@@ -81,7 +81,11 @@ class HardwareProfile:
         compute_tokens, compute_ms: compute time of one expert of ``compute_expert_bytes`` bytes for each
             token count (interpolated linearly, clamped at the ends); other expert sizes scale linearly with bytes
             (a SwiGLU expert's FLOPs and weight reads are proportional to its parameter count).
-        layer_overhead_ms: non-expert compute per layer (attention, router), added to every layer's time.
+        layer_overhead_ms: non-expert time per layer (attention, router, norms, shared experts), added to every
+            layer's time: the ``non_expert`` table's value at its default batch and context where the profile
+            measured one (see :meth:`non_expert_ms` for other batches and contexts).
+        host_decision_ms: the host's per-layer decision cost (router sync, copy issue, expert launches beyond
+            their device time), measured by ``calibrate`` (``host.decision_ms``); 0 where not measured.
         seed_table: the seed's table-driven latencies (only in seed-style profiles), used by ``timing="seed"``.
         raw: everything else in the file (measurements, provenance), kept verbatim.
     """
@@ -95,6 +99,26 @@ class HardwareProfile:
     layer_overhead_ms: float = 0.0
     seed_table: Mapping[str, float] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    host_decision_ms: float = 0.0
+
+    def non_expert_ms(self, batch: int | None = None, context: int | None = None) -> float:
+        """Non-expert time per layer at ``batch`` tokens of ``context`` context (ms).
+
+        Interpolated linearly in batch, then in context, over the profile's ``non_expert`` grid (clamped at its
+        edges); ``layer_overhead_ms`` when the profile has no grid or when neither argument is given.
+        """
+        table = self.raw.get("non_expert")
+        if not isinstance(table, Mapping) or not table.get("rows") or (batch is None and context is None):
+            return self.layer_overhead_ms
+        rows = table["rows"]
+        batch = table["default_batch"] if batch is None else batch
+        context = table["default_context"] if context is None else context
+        contexts = sorted({r["context"] for r in rows})
+        per_context = []
+        for c in contexts:
+            points = sorted((r["batch"], r["ms"]) for r in rows if r["context"] == c)
+            per_context.append(float(np.interp(batch, [b for b, _ in points], [m for _, m in points])))
+        return float(np.interp(context, contexts, per_context))
 
     def transfer_ms(self, nbytes: float) -> float:
         """Host-to-GPU time of one copy of ``nbytes`` (pinned memory)."""
@@ -139,6 +163,8 @@ class HardwareProfile:
                 "layer_overhead_ms": self.layer_overhead_ms,
             }
         )
+        if self.host_decision_ms or "host_decision_ms" in self.raw:
+            data["host_decision_ms"] = self.host_decision_ms
         if self.seed_table is not None:
             data["seed_table"] = dict(self.seed_table)
         return data
@@ -146,9 +172,12 @@ class HardwareProfile:
 
 def compute_affine_fit(raw: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per token count, ``fixed_ms + expert_bytes / weight_gbps`` fitted to the compute times a profile measured
-    for several expert shapes (``checks.compute_scaling``); empty when the profile has fewer than two shapes."""
-    checks = raw.get("checks") or {}
-    scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
+    for several expert shapes (``compute_scaling``, else ``checks.compute_scaling``); empty when the profile has
+    fewer than two shapes."""
+    scaling = raw.get("compute_scaling")  # measured by calibrate itself
+    if not isinstance(scaling, Mapping) or not scaling.get("rows"):
+        checks = raw.get("checks") or {}  # or recorded afterwards by experiments/compute_scaling_check.py
+        scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
     if not isinstance(scaling, Mapping) or not scaling.get("rows"):
         return []
     rows = []
@@ -221,6 +250,7 @@ def _check_optional_sections(data: Mapping[str, Any], where: str) -> None:
     device = data.get("device")
     if device is not None and not isinstance(device, Mapping):
         raise ProfileError(f"{where}: field 'device' must be an object (name, driver, ...)")
+    _check_non_expert(data, where)
     fits = data.get("fits")
     if fits is None:
         return
@@ -231,6 +261,39 @@ def _check_optional_sections(data: Mapping[str, Any], where: str) -> None:
             raise ProfileError(f"{where}: field 'fits.{key}' must be an object with overhead_ms and gbps")
         _number(fit, "overhead_ms", f"{where}.fits.{key}")
         _number(fit, "gbps", f"{where}.fits.{key}", strict=True)
+
+
+def _check_non_expert(data: Mapping[str, Any], where: str) -> None:
+    """Validate the optional ``non_expert``, ``host`` and ``compute_scaling`` sections."""
+    table = data.get("non_expert")
+    if table is not None:
+        if not isinstance(table, Mapping) or not isinstance(table.get("rows"), list) or not table["rows"]:
+            raise ProfileError(f"{where}: field 'non_expert' must be an object with a non-empty list 'rows'")
+        for i, row in enumerate(table["rows"]):
+            at = f"{where}.non_expert.rows[{i}]"
+            if not isinstance(row, Mapping):
+                raise ProfileError(f"{at}: must be an object with batch, context and ms")
+            _number(row, "batch", at, minimum=1)
+            _number(row, "context", at)
+            _number(row, "ms", at, strict=True)
+        _number(table, "default_batch", f"{where}.non_expert", minimum=1)
+        _number(table, "default_context", f"{where}.non_expert")
+    host = data.get("host")
+    if host is not None:
+        if not isinstance(host, Mapping):
+            raise ProfileError(f"{where}: field 'host' must be an object")
+        _number(host, "decision_ms", f"{where}.host")
+    scaling = data.get("compute_scaling")
+    if scaling is not None:
+        if not isinstance(scaling, Mapping) or not isinstance(scaling.get("rows"), list):
+            raise ProfileError(f"{where}: field 'compute_scaling' must be an object with a list 'rows'")
+        for i, row in enumerate(scaling["rows"]):
+            at = f"{where}.compute_scaling.rows[{i}]"
+            if not isinstance(row, Mapping):
+                raise ProfileError(f"{at}: must be an object")
+            _number(row, "expert_bytes", at, strict=True)
+            _number(row, "tokens", at, minimum=1)
+            _number(row, "measured_ms", at, strict=True)
 
 
 def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> HardwareProfile:
@@ -259,6 +322,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
     if not np.isfinite(ms_arr).all() or (ms_arr <= 0).any():
         raise ProfileError(f"{where}: compute.ms must be positive finite times, got {ms}")
     layer_overhead = _number(data, "layer_overhead_ms", where) if "layer_overhead_ms" in data else 0.0
+    host_decision = _number(data, "host_decision_ms", where) if "host_decision_ms" in data else 0.0
     _check_optional_sections(data, where)
     seed_table = data.get("seed_table")
     if seed_table is not None:
@@ -275,6 +339,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
         layer_overhead_ms=layer_overhead,
         seed_table=seed_table,
         raw=dict(data),
+        host_decision_ms=host_decision,
     )
 
 

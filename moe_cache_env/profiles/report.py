@@ -107,8 +107,10 @@ def _measured_compute_ms(profile: HardwareProfile, model: str, nbytes: int, toke
     ``experiments/compute_scaling_check.py --record-as compute_scaling`` times every preset's own shape; the
     table shows it beside the byte-scaled value the simulator uses.
     """
-    checks = profile.raw.get("checks")
-    scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
+    scaling = profile.raw.get("compute_scaling")
+    if not isinstance(scaling, Mapping):
+        checks = profile.raw.get("checks")
+        scaling = checks.get("compute_scaling") if isinstance(checks, Mapping) else None
     if not isinstance(scaling, Mapping):
         return None
     for row in scaling.get("rows", []):
@@ -214,11 +216,32 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
     out.append(f"\nh2d time of one 28 MiB expert by the profile's line: {seed_expert_ms:.4g} ms")
     affine = compute_affine_rows(profile)
     if affine:
-        out.append("\ncompute of each preset's own expert shape (checks.compute_scaling), fitted as fixed + bytes / bandwidth")
+        out.append("\ncompute of each preset's own expert shape (compute_scaling), fitted as fixed + bytes / bandwidth")
         out.append(format_table(
             ["tokens", "fixed ms", "weight GB/s", "max rel error", "points"],
             [[r["tokens"], r["fixed_ms"], r["weight_gbps"], r["max_rel_error"], r["points"]] for r in affine],
         ))
+    table = profile.get("non_expert")
+    if table:
+        out.append(
+            f"\nnon-expert time per layer, {table.get('model')} geometry (attention, router, norms, shared experts; "
+            f"graph-replayed device time, median ms); layer_overhead_ms = batch {table['default_batch']}, "
+            f"context {table['default_context']}: {table['default_ms']:.4g} ms"
+        )
+        out.append(format_table(
+            ["batch", "context", "ms [p10, p90]", "attention", "router", "shared expert", "eager ms"],
+            [[r["batch"], r["context"], f"{r['ms']:.4g} [{r['p10_ms']:.4g}, {r['p90_ms']:.4g}]", r.get("attention_ms"),
+              r.get("router_ms"), r.get("shared_expert_ms"), r.get("eager_ms")] for r in table["rows"]],
+        ))
+    host = profile.get("host")
+    if host:
+        out.append(
+            f"\nhost cost per layer ({host.get('model')}, batch {host['batch']}, {host['top_k']} resident experts, "
+            f"{host['layers']} layers, replayed by replay-gpu's engine): {host['synced_ms']:.4g} ms per layer; "
+            f"launch {host['expert_launch_ms']:.4g} ms per expert, {host['layer_launch_ms']:.4g} ms per non-expert "
+            f"graph; a host that only launches would take {host['model_without_decision_ms']:.4g} ms -> "
+            f"host_decision_ms = {host['decision_ms']:.4g} ms (router sync, .cpu(), bookkeeping)"
+        )
     checks = profile.get("checks") or {}
     for key, check in sorted(checks.items()):
         if isinstance(check, Mapping) and "event_median_ms" in check:

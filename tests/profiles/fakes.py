@@ -65,6 +65,41 @@ class FakeBackend:
         }
 
 
+    # -- the parts added for the non-expert time, the host cost and the compute-scaling fit
+
+    def shape_compute_samples_ms(self, shape, tokens, *, repeats, warmup):
+        self.calls.append(("shape_compute", shape, tokens))
+        return self._samples(COMPUTE_FIXED_MS + shape.expert_bytes("bf16") / (COMPUTE_GBPS * 1e6) + 1e-5 * tokens,
+                             repeats)
+
+    def non_expert_samples_ms(self, layer, batch, context, *, repeats, warmup):
+        self.calls.append(("non_expert", batch, context))
+        attention = 0.03 + 1e-3 * batch + 2e-6 * batch * context
+        router = 0.01
+        shared = 0.02 + 1e-4 * batch if layer.shared_intermediate else None
+        graph = attention + router + (shared or 0.0)
+        out = {"instances": 3, "check": {"finite": True, "router_ids_in_range": True},
+               "graph": self._samples(graph, repeats), "eager": self._samples(graph * 2.5, repeats),
+               "attention": self._samples(attention, repeats), "router": self._samples(router, repeats)}
+        if shared is not None:
+            out["shared_expert"] = self._samples(shared, repeats)
+        return out
+
+    def host_samples_ms(self, layer, batch, context, *, layers, repeats, warmup):
+        self.calls.append(("host", batch, context, layers))
+        return {"top_k": layer.top_k, "layers": layers, "check": {"finite": True},
+                "synced": self._samples(HOST_SYNCED_MS, repeats), "double_top_k": 2 * layer.top_k,
+                "synced_double": self._samples(HOST_SYNCED_MS + layer.top_k * 0.03, repeats),
+                "expert_launch": self._samples(0.025, repeats), "layer_launch": self._samples(0.01, repeats)}
+
+
+#: The fake's compute-scaling truth (fixed cost + weight read) and its non-expert time at batch 1, context 512.
+COMPUTE_FIXED_MS = 0.015
+COMPUTE_GBPS = 3000.0
+NON_EXPERT_B1_MS = 0.03 + 1e-3 + 2e-6 * 512 + 0.01 + 0.02 + 1e-4
+HOST_SYNCED_MS = 0.5
+
+
 def assert_same_tree(a: Any, b: Any, rel: float = 1e-9, path: str = "profile") -> None:
     """Equal JSON trees, floats equal to ``rel`` (a least-squares solve differs in the last bits across BLAS)."""
     if isinstance(a, dict) and isinstance(b, dict):

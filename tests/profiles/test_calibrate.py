@@ -226,3 +226,120 @@ def test_compute_affine_rows_recover_a_fixed_cost_and_bandwidth():
     assert fits[0]["fixed_ms"] == pytest.approx(0.01501, rel=1e-6)
     assert fits[1]["weight_gbps"] == pytest.approx(2900, rel=1e-6)
     assert compute_affine_rows({}) == []
+
+
+# ------------------------------------------------------------------ non-expert time, host cost, compute scaling
+
+
+def _full_fake_profile(noise: float = 0.0) -> dict:
+    from moe_cache_env.profiles.calibrate import default_scaling_shapes
+    from moe_cache_env.profiles.shapes import MODEL_LAYER_SHAPES
+
+    plan = CalibrationPlan.quick()
+    backend = FakeBackend(SHAPE, noise=noise)
+    m = run_calibration(backend, plan, layer=MODEL_LAYER_SHAPES["qwen1.5-moe"], layer_model="qwen1.5-moe",
+                        scaling_shapes=default_scaling_shapes())
+    return build_profile(m, name="fake", device=backend.device_info(), calibration=_calibration(plan))
+
+
+def test_non_expert_grid_sets_layer_overhead_and_host_cost(tmp_path):
+    from .fakes import HOST_SYNCED_MS, NON_EXPERT_B1_MS
+
+    profile = _full_fake_profile()
+    plan = CalibrationPlan.quick()
+    table = profile["non_expert"]
+    assert table["model"] == "qwen1.5-moe" and table["layer"]["num_experts"] == 60
+    assert {(r["batch"], r["context"]) for r in table["rows"]} == {
+        (b, c) for b in plan.non_expert_batches for c in plan.non_expert_contexts}
+    assert profile["layer_overhead_ms"] == pytest.approx(NON_EXPERT_B1_MS)
+    row = table["rows"][0]
+    assert row["attention_ms"] + row["router_ms"] + row["shared_expert_ms"] == pytest.approx(row["ms"])
+    assert row["eager_ms"] == pytest.approx(2.5 * row["ms"])
+    host = profile["host"]
+    assert host["synced_ms"] == pytest.approx(HOST_SYNCED_MS)
+    assert host["non_expert_ms"] == pytest.approx(NON_EXPERT_B1_MS)
+    # launch-bound (0.03 ms per expert launch > 0.02 ms of compute): a layer is the non-expert time, four expert
+    # launches, and the last expert's compute (longer than the next layer's launch)
+    assert host["expert_launch_ms"] == pytest.approx(0.03)  # the slope between 4 and 8 experts per layer
+    assert host["expert_launch_busy_ms"] == pytest.approx(0.025)
+    assert host["expert_launch_ms"] > host["compute_ms"] > host["layer_launch_ms"]
+    free = NON_EXPERT_B1_MS + 4 * host["expert_launch_ms"] + host["compute_ms"]
+    assert host["model_without_decision_ms"] == pytest.approx(free, rel=1e-6)
+    HOST_DECISION_MS = HOST_SYNCED_MS - free
+    assert profile["host"]["decision_ms"] == pytest.approx(HOST_DECISION_MS)
+    assert profile["host_decision_ms"] == pytest.approx(HOST_DECISION_MS)
+    loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
+    assert loaded.layer_overhead_ms == pytest.approx(NON_EXPERT_B1_MS)
+    assert loaded.host_decision_ms == pytest.approx(HOST_DECISION_MS)
+    assert loaded.non_expert_ms() == loaded.layer_overhead_ms
+    at_8 = next(r["ms"] for r in table["rows"] if r["batch"] == 8)
+    assert loaded.non_expert_ms(8, 512) == pytest.approx(at_8)
+    assert loaded.non_expert_ms(4.5, 512) == pytest.approx((at_8 + NON_EXPERT_B1_MS) / 2)
+    assert loaded.non_expert_ms(1000, 99999) == pytest.approx(at_8)  # clamped at the grid's edge
+    assert rebuild_profile(json.loads((tmp_path / "p.json").read_text())) == json.loads(json.dumps(profile))
+
+
+def test_compute_scaling_measured_by_calibrate_drives_the_compute_model(tmp_path):
+    from .fakes import COMPUTE_FIXED_MS, COMPUTE_GBPS
+
+    profile = _full_fake_profile()
+    models = {r["model"] for r in profile["compute_scaling"]["rows"]}
+    assert models == set(MODEL_EXPERT_SHAPES) | {"synthetic-28mib"}
+    loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
+    mixtral = MODEL_EXPERT_SHAPES["mixtral"].expert_bytes("bf16")
+    expected = COMPUTE_FIXED_MS + mixtral / (COMPUTE_GBPS * 1e6) + 1e-5
+    assert loaded.expert_compute_ms(1, mixtral) == pytest.approx(expected, rel=1e-4)  # samples are rounded to 1 ns
+
+
+def test_profiles_without_the_new_sections_read_as_before():
+    profile = _fake_profile(noise=0.0)
+    assert "non_expert" not in profile and "host" not in profile and "compute_scaling" not in profile
+    assert profile["layer_overhead_ms"] == 0.0
+    from moe_cache_env.profiles.profile import profile_from_dict
+
+    loaded = profile_from_dict(profile)
+    assert loaded.host_decision_ms == 0.0
+    assert loaded.non_expert_ms(8, 2048) == 0.0
+    assert "host_decision_ms" not in loaded.to_dict()
+
+
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d["non_expert"]["rows"][0].update(ms=-1.0), "ms"),
+        (lambda d: d["non_expert"].update(rows=[]), "non_expert"),
+        (lambda d: d["host"].pop("decision_ms"), "decision_ms"),
+        (lambda d: d.update(host_decision_ms=-0.5), "host_decision_ms"),
+        (lambda d: d["compute_scaling"]["rows"][0].update(measured_ms=0), "measured_ms"),
+    ],
+)
+def test_bad_new_sections_are_rejected(edit, field):
+    from moe_cache_env.profiles.profile import profile_from_dict
+
+    profile = _full_fake_profile()
+    edit(profile)
+    with pytest.raises(ProfileError, match=field):
+        profile_from_dict(profile)
+
+
+def test_plan_default_point_must_be_on_the_grid():
+    with pytest.raises(ValueError, match="default_context"):
+        CalibrationPlan(non_expert_contexts=(1024,))
+    with pytest.raises(ValueError, match="default_batch"):
+        CalibrationPlan(non_expert_batches=(2, 4))
+
+
+def test_layer_shapes_of_the_presets():
+    from moe_cache_env.profiles.shapes import MODEL_LAYER_SHAPES, LayerShape, expert_shape_for_bytes
+
+    assert set(MODEL_LAYER_SHAPES) == set(MODEL_EXPERT_SHAPES)
+    for name, layer in MODEL_LAYER_SHAPES.items():
+        assert layer.hidden == MODEL_EXPERT_SHAPES[name].hidden
+    seed = expert_shape_for_bytes(2048, 28 * 2**20)
+    assert seed == ExpertShape(2048, 2368)  # a multiple of 64, 0.9% short of 28 MiB
+    assert 0 <= 28 * 2**20 - seed.expert_bytes("bf16") < 64 * 3 * 2048 * 2
+    assert expert_shape_for_bytes(2048, 28 * 2**20, align=1) == ExpertShape(2048, 2389)
+    with pytest.raises(ValueError, match="kv_heads"):
+        LayerShape(hidden=64, heads=6, kv_heads=4, head_dim=8, num_experts=4, top_k=2)
+    with pytest.raises(ValueError, match="MLA"):
+        LayerShape(hidden=64, heads=4, kv_heads=4, head_dim=8, num_experts=4, top_k=2, attention="mla")
