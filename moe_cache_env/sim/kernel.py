@@ -419,6 +419,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     conf = np.empty(E, dtype=np.float64)
     prod = np.empty(E, dtype=np.float64)
     truth = np.zeros(E, dtype=np.int64)
+    pmark = np.full(E, -1, dtype=np.int64)  # experts of the target layer pinned by this event's prediction pass
     cand = np.empty(E, dtype=np.int64)
     top = np.empty(E, dtype=np.int64)
     cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
@@ -649,6 +650,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                     if tier > 0:
                         # already on the GPU (or on its way): protected from the rest of this prediction pass
                         k_pin[key] = event
+                        pmark[e] = event
                     # which tier the prediction earns (L2: confident, L3: speculative), within its budget; a
                     # tier without slots (a small cache, or the KV cache took them) hands over to the next one
                     if confident:
@@ -704,6 +706,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                                         q_key, q_issue, qht, link, dur, counters)
                         counters[C_PREFETCH_L3 if target == 3 else C_PREFETCH_L2] += 1
                     k_pin[key] = event
+                    pmark[e] = event
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
                                k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events,
                                nu_cursor, counters, E)
@@ -725,9 +728,14 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
-            # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back
+            # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back;
+            # the experts this pass predicted stay protected until their layer runs
             if cnt[pool, 0] > caps[0] or cnt[pool, 1] > caps[1] or cnt[pool, 2] > caps[2]:
-                _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
+                for n in range(nneed):
+                    e = needed[n]
+                    if not (lt == l and pmark[e] == event):
+                        k_pin[l * E + e] = -1
+                _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
                            k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
             latency += layer_ms
         step_latency_ms[s] = latency

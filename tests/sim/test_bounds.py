@@ -206,3 +206,21 @@ def test_cache_geometry_is_checked_against_the_trace():
     with pytest.raises(ConfigError, match=r"8 slots per layer \(tiers 6/1/1\) holds every expert"):
         check_geometry(trace, CacheConfig(6, 1, 1))
     check_geometry(trace, CacheConfig(6, 1, 1), allow_full=True)  # the simulator replays it if asked
+
+
+# ---- 2. a predicted expert already on the GPU is protected during the prediction pass ------------------------------
+def test_a_resident_predicted_expert_survives_the_admission_of_another():
+    # one layer, top-2, tiers 2 / 2 / 0, eviction by recency only, the perfect predictor, the seed's instant
+    # prefetches. Steps need {0,1}, {2,3}, {4,5}, {2,6}. After step 2, L2 holds 2 and 3 (same age). Predicting
+    # step 3 = {2, 6}: 2 is resident; admitting 6 overfills L2, and the victim must be 3, not 2 (the lower key
+    # of the tie, which an unprotected pass evicts). By hand: steps hit 0, 2, 2, 2 of 2 experts: 6 / 8.
+    experts = np.array([[[0, 1]], [[2, 3]], [[4, 5]], [[2, 6]]], dtype=np.int64)
+    meta = make_meta(model="hand", num_experts=8, top_k=2, num_layers=1, expert_bytes=1_000_000, phase="decode",
+                     source="tests")
+    trace = Trace(experts=experts, sequence=np.zeros(4, dtype=np.int32), meta=meta)
+    config = SimConfig(cache=CacheConfig(2, 2, 0), predictor="perfect", timing="seed", profile="rtx3090-seed")
+    sim = Simulator(trace, config, rng=np.random.default_rng(0))
+    controls = Controls(w_recency=1.0, w_frequency=0.0, w_confidence=0.0)
+    hits = [sim.run(1, controls).metrics["hit_rate"] for _ in range(4)]
+    assert hits == [0.0, 1.0, 1.0, 1.0]
+    assert sim.metrics()["hit_rate"] == pytest.approx(6 / 8)
