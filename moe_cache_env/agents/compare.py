@@ -11,6 +11,7 @@ can land late). ``docs/simulator.md`` says what each bounds.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,17 +34,19 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
 
 
 def bounds_for_episode(env, seed: int) -> dict[str, dict[str, Any]]:
-    """Reference-bound metrics on the episode ``env.reset(seed=seed)`` would play, same workload schedule."""
+    """Reference metrics on the episode ``env.reset(seed=seed)`` plays: the same trace, the same workload
+    schedule (the simulator's seed), through the environment's public ``info["episode_spec"]`` record."""
+    from moe_cache_env.envs.moe_cache import episode_trace
     from moe_cache_env.sim.evaluate import EvaluationRequest, evaluate
 
-    env.reset(seed=seed)
-    base = env.unwrapped
-    # the environment seeded its simulator with this generator state; rebuild the same seed for evaluate()
-    sim_seed = base.sim_seed
+    _, info = env.reset(seed=seed)
+    episode = info["episode_spec"]
+    config = env.unwrapped.config
+    trace = episode_trace(config, episode)
     out = {}
     for policy in BOUNDS:
-        request = EvaluationRequest(policy=policy, config=base.config.sim, seed=sim_seed)
-        out[policy] = evaluate(base.episode_trace, request)["metrics"]
+        request = EvaluationRequest(policy=policy, config=config.sim, seed=int(episode["sim_seed"]))
+        out[policy] = evaluate(trace, request)["metrics"]
     return out
 
 
@@ -82,6 +85,7 @@ def compare(
                                          progress=lambda l2, l3: tick(1, f"static-tuned grid {l2:.2f}/{l3:.2f}"))
     agents = [make_agent(spec, tuned) for spec in agent_specs]
     rows: list[dict[str, Any]] = []
+    replays: list[dict[str, Any]] = []  # every episode as a replayable record (episodes.jsonl)
     summary: dict[str, Any] = {}
     timing: dict[str, float] = {}
     for agent in agents:
@@ -93,6 +97,7 @@ def compare(
         timing[agent.name] = round(time.time() - start, 2)
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
+        replays.extend(r.replay_record() for r in records)
         summary[agent.name] = {key: _mean_std([r[key] for r in episode_rows]) for key in SUMMARY_KEYS}
     if oracle:
         chooser = OracleChooser()
@@ -105,6 +110,7 @@ def compare(
         timing[chooser.name] = round(time.time() - start, 2)
         episode_rows = [r.summary() for r in records]
         rows.extend(episode_rows)
+        replays.extend(r.replay_record() for r in records)
         summary[chooser.name] = {key: _mean_std([r[key] for r in episode_rows]) for key in SUMMARY_KEYS}
     # episodes differ far more from each other than agents do on one episode: the paired difference to a
     # reference agent on the same episode is the sharper comparison
@@ -140,6 +146,7 @@ def compare(
                          "tune_seed": seed + 10_000, "split": "train"} if tuned else None,
         "wall_s": timing,
         "episodes_detail": rows,
+        "episode_records": replays,
     }
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
@@ -195,9 +202,12 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> None:
-    """compare.json, compare.csv (one row per agent and episode), summary.csv and compare.png."""
+    """compare.json, compare.csv (one row per agent and episode), summary.csv, episodes.jsonl (each episode
+    as a record that ``replay_episode`` plays again bit-identically) and compare.png."""
     out.mkdir(parents=True, exist_ok=True)
+    records = result.pop("episode_records", [])
     atomic_write_json(out / "compare.json", result)
+    atomic_write_text(out / "episodes.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
     rows = result["episodes_detail"]
     if rows:
         columns = list(rows[0])

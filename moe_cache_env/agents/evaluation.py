@@ -38,6 +38,14 @@ class EpisodeRecord:
     coverage_term: float
     latency_term: float
     thresholds: list[tuple[float, float]] = field(default_factory=list)
+    #: ``info["episode_spec"]`` at reset: with ``actions``, everything needed to replay the episode exactly
+    episode_spec: dict[str, Any] = field(default_factory=dict)
+    actions: list[Any] = field(default_factory=list)
+
+    def replay_record(self) -> dict[str, Any]:
+        """A JSON-able record of the episode: ``replay_episode(env, record)`` plays it again bit-identically."""
+        return {"agent": self.agent, "episode": self.episode, "seed": self.seed, **self.episode_spec,
+                "actions": self.actions, "reward": self.reward}
 
     def summary(self) -> dict[str, Any]:
         m = self.metrics
@@ -82,14 +90,16 @@ def run_episode(env: gym.Env, agent: Agent, seed: int, episode: int = 0,
                 choose: Callable[[gym.Env, np.ndarray], Any] | None = None) -> EpisodeRecord:
     """One episode of ``agent`` (or of ``choose(env, obs)`` when given) on ``env.reset(seed=seed)``."""
     obs, info = env.reset(seed=seed)
+    spec = dict(info["episode_spec"])
     if choose is None:
         agent.reset(env, seed)
-    unwrapped = env.unwrapped
     total = cov = lat = 0.0
     windows = 0
     thresholds = []
+    actions: list[Any] = []
     while True:
         action = choose(env, obs) if choose is not None else agent.act(obs)
+        actions.append(np.asarray(action).tolist())
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         cov += info["reward_terms"]["coverage_term"]
@@ -102,15 +112,71 @@ def run_episode(env: gym.Env, agent: Agent, seed: int, episode: int = 0,
         agent=agent.name,
         episode=episode,
         seed=seed,
-        trace=unwrapped.trace_name,
-        start_sequence=unwrapped.start_sequence,
+        trace=spec["trace"],
+        start_sequence=int(spec["start_sequence"]),
         reward=total,
         windows=windows,
-        metrics=unwrapped.sim.metrics(),
+        metrics=info.get("episode_metrics") or env.unwrapped.episode_metrics(),
         coverage_term=cov,
         latency_term=lat,
         thresholds=thresholds,
+        episode_spec=spec,
+        actions=actions,
     )
+
+
+def replay_episode(env: gym.Env, record: dict[str, Any]) -> list[float]:
+    """Play a recorded episode again (``EpisodeRecord.replay_record``): the same trace, start, simulator seed
+    and actions; returns the rewards, which equal the recorded episode's bit for bit."""
+    options = {key: record[key] for key in ("trace", "start_sequence", "sim_seed")}
+    if record.get("split") is not None and record["split"] != env.unwrapped.config["split"]:
+        raise ValueError(f"the record was played on split {record['split']!r}; this environment replays "
+                         f"{env.unwrapped.config['split']!r}")
+    env.reset(options=options)
+    rewards = []
+    for action in record["actions"]:
+        _, reward, terminated, truncated, _ = env.step(np.asarray(action, dtype=env.action_space.dtype)
+                                                       if env.action_space.shape else int(action))
+        rewards.append(float(reward))
+        if terminated or truncated:
+            break
+    return rewards
+
+
+def evaluate_agent_on_trace(spec: str, trace_name: str, num_tokens: int, config: Any, env_id: str,
+                            seed: int) -> dict[str, Any]:
+    """Replay a whole trace once with an agent acting through ``env_id`` under a simulator ``config``.
+
+    The environment replays the trace in file order (split ``all``, from its first sequence) with the config's
+    cache, workload, profile, timing and predictor (learned online, as for the simulator's policies); the agent
+    sets the controls once per window. Returns the simulator's metrics of the replay.
+    """
+    from dataclasses import asdict
+
+    agent = make_agent(spec)
+    overrides = {
+        "traces": [trace_name],
+        "episode_tokens": num_tokens,
+        "max_episode_steps": 10**9,
+        "predictor_fit_tokens": 0,
+        "cache": asdict(config.cache),
+        "workload": asdict(config.workload),
+        "profile": config.profile,
+        "timing": config.timing,
+        "predictor": config.predictor,
+        "oracle_accuracy": config.oracle_accuracy,
+        "expert_bytes": config.expert_bytes,
+    }
+    env = make_env(env_id, split="all", overrides=overrides)
+    obs, _ = env.reset(seed=seed, options={"trace": 0, "start_sequence": 0})
+    agent.reset(env, seed)
+    while True:
+        obs, _, terminated, truncated, info = env.step(agent.act(obs))
+        if terminated or truncated:
+            break
+    metrics = info.get("episode_metrics") or env.unwrapped.episode_metrics()
+    env.close()
+    return metrics
 
 
 def run_agent(env: gym.Env, agent: Agent, episodes: int, seed: int) -> list[EpisodeRecord]:

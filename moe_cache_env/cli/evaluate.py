@@ -103,42 +103,11 @@ AGENT_POLICIES = ("conservative", "aggressive", "balanced", "dynamic", "random")
 
 
 def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed: int) -> dict[str, Any]:
-    """Replay the whole ``trace`` once with an agent acting through ``env_id``, under the evaluation's settings.
-
-    The environment replays the trace in file order (split ``all``, from its first sequence) with the
-    evaluation's cache, workload, profile, timing and predictor (learned online, as for the simulator's
-    policies); the agent sets the controls once per window. Returns the simulator's metrics of the replay.
-    """
-    from dataclasses import asdict
-
-    from moe_cache_env.agents.evaluation import make_agent, make_env
+    """The library's ``evaluate_agent_on_trace`` with the environment id resolved (any form gym.make takes)."""
+    from moe_cache_env.agents.evaluation import evaluate_agent_on_trace
     from moe_cache_env.envs import resolve_env_id
 
-    env_id = resolve_env_id(env_id)  # any id gym.make accepts; an unknown one is a one-line ValueError
-    agent = make_agent(spec)
-    overrides = {
-        "traces": [trace_name],
-        "episode_tokens": trace.num_tokens,
-        "max_episode_steps": 10**9,
-        "predictor_fit_tokens": 0,
-        "cache": asdict(config.cache),
-        "workload": asdict(config.workload),
-        "profile": config.profile,
-        "timing": config.timing,
-        "predictor": config.predictor,
-        "oracle_accuracy": config.oracle_accuracy,
-        "expert_bytes": config.expert_bytes,
-    }
-    env = make_env(env_id, split="all", overrides=overrides)
-    obs, _ = env.reset(seed=seed, options={"trace": 0, "start_sequence": 0})
-    agent.reset(env, seed)
-    while True:
-        obs, _, terminated, truncated, _ = env.step(agent.act(obs))
-        if terminated or truncated:
-            break
-    metrics = env.unwrapped.sim.metrics()
-    env.close()
-    return metrics
+    return evaluate_agent_on_trace(spec, trace_name, trace.num_tokens, config, resolve_env_id(env_id), seed)
 
 
 def run(args: argparse.Namespace) -> int:

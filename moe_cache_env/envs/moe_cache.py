@@ -28,6 +28,7 @@ from moe_cache_env.envs.render import HISTORY_WINDOWS, draw_state
 from moe_cache_env.envs.reward import DemandAllReference, reward_terms
 from moe_cache_env.envs.suite import load_split
 from moe_cache_env.sim.config import Controls
+from moe_cache_env.sim.metrics import weighted_mean
 from moe_cache_env.sim.simulator import Simulator, WindowResult, holds_every_expert
 from moe_cache_env.traces.format import Trace
 
@@ -71,7 +72,11 @@ class MoECacheEnv(gym.Env):
     there (wrapping around) up to ``episode_tokens`` tokens of the configured split, builds the workload
     schedule from a seed drawn from ``self.np_random``, and replays one warm-up window at
     ``initial_thresholds`` (0.7 / 0.3): the first observation describes that window.
-    ``reset(options={"trace": i, "start_sequence": j})`` fixes the trace index and start.
+    ``reset(options={"trace": i, "start_sequence": j, "sim_seed": k})`` fixes the trace (index or name), the
+    start and the simulator's seed; ``info["episode_spec"]`` of every step holds these, so an episode is fully
+    described by that record and its actions, and replays bit-identically
+    (``moe_cache_env.agents.evaluation.replay_episode``). At the episode's end ``info["episode_metrics"]`` has
+    the simulator's metrics of the whole episode.
 
     ## Episode End
 
@@ -133,18 +138,10 @@ class MoECacheEnv(gym.Env):
 
     # ---- episodes ------------------------------------------------------------------------------------------
     def _split(self, name: str, split: str) -> Trace:
-        raw = self.config.raw
-        return load_split(name, split, tuple(float(f) for f in raw["split_fractions"]), int(raw["split_seed"]))
+        return split_of(self.config, name, split)
 
     def _episode_trace(self, trace: Trace, start: int) -> Trace:
-        """Whole sequences from ``start`` (wrapping around) until ``episode_tokens`` are reached."""
-        bounds = trace.sequence_bounds()
-        ids = trace.sequence[bounds[:, 0]]
-        lengths = bounds[:, 1] - bounds[:, 0]
-        order = (start + np.arange(len(ids))) % len(ids)
-        cumulative = np.cumsum(lengths[order])
-        take = int(np.searchsorted(cumulative, self.config["episode_tokens"], side="left")) + 1
-        return trace.select_sequences(ids[order[: min(take, len(ids))]])
+        return episode_window(trace, start, int(self.config["episode_tokens"]))
 
     def _fit_trace(self, name: str) -> Trace | None:
         """The cross-layer predictor's offline data: the first ``predictor_fit_tokens`` train-split tokens."""
@@ -160,11 +157,15 @@ class MoECacheEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = sorted(set(options) - {"trace", "start_sequence"})
+        unknown = sorted(set(options) - set(RESET_OPTIONS))
         if unknown:
-            raise ValueError(f"unknown reset option(s) {unknown}; known: ['trace', 'start_sequence']")
+            raise ValueError(f"unknown reset option(s) {unknown}; known: {list(RESET_OPTIONS)}")
         names = self.config["traces"]
         index = options.get("trace")
+        if isinstance(index, str):
+            if index not in names:
+                raise ValueError(f"reset option trace={index!r} is not in this environment's suite {list(names)}")
+            index = list(names).index(index)
         if index is None:
             index = int(self.np_random.integers(len(names)))
         if not 0 <= int(index) < len(names):
@@ -181,6 +182,8 @@ class MoECacheEnv(gym.Env):
         self.start_sequence = int(start)
         # the simulator's own seed (workload schedule, noisy oracle), recorded so a replay can be rebuilt
         self.sim_seed = int(self.np_random.integers(0, 2**63 - 1))
+        if options.get("sim_seed") is not None:
+            self.sim_seed = int(options["sim_seed"])
         sim_rng = np.random.default_rng(self.sim_seed)
         self.sim = Simulator(self.episode_trace, self.config.sim, rng=sim_rng, fit_trace=self._fit_trace(self.trace_name))
         _warn_if_full(self.episode_trace, self.sim.cache, self.trace_name)
@@ -209,6 +212,8 @@ class MoECacheEnv(gym.Env):
         obs, info = self._observe(window)
         terminated = bool(self.sim.done)
         truncated = bool(self.elapsed_steps >= self.max_episode_steps and not terminated)
+        if terminated or truncated:
+            info["episode_metrics"] = self.sim.metrics()
         self._render_line(info)
         return obs, info["reward_terms"]["reward"], terminated, truncated, info
 
@@ -244,7 +249,7 @@ class MoECacheEnv(gym.Env):
             "link_utilization": m["link_utilization"],
             "memory_pressure": m["memory_pressure"],
             "expert_memory_share": float(sim.current_capacities().sum() / sim.config.cache.total_slots),
-            "bandwidth_share": float(link_share @ token_weights / token_weights.sum()),
+            "bandwidth_share": weighted_mean(link_share, token_weights),
             "batch_share": float(token_weights.mean() / step_tokens.shape[1]),
             "prefetch_precision": m["prefetch_precision"],
             "wasted_share": m["wasted_prefetch_bytes"] / copied,
@@ -280,6 +285,9 @@ class MoECacheEnv(gym.Env):
             "trace": self.trace_name,
             "start_sequence": self.start_sequence,
             "sim_seed": self.sim_seed,
+            # everything reset(options=...) needs to replay this episode exactly (with the same actions)
+            "episode_spec": {"trace": self.trace_name, "split": self.config["split"],
+                        "start_sequence": self.start_sequence, "sim_seed": self.sim_seed},
             "window": self.elapsed_steps,
             "first_step": s0,
             "num_steps": window.num_steps,
@@ -288,6 +296,12 @@ class MoECacheEnv(gym.Env):
         return obs, info
 
     # ---- helpers for agents and humans ---------------------------------------------------------------------
+    def episode_metrics(self) -> dict[str, Any]:
+        """The simulator's metrics of the episode so far (also in ``info["episode_metrics"]`` at its end)."""
+        if self.sim is None:
+            raise RuntimeError("call reset() before episode_metrics()")
+        return self.sim.metrics()
+
     def threshold_action(self, l2: float, l3: float):
         """The action that moves the thresholds as close to (l2, l3) as this action type allows."""
         return self.action_type.encode(l2, l3, self.controls)
@@ -357,3 +371,30 @@ def _warn_if_full(trace: Trace, cache, trace_name: str) -> None:
         f"({trace.num_layers} layers x {trace.num_experts} experts, top-{trace.top_k}): after the first uses "
         "nothing is copied and the actions change little; give the env config a smaller 'cache'"
     )
+
+
+#: the options ``reset(options=...)`` accepts: ``info["episode_spec"]`` of an episode holds all of them
+RESET_OPTIONS = ("trace", "start_sequence", "sim_seed")
+
+
+def split_of(config: EnvConfig, name: str, split: str) -> Trace:
+    """One split (or ``all``) of the suite trace ``name`` under the environment's split settings."""
+    raw = config.raw
+    return load_split(name, split, tuple(float(f) for f in raw["split_fractions"]), int(raw["split_seed"]))
+
+
+def episode_window(trace: Trace, start: int, episode_tokens: int) -> Trace:
+    """Whole sequences from ``start`` (wrapping around) until ``episode_tokens`` are reached: an episode's trace."""
+    bounds = trace.sequence_bounds()
+    ids = trace.sequence[bounds[:, 0]]
+    lengths = bounds[:, 1] - bounds[:, 0]
+    order = (start + np.arange(len(ids))) % len(ids)
+    cumulative = np.cumsum(lengths[order])
+    take = int(np.searchsorted(cumulative, episode_tokens, side="left")) + 1
+    return trace.select_sequences(ids[order[: min(take, len(ids))]])
+
+
+def episode_trace(config: EnvConfig, episode: dict[str, Any]) -> Trace:
+    """The trace an episode replays, from its ``info["episode_spec"]`` record and the environment's config."""
+    split = split_of(config, episode["trace"], episode["split"])
+    return episode_window(split, int(episode["start_sequence"]), int(config["episode_tokens"]))

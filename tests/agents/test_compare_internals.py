@@ -7,6 +7,8 @@ demand-only cache of ``tests/sim/flat_reference.py`` on the schedule the environ
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,22 @@ def test_bounds_for_an_episode_replay_the_environments_own_schedule():
         request = EvaluationRequest(policy=policy, config=base.config.sim, seed=base.sim_seed)
         assert bounds[policy] == evaluate(trace, request)["metrics"]
     env.close()
+
+
+def test_an_episode_record_replays_bit_identically(tmp_path):
+    """The record compare writes (info["episode_spec"] plus the actions) replays the same rewards on a new env."""
+    from moe_cache_env.agents.baselines import BASELINES
+    from moe_cache_env.agents.evaluation import make_env, replay_episode, run_episode
+    from tests.envs.conftest import SMALL
+
+    env = make_env("MoECache-v0", "test", dict(SMALL))
+    record = run_episode(env, BASELINES["random"](), seed=11, episode=0)
+    data = record.replay_record()
+    assert data["sim_seed"] == record.episode_spec["sim_seed"] and len(data["actions"]) == record.windows
+    fresh = make_env("MoECache-v0", "test", dict(SMALL))
+    rewards = replay_episode(fresh, json.loads(json.dumps(data)))
+    assert len(rewards) == record.windows
+    assert sum(rewards) == record.reward
+    # a different simulator seed is a different episode
+    other = dict(data, sim_seed=data["sim_seed"] + 1)
+    assert replay_episode(make_env("MoECache-v0", "test", dict(SMALL)), other) != rewards
