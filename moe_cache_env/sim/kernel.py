@@ -198,16 +198,32 @@ def custom_score(age_steps, uses, confidence, tier, layer, expert):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _score(key, mode, clock, u, k_last, k_uses, k_conf, ev, k_tier, E, decay):
-    """The eviction score of a resident key: the lowest score is evicted first (ties: the lower key; for the
-    zoo's rules, EV_LFU and above, the least recently used key first)."""
+def _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor, k_tier, E):
+    """The eviction score of a resident key under the built-in rules (EV_WEIGHTED to EV_CUSTOM): the lowest score
+    is evicted first (ties: the lower key)."""
     if mode == EV_LRU:
         return k_last[key]
     if mode == EV_BELADY:
-        return -float(_next_use(key, ev.nu_start, ev.nu_events, ev.nu_cursor))
+        return -float(_next_use(key, nu_start, nu_events, nu_cursor))
+    if mode == EV_CUSTOM:
+        return custom_score(clock - k_last[key], k_uses[key], k_conf[key], k_tier[key], key // E, key % E)
+    age = clock - k_last[key]
+    uses = k_uses[key]
+    return (
+        u[U_W_RECENCY] / (1.0 + age)
+        + u[U_W_FREQUENCY] * (uses / (uses + 1.0))
+        + u[U_W_CONFIDENCE] * k_conf[key]
+    )
+
+
+@njit(cache=True, error_model="numpy")
+def _zoo_score(key, mode, clock, k_last, k_uses, k_freq, k_ftime, k_ins, k_static, k_tier, E, decay):
+    """The eviction score of a resident key under the zoo's rules (EV_LFU and above; docs/policies.md): the
+    lowest score is evicted first (ties: the least recently used key, then the lower key). Not inlined, so the
+    built-in rules' loop stays as compact as it was."""
     if mode == EV_LFU or mode == EV_MRS:
         # lazily decayed: the stored value was brought up to date at clock k_ftime
-        return ev.k_freq[key] * decay ** (clock - ev.k_ftime[key])
+        return k_freq[key] * decay ** (clock - k_ftime[key])
     if mode == EV_LFRU:
         return k_uses[key] / (1.0 + (clock - k_last[key]))
     if mode == EV_LEAST_STALE:
@@ -220,18 +236,9 @@ def _score(key, mode, clock, u, k_last, k_uses, k_conf, ev, k_tier, E, decay):
             dist = L
         return -float(dist)
     if mode == EV_STATIC:
-        return ev.k_static[key]
-    if mode == EV_FIFO:
-        return float(ev.k_ins[key])
-    if mode == EV_CUSTOM:
-        return custom_score(clock - k_last[key], k_uses[key], k_conf[key], k_tier[key], key // E, key % E)
-    age = clock - k_last[key]
-    uses = k_uses[key]
-    return (
-        u[U_W_RECENCY] / (1.0 + age)
-        + u[U_W_FREQUENCY] * (uses / (uses + 1.0))
-        + u[U_W_CONFIDENCE] * k_conf[key]
-    )
+        return k_static[key]
+    # EV_FIFO
+    return float(k_ins[key])
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -274,21 +281,36 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
     rules (EV_LFU and above), the least recently used key first, then the lower key."""
     victim = -1
     best = 1e300
-    tie_lru = mode >= EV_LFU
+    if mode < EV_LFU:
+        nu_start, nu_events, nu_cursor = ev.nu_start, ev.nu_events, ev.nu_cursor
+        for i in range(cnt[pool, tier - 1]):
+            key = mem[pool, tier - 1, i]
+            if k_pin[key] == event:
+                continue
+            s = _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor, k_tier, E)
+            if victim < 0 or s < best or (s == best and key < victim):
+                best = s
+                victim = key
+        return victim
+    return _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k_pin, ev.k_freq, ev.k_ftime,
+                            ev.k_ins, ev.k_static, k_tier, E, decay)
+
+
+@njit(cache=True, error_model="numpy")
+def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k_pin, k_freq, k_ftime, k_ins,
+                     k_static, k_tier, E, decay):
+    """_pick_victim for the zoo's rules: lowest score, then least recently used, then lower key."""
+    victim = -1
+    best = 1e300
     for i in range(cnt[pool, tier - 1]):
         key = mem[pool, tier - 1, i]
         if k_pin[key] == event:
             continue
-        s = _score(key, mode, clock, u, k_last, k_uses, k_conf, ev, k_tier, E, decay)
-        if victim < 0 or s < best:
+        s = _zoo_score(key, mode, clock, k_last, k_uses, k_freq, k_ftime, k_ins, k_static, k_tier, E, decay)
+        if victim < 0 or s < best or (s == best and (k_last[key] < k_last[victim]
+                                                     or (k_last[key] == k_last[victim] and key < victim))):
             best = s
             victim = key
-        elif s == best:
-            if tie_lru:
-                if k_last[key] < k_last[victim] or (k_last[key] == k_last[victim] and key < victim):
-                    victim = key
-            elif key < victim:
-                victim = key
     return victim
 
 
@@ -576,7 +598,8 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                             ready = start + dur
                     k_state[key] = ST_READY
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
-                    _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count)
+                    if mode >= EV_LFU:
+                        _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count)
             # ---- 3. the step's experts become L1 (in use), pinned for this event ------------------------------
             if mode == EV_MRS:
                 # the routing score of each expert in this step: its tokens' gate weights, averaged over the step
@@ -771,7 +794,8 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                         counters[C_PROMOTED] += 1
                     else:
                         _tier_add(tpool, target, key, mem, cnt, k_tier, k_pos)
-                        _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count)
+                        if mode >= EV_LFU:
+                            _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count)
                         _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
                                         q_key, q_issue, qht, link, dur, counters)
                         counters[C_PREFETCH_L3 if target == 3 else C_PREFETCH_L2] += 1
