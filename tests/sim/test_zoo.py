@@ -235,3 +235,57 @@ def test_cli_runs_the_checked_policy_list(tmp_path, capsys):
     # belady bounds the demand-only caches of the same per-layer slots
     for name in ("lru", "lfu", "lfru"):
         assert payload[name]["hit_rate"] <= payload["belady"]["hit_rate"]
+
+
+def reference_hits(stream: list[int], slots: int, rule: str, rate: float) -> int:
+    """A plain-Python demand-only cache of one layer with top-1 routing, written from docs/policies.md (shares
+    no code with the kernel): lowest score evicted, ties to the least recently used, then the lower expert.
+    ``rate``: LFU's decay per step, or MRS's alpha."""
+    cache: set[int] = set()
+    last: dict[int, int] = {}
+    uses: dict[int, int] = {}
+    admitted: dict[int, int] = {}
+    score: dict[int, tuple[float, int]] = {}  # (value, step it was brought up to date)
+    hits = 0
+    for t, key in enumerate(stream):
+        if key in cache:
+            hits += 1
+        else:
+            cache.add(key)
+            admitted[key] = t
+            uses[key] = 0
+            if rule == "lfu":
+                score[key] = (0.0, t)
+        uses[key] += 1
+        last[key] = t
+        value, since = score.get(key, (0.0, t))
+        if rule == "lfu":
+            score[key] = (value * rate ** (t - since) + 1.0, t)
+        elif rule == "mrs":
+            score[key] = (value * rate ** (t - since) + (1.0 - rate), t)
+        if len(cache) > slots:
+            def rank(k: int) -> tuple[float, int, int]:
+                if rule == "fifo":
+                    s = float(admitted[k])
+                elif rule == "lfru":
+                    s = uses[k] / (1.0 + (t - last[k]))
+                else:
+                    v, since_k = score[k]
+                    s = v * rate ** (t - since_k)
+                return (s, last[k], k)
+            cache.remove(min((k for k in cache if k != key), key=rank))
+    return hits
+
+
+@pytest.mark.parametrize("rule, rate", [("fifo", 1.0), ("lfu", 1.0), ("lfu", 0.5), ("lfru", 1.0), ("mrs", 0.5),
+                                        ("mrs", 0.25)])
+def test_zoo_rules_match_a_plain_python_cache(rule, rate):
+    rng = np.random.default_rng(sum(map(ord, rule)) + int(rate * 100))
+    fields = {"lfu": {"stats_decay": rate}, "mrs": {"mrs_alpha": rate}}.get(rule, {})
+    for _ in range(15):
+        experts = int(rng.integers(3, 9))
+        p = rng.dirichlet(np.full(experts, 0.6))
+        stream = [int(e) for e in rng.choice(experts, size=int(rng.integers(10, 70)), p=p)]
+        slots = int(rng.integers(1, min(5, experts)))
+        sim = replay(single_layer(stream, experts), rule, slots, **fields)
+        assert hits(sim) == reference_hits(stream, slots, rule, rate), (stream, slots)
