@@ -30,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default="qwen1.5-moe", help="trace file or bundled trace name (default: %(default)s)")
     parser.add_argument("--policy", default="static",
                         help="policy or comma-separated policies: static, no-prefetch, perfect, lru, belady, "
-                             "clairvoyant; agents conservative, aggressive, balanced, dynamic, random, or ALGO:PATH "
-                             "(a saved SB3 model)")
+                             "clairvoyant; the zoo (docs/policies.md): fifo, lfu, lfru, least-stale, mrs, hot-set, "
+                             "layer-alloc, activation-aware (the last three fit on --fit-trace, else on the trace's "
+                             "first quarter of sequences); agents conservative, aggressive, balanced, dynamic, "
+                             "random, or ALGO:PATH (a saved SB3 model)")
     parser.add_argument("--env", default="MoECache-v0",
                         help="environment whose actions and windows agents use (default: %(default)s)")
     parser.add_argument("--predictor", default="cross-layer",

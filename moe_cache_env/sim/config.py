@@ -13,7 +13,10 @@ SCOPES = ("per-layer", "global")
 TIMING_MODES = ("timeline", "seed")
 #: eviction rules of the kernel (``kernel.EV_*``): the seed's confidence-weighted score, plain LRU, and Belady's
 #: farthest-next-use rule (which reads the future: a bound, not a deployable policy)
-EVICTION_RULES = ("weighted", "lru", "belady")
+EVICTION_RULES = ("weighted", "lru", "belady", "lfu", "lfru", "least-stale", "mrs", "static", "fifo")
+#: how a one-tier per-layer cache gives out its slots: the same to every layer, or by layer from fitted miss
+#: curves under the same global budget (``sim/zoo.py``: AdapMoE's allocation)
+LAYER_SLOTS = ("uniform", "fitted")
 #: the measured profile every tool defaults to (``profiles/data/h100.json``)
 DEFAULT_PROFILE = "h100"
 
@@ -240,6 +243,10 @@ class SimConfig:
     #: map the learned predictors' raw scores to observed hit frequencies (online, from outcomes already seen),
     #: so a threshold of 0.7 means "needed 70% of the time" whichever predictor is used.
     calibrate_confidence: bool = True
+    #: ``eviction="mrs"``: weight of an expert's previous score per step (HybriMoE's MRS moving average)
+    mrs_alpha: float = 0.5
+    #: ``uniform`` or ``fitted`` (:data:`LAYER_SLOTS`; ``fitted`` needs a one-tier per-layer cache and a fit trace)
+    layer_slots: str = "uniform"
 
     def __post_init__(self) -> None:
         from moe_cache_env.sim.predictors import PREDICTORS
@@ -253,6 +260,8 @@ class SimConfig:
             raise ConfigError(f"sim.cache must be a CacheConfig or None, got {self.cache!r}")
         _check_range("sim", "oracle_accuracy", self.oracle_accuracy, 0.0, 1.0)
         _check_range("sim", "stats_decay", self.stats_decay, 0.0, 1.0)
+        _check_range("sim", "mrs_alpha", self.mrs_alpha, 0.0, 1.0)
+        _check_choice("sim", "layer_slots", self.layer_slots, LAYER_SLOTS)
         _check_range("sim", "expert_bytes", self.expert_bytes, 0, 10**12, integer=True)
         if not isinstance(self.calibrate_confidence, bool):
             raise ConfigError(f"sim.calibrate_confidence must be a bool, got {self.calibrate_confidence!r}")

@@ -12,6 +12,14 @@ same steps, serving order, batch, KV-cache share and link share), so their numbe
 - ``clairvoyant``: ``belady``'s eviction plus perfect prefetch of every expert of the layer one or two layers
   ahead (the simulator's lookahead; the faster of the two replays), admitted only when it evicts something
   needed later: the reference lower bound of latency (``docs/simulator.md`` says in which sense it bounds).
+
+The policy zoo (``docs/policies.md``: each rule, its source, and what differs from it here) adds demand-only
+caches of the same slots evicting by ``fifo``, ``lfu`` (decayed), ``lfru``, ``least-stale`` (one pool over all
+layers), ``mrs``, a static ``hot-set`` preloaded from fitted frequencies, a per-layer split of the global budget
+fitted on miss curves (``layer-alloc``, LRU within each layer), and ``activation-aware`` prefetch and replacement
+from matched expert activation matrices. The policies that fit (``hot-set``, ``layer-alloc``,
+``activation-aware``) use ``fit_trace``, or else the first quarter of the replayed trace's sequences (which are
+replayed too: in-sample for that quarter).
 """
 
 from __future__ import annotations
@@ -30,12 +38,15 @@ from moe_cache_env.sim.config import (
     default_capacity,
     split_capacity,
 )
+from moe_cache_env.sim.predictors import PREDICTORS
 from moe_cache_env.sim.simulator import Simulator
 from moe_cache_env.traces.format import Trace
 
 __all__ = [
     "BOUNDS",
     "CACHE_POLICIES",
+    "FITTED_POLICIES",
+    "UNBOUNDED_POLICIES",
     "POLICIES",
     "POLICY_KINDS",
     "EvaluationRequest",
@@ -68,6 +79,41 @@ def _demand_only(eviction: str) -> Callable[[SimConfig, Controls], tuple[SimConf
     return setup
 
 
+def _zoo_demand_only(eviction: str, **fields: Any) -> Callable[[SimConfig, Controls], tuple[SimConfig, Controls]]:
+    def setup(config: SimConfig, controls: Controls) -> tuple[SimConfig, Controls]:
+        assert config.cache is not None
+        return replace(config, cache=config.cache.flattened(), predictor="none", eviction=eviction, **fields), \
+            controls
+
+    return setup
+
+
+def _least_stale(config: SimConfig, controls: Controls) -> tuple[SimConfig, Controls]:
+    # the rule ranks keys across layers by when their layer runs next: one pool over all layers, same total slots
+    assert config.cache is not None
+    # (policy_setup widens a per-layer cache to one global pool of L times its slots: it knows the layer count)
+    return replace(config, cache=config.cache.flattened(), predictor="none", eviction="least-stale"), controls
+
+
+def _activation_aware(config: SimConfig, controls: Controls) -> tuple[SimConfig, Controls]:
+    from moe_cache_env.sim import plugins, zoo
+
+    if zoo.ACTIVATION_PREDICTOR not in plugins.registered_predictors():
+        plugins.register_predictor(zoo.ACTIVATION_PREDICTOR, zoo.ActivationMatrixPredictor)
+    assert config.cache is not None
+    # one tier: prefetches join the pool; the victim is the key whose matched activation share (its last
+    # predicted confidence) is lowest, recency breaking near-ties; confidences are used as matched, uncalibrated
+    config = replace(config, cache=config.cache.flattened(), predictor=zoo.ACTIVATION_PREDICTOR, eviction="weighted",
+                     calibrate_confidence=False)
+    return config, replace(controls, l2_threshold=ACTIVATION_PREFETCH_THRESHOLD,
+                           l3_threshold=ACTIVATION_PREFETCH_THRESHOLD, w_recency=0.01, w_frequency=0.0,
+                           w_confidence=1.0)
+
+
+#: activation-aware: prefetch an expert when its matched share of the target step's tokens is at least this
+ACTIVATION_PREFETCH_THRESHOLD = 0.3
+
+
 def _clairvoyant(config: SimConfig, controls: Controls) -> tuple[SimConfig, Controls]:
     assert config.cache is not None
     config = replace(config, cache=config.cache.flattened(), predictor="perfect", eviction="belady")
@@ -84,7 +130,21 @@ _SETUPS: dict[str, Callable[[SimConfig, Controls], tuple[SimConfig, Controls]]] 
     "lru": _demand_only("lru"),
     "belady": _demand_only("belady"),
     "clairvoyant": _clairvoyant,
+    "fifo": _zoo_demand_only("fifo"),
+    "lfu": _zoo_demand_only("lfu"),
+    "lfru": _zoo_demand_only("lfru"),
+    "least-stale": _least_stale,
+    "mrs": _zoo_demand_only("mrs"),
+    "hot-set": _zoo_demand_only("static"),
+    "layer-alloc": _zoo_demand_only("lru", layer_slots="fitted"),
+    "activation-aware": _activation_aware,
 }
+#: zoo policies whose cache is not the one the bounds are stated for (the same slots per layer, starting empty):
+#: one pool over all layers, another split of the slots across layers, a cache preloaded with a hot set.
+#: ``belady`` and ``clairvoyant`` make no claim about them (docs/policies.md).
+UNBOUNDED_POLICIES = ("least-stale", "layer-alloc", "hot-set")
+#: zoo policies that fit on recorded routing (fit_trace, else the replayed trace's first quarter of sequences)
+FITTED_POLICIES = ("hot-set", "layer-alloc", "activation-aware")
 POLICIES: tuple[str, ...] = tuple(_SETUPS)
 CACHE_POLICIES = ("static", "no-prefetch", "perfect")
 #: what each policy's numbers are: a deployable policy, or a bound that reads the future
@@ -95,8 +155,18 @@ POLICY_KINDS: dict[str, str] = {
     "lru": "policy",
     "belady": "hit-rate bound",
     "clairvoyant": "latency bound",
+    "fifo": "policy",
+    "lfu": "policy",
+    "lfru": "policy",
+    "least-stale": "policy",
+    "mrs": "policy",
+    "hot-set": "policy",
+    "layer-alloc": "policy",
+    "activation-aware": "policy",
 }
 BOUNDS = ("belady", "clairvoyant")
+#: steps per call when a Python predictor's confidences are handed over (see _replay)
+EXTERNAL_WINDOW_STEPS = 256
 
 
 @dataclass(frozen=True)
@@ -116,7 +186,21 @@ def policy_setup(trace: Trace, policy: str, config: SimConfig, controls: Control
         raise ConfigError(f"policy {policy!r} is not one of {list(POLICIES)}")
     if config.cache is None:
         config = replace(config, cache=default_cache(trace.num_experts, trace.top_k, trace.num_layers))
-    return _SETUPS[policy](config, controls)
+    config, controls = _SETUPS[policy](config, controls)
+    if policy == "least-stale" and config.cache is not None and config.cache.scope == "per-layer":
+        cache = config.cache
+        config = replace(config, cache=replace(cache, l1_slots=cache.l1_slots * trace.num_layers, scope="global"))
+    return config, controls
+
+
+def fit_source(trace: Trace, policy: str, fit_trace: Trace | None) -> Trace | None:
+    """The routing a fitted zoo policy learns from: ``fit_trace``, else the first quarter of ``trace``'s
+    sequences (at least one); None for a policy that fits nothing and no fit trace."""
+    if fit_trace is not None or policy not in FITTED_POLICIES:
+        return fit_trace
+    bounds = trace.sequence_bounds()
+    first = bounds[: max(1, len(bounds) // 4), 0]
+    return trace.select_sequences(trace.sequence[first])
 
 
 def evaluate(trace: Trace, request: EvaluationRequest, *, fit_trace: Trace | None = None) -> dict[str, Any]:
@@ -128,6 +212,7 @@ def evaluate(trace: Trace, request: EvaluationRequest, *, fit_trace: Trace | Non
     next layer's demand loads, so the earliest prefetch is not always the fastest.
     """
     config, controls = policy_setup(trace, request.policy, request.config, request.controls)
+    fit_trace = fit_source(trace, request.policy, fit_trace)
     if request.policy == "clairvoyant":
         runs = [_replay(trace, config, replace(controls, lookahead=d), request, fit_trace) for d in (1, 2)]
         best = min(runs, key=lambda r: r["metrics"]["mean_latency_ms"])
@@ -143,8 +228,13 @@ def _replay(trace: Trace, config: SimConfig, controls: Controls, request: Evalua
     if request.window_steps > 0:
         while not sim.done:
             windows.append(sim.run(request.window_steps, controls).metrics)
-    else:
+    elif sim.config.predictor == "none" or sim.config.predictor in PREDICTORS:
         sim.run(None, controls)
+    else:
+        # a Python predictor hands over (steps, L, E) confidences per call: bounded windows bound the memory
+        # (the counters accumulate, so the totals are those of one call)
+        while not sim.done:
+            sim.run(EXTERNAL_WINDOW_STEPS, controls)
     result: dict[str, Any] = {"metrics": sim.metrics()}
     if windows:
         result["windows"] = windows

@@ -85,13 +85,21 @@ I_TOTAL_SLOTS = 6
 I_CALIBRATE = 7
 I_EVICTION = 8  # EV_* below
 I_FLAT = 9  # 1: one tier (L2 = L3 = 0 slots): prefetches are admitted into L1 itself
-NUM_ICONF = 10
+I_LAYER_CAPS = 10  # 1: a one-tier per-layer cache whose slots differ by layer (EvictionState.layer_caps)
+NUM_ICONF = 11
 
 # ---- eviction rules (the score whose lowest value is evicted) --------------------------------------------------
 EV_WEIGHTED = 0  # w_recency / (1 + age) + w_frequency * uses / (uses + 1) + w_confidence * confidence
 EV_LRU = 1  # least recently used
 EV_BELADY = 2  # the key whose next use is farthest (reads the future: a bound, not a policy)
 EV_CUSTOM = 3  # custom_score() below: the default returns 0; plugins.py compiles a copy with the user's rule
+# the policy zoo (docs/policies.md); ties among these go to the least recently used key, then the lower key
+EV_LFU = 4  # fewest uses since admission, each use decayed by F_DECAY per step
+EV_LFRU = 5  # uses since admission divided by (1 + steps since the last use): frequency and recency combined
+EV_LEAST_STALE = 6  # the key whose layer runs again farthest away in layer order (the layer just run first)
+EV_MRS = 7  # lowest exponentially averaged routing score (F_MRS_ALPHA per step), kept across evictions
+EV_STATIC = 8  # lowest fitted frequency (EvictionState.k_static): a static hot set, preloaded at the first step
+EV_FIFO = 9  # first admitted, first evicted
 NEVER = 1 << 62  # next use of a key that is never needed again
 
 # ---- confidence calibration: raw scores are binned; a bin answers its observed hit frequency -------------------
@@ -104,7 +112,8 @@ F_LAYER_OVERHEAD_MS = 1
 F_DECAY = 2
 F_ORACLE_ACC = 3
 F_SEED_H2D_1 = 4  # the seed table, NUM_SEED values in timing.SEED_* order
-NUM_FCONF = F_SEED_H2D_1 + NUM_SEED
+F_MRS_ALPHA = F_SEED_H2D_1 + NUM_SEED  # EV_MRS: weight of the previous score per step
+NUM_FCONF = F_MRS_ALPHA + 1
 
 # ---- link scalars ----------------------------------------------------------------------------------------------
 L_BUSY_UNTIL = 0
@@ -133,8 +142,16 @@ PredictionState = namedtuple(
     "PredictionState",
     "pop_cnt pop_obs pop_weight reuse_hit reuse_tot pair src cal_hits cal_count pend_bin pend_hist pend_target",
 )
-#: Belady's view of the future: each key's uses in replay order (CSR: start (L*E+1,), events) and a cursor
-EvictionState = namedtuple("EvictionState", "nu_start nu_events nu_cursor")
+#: what the eviction rules read besides the tiers: Belady's view of the future (each key's uses in replay order,
+#: CSR: start (L*E+1,), events, and a cursor); per key (L*E): a decayed use count or score ``k_freq`` and the clock
+#: it was last brought up to date ``k_ftime`` (EV_LFU, EV_MRS), the admission order ``k_ins`` (EV_FIFO) with its
+#: counter ``ins_count`` (1,), the fitted frequency ``k_static`` (EV_STATIC); the routing weight of each token's
+#: choices ``route_w`` (T, L, K) (EV_MRS, else empty); the slots of each layer at each step ``layer_caps`` (S, L)
+#: (I_LAYER_CAPS, else empty)
+EvictionState = namedtuple(
+    "EvictionState",
+    "nu_start nu_events nu_cursor k_freq k_ftime k_ins ins_count k_static route_w layer_caps",
+)
 KernelState = namedtuple("KernelState", "tiers link prediction eviction")
 #: the replay plan (sim.schedule.Schedule) and the trace's routing (T, L, K); ctab: compute ms by token count
 ScheduleArrays = namedtuple(
@@ -144,6 +161,11 @@ ScheduleArrays = namedtuple(
 KernelConfig = namedtuple("KernelConfig", "iconf fconf rng_seed")
 #: accumulated counters (C_*) and each step's latency (S,)
 KernelOutput = namedtuple("KernelOutput", "counters step_latency_ms")
+
+#: pins hold the event a key is protected for: NO_EVENT protects it for none; passing ANY_KEY as the event to a
+#: victim search matches no pin, so every key is a candidate
+NO_EVENT = -10
+ANY_KEY = -2
 
 ST_NONE = 0
 ST_READY = 1  # transfer committed: arrival time known (maybe in the future)
@@ -180,23 +202,29 @@ def custom_score(age_steps, uses, confidence, tier, layer, expert):
     return 0.0
 
 
-@njit(cache=True, inline="always", error_model="numpy")
-def _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor, k_tier, E):
-    """The eviction score of a resident key: the lowest score is evicted first (ties: the lower key)."""
-    if mode == EV_LRU:
-        return k_last[key]
-    if mode == EV_BELADY:
-        return -float(_next_use(key, nu_start, nu_events, nu_cursor))
-    if mode == EV_CUSTOM:
-        # a call here would slow every built-in rule down: plugins.py compiles its private copy with the call
-        return 0.0  # CUSTOM_SCORE_CALL
-    age = clock - k_last[key]
-    uses = k_uses[key]
-    return (
-        u[U_W_RECENCY] / (1.0 + age)
-        + u[U_W_FREQUENCY] * (uses / (uses + 1.0))
-        + u[U_W_CONFIDENCE] * k_conf[key]
-    )
+@njit(cache=True, error_model="numpy")
+def _zoo_score(key, mode, clock, k_last, k_uses, k_freq, k_ftime, k_ins, k_static, k_tier, E, decay):
+    """The eviction score of a resident key under the zoo's rules (EV_LFU and above; docs/policies.md): the
+    lowest score is evicted first (ties: the least recently used key, then the lower key). Not inlined, so the
+    built-in rules' loop stays as compact as it was."""
+    if mode == EV_LFU or mode == EV_MRS:
+        # lazily decayed: the stored value was brought up to date at clock k_ftime
+        return k_freq[key] * decay ** (clock - k_ftime[key])
+    if mode == EV_LFRU:
+        return k_uses[key] / (1.0 + (clock - k_last[key]))
+    if mode == EV_LEAST_STALE:
+        # layers run in order, so a key of layer j is next wanted (j - current) mod L layers from now; the
+        # layer that just ran (distance L) is the stalest and goes first
+        L = k_tier.shape[0] // E
+        cur = int(np.floor(clock * L + 0.5)) % L
+        dist = (key // E - cur) % L
+        if dist == 0:
+            dist = L
+        return -float(dist)
+    if mode == EV_STATIC:
+        return k_static[key]
+    # EV_FIFO
+    return float(k_ins[key])
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -234,17 +262,76 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, nu_start, nu_events,
-                 nu_cursor, k_tier, E):
-    """The unpinned key of ``tier`` with the lowest eviction score (ties: the lower key), or -1."""
+def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev, k_tier, E, decay):
+    """The unpinned key of ``tier`` with the lowest eviction score, or -1. Ties: the lower key; for the zoo's
+    rules (EV_LFU and above), the least recently used key first, then the lower key."""
+    victim = -1
+    best = 1e300
+    n = cnt[pool, tier - 1]
+    # one loop per rule, the rule chosen outside it: a branch on the rule inside the loop kept the compiler
+    # from optimising the common weighted score (about 1.5x slower replays)
+    if mode == EV_WEIGHTED:
+        w_recency, w_frequency, w_confidence = u[U_W_RECENCY], u[U_W_FREQUENCY], u[U_W_CONFIDENCE]
+        for i in range(n):
+            key = mem[pool, tier - 1, i]
+            if k_pin[key] == event:
+                continue
+            age = clock - k_last[key]
+            uses = k_uses[key]
+            s = w_recency / (1.0 + age) + w_frequency * (uses / (uses + 1.0)) + w_confidence * k_conf[key]
+            if victim < 0 or s < best or (s == best and key < victim):
+                best = s
+                victim = key
+        return victim
+    if mode == EV_LRU:
+        for i in range(n):
+            key = mem[pool, tier - 1, i]
+            if k_pin[key] == event:
+                continue
+            s = k_last[key]
+            if victim < 0 or s < best or (s == best and key < victim):
+                best = s
+                victim = key
+        return victim
+    if mode == EV_BELADY:
+        nu_start, nu_events, nu_cursor = ev.nu_start, ev.nu_events, ev.nu_cursor
+        for i in range(n):
+            key = mem[pool, tier - 1, i]
+            if k_pin[key] == event:
+                continue
+            s = -float(_next_use(key, nu_start, nu_events, nu_cursor))
+            if victim < 0 or s < best or (s == best and key < victim):
+                best = s
+                victim = key
+        return victim
+    if mode == EV_CUSTOM:
+        for i in range(n):
+            key = mem[pool, tier - 1, i]
+            if k_pin[key] == event:
+                continue
+            # plugins.py compiles a private copy of this module with the plug-in's call on the next line
+            s = 0.0  # CUSTOM_SCORE_CALL
+            if victim < 0 or s < best or (s == best and key < victim):
+                best = s
+                victim = key
+        return victim
+    return _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k_pin, ev.k_freq, ev.k_ftime,
+                            ev.k_ins, ev.k_static, k_tier, E, decay)
+
+
+@njit(cache=True, error_model="numpy")
+def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k_pin, k_freq, k_ftime, k_ins,
+                     k_static, k_tier, E, decay):
+    """_pick_victim for the zoo's rules: lowest score, then least recently used, then lower key."""
     victim = -1
     best = 1e300
     for i in range(cnt[pool, tier - 1]):
         key = mem[pool, tier - 1, i]
         if k_pin[key] == event:
             continue
-        s = _score(key, mode, clock, u, k_last, k_uses, k_conf, nu_start, nu_events, nu_cursor, k_tier, E)
-        if victim < 0 or s < best or (s == best and key < victim):
+        s = _zoo_score(key, mode, clock, k_last, k_uses, k_freq, k_ftime, k_ins, k_static, k_tier, E, decay)
+        if victim < 0 or s < best or (s == best and (k_last[key] < k_last[victim]
+                                                     or (k_last[key] == k_last[victim] and key < victim))):
             best = s
             victim = key
     return victim
@@ -252,7 +339,7 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E):
+               k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
     """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
 
     An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
@@ -263,15 +350,19 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
     """
     for t in range(tier, 4):
         while cnt[pool, t - 1] > caps[t - 1]:
-            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
-                                  nu_start, nu_events, nu_cursor, k_tier, E)
-            if victim < 0:
-                break  # everything left is in use by this event: the tier overflows until the next event
             dest = 0
             for t2 in range(t + 1, 4):
                 if caps[t2 - 1] > 0:
                     dest = t2
                     break
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev,
+                                  k_tier, E, decay)
+            if victim < 0 and t >= 2 and dest > 0:
+                # only protected predictions are left: one moves down a tier (it stays on the GPU)
+                victim = _pick_victim(pool, t, ANY_KEY, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
+                                      ev, k_tier, E, decay)
+            if victim < 0:
+                break  # everything left is in use by this event: the tier overflows until the next event
             if dest > 0:
                 _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
                 _tier_add(pool, dest, victim, mem, cnt, k_tier, k_pos)
@@ -281,8 +372,8 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
     while cnt[pool, 0] + cnt[pool, 1] + cnt[pool, 2] > total_caps:
         victim = -1
         for t in range(3, 0, -1):
-            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
-                                  nu_start, nu_events, nu_cursor, k_tier, E)
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev,
+                                  k_tier, E, decay)
             if victim >= 0:
                 break
         if victim < 0:
@@ -393,12 +484,17 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                  and predictor != P_NONE)
     mode = iconf[I_EVICTION]
     flat = iconf[I_FLAT] == 1
+    layer_caps_on = iconf[I_LAYER_CAPS] == 1
+    layer_caps = ev.layer_caps
     seed_tab = fconf[F_SEED_H2D_1:F_SEED_H2D_1 + NUM_SEED]
     total_slots = iconf[I_TOTAL_SLOTS]
     base_transfer_ms = fconf[F_TRANSFER_MS]
     layer_overhead_ms = fconf[F_LAYER_OVERHEAD_MS]
     decay = fconf[F_DECAY]
     oracle_acc = fconf[F_ORACLE_ACC]
+    # the per-step decay of the zoo's lazily decayed scores: LFU shares the statistics' decay, MRS has its own
+    ev_decay = fconf[F_MRS_ALPHA] if mode == EV_MRS else decay
+    k_freq, k_ftime, k_ins, ins_count, route_w = ev.k_freq, ev.k_ftime, ev.k_ins, ev.ins_count, ev.route_w
     l2_thr = u[U_L2_THRESHOLD]
     l3_thr = u[U_L3_THRESHOLD]
     lookahead = int(u[U_LOOKAHEAD])
@@ -425,6 +521,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
     caps = np.empty(3, dtype=np.int64)
     n_admitted = np.zeros(4, dtype=np.int64)
+    route_sum = np.zeros(E, dtype=np.float64)
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
@@ -433,19 +530,26 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         caps[2] = tier_caps[s, 2]
         share = link_share[s]
         dur = base_transfer_ms / share
+        if s == 0 and mode == EV_STATIC:
+            _preload_static(caps, layer_caps_on, layer_caps, E, ev.k_static, mem, cnt, k_tier, k_pos, k_state,
+                            k_arrival, is_global)
         if s > 0 and (tier_caps[s, 0] < tier_caps[s - 1, 0] or tier_caps[s, 1] < tier_caps[s - 1, 1]
                       or tier_caps[s, 2] < tier_caps[s - 1, 2]):
             # the KV cache grew: shrink every pool's tiers now
             clock = float(s)
             for pool in range(cnt.shape[0]):
+                if layer_caps_on:
+                    caps[0] = layer_caps[s, pool]
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
         latency = 0.0
         for l in range(L):
             event = s * L + l
             clock = event / L
             now = link[L_NOW]
             pool = 0 if is_global else l
+            if layer_caps_on:
+                caps[0] = layer_caps[s, l]  # this layer's share of the global budget (one tier)
             # ---- 1. the step's experts at this layer, deduplicated over the batch ----------------------------
             nneed = 0
             for b in range(nt):
@@ -522,19 +626,36 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                             ready = start + dur
                     k_state[key] = ST_READY
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
+                    if mode >= EV_LFU:
+                        _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count)
             # ---- 3. the step's experts become L1 (in use), pinned for this event ------------------------------
+            if mode == EV_MRS:
+                # the routing score of each expert in this step: its tokens' gate weights, averaged over the step
+                for n in range(nneed):
+                    route_sum[needed[n]] = 0.0
+                for b in range(nt):
+                    t = step_tokens[s, b]
+                    for k in range(K):
+                        route_sum[experts[t, l, k]] += route_w[t, l, k] / nt
             for n in range(nneed):
                 key = l * E + needed[n]
                 k_pin[key] = event
                 k_last[key] = clock
                 k_uses[key] += 1
+                if mode == EV_LFU:
+                    k_freq[key] = k_freq[key] * ev_decay ** (clock - k_ftime[key]) + 1.0
+                    k_ftime[key] = clock
+                elif mode == EV_MRS:
+                    k_freq[key] = (k_freq[key] * ev_decay ** (clock - k_ftime[key])
+                                   + (1.0 - ev_decay) * route_sum[needed[n]])
+                    k_ftime[key] = clock
                 if mode == EV_BELADY:
                     nu_cursor[key] += 1  # this use is consumed: the key's next use is its following one
                 if k_tier[key] != 1:
                     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
+                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
             # ---- 3b. the prediction that targeted this event meets its outcome: calibrate ----------------------
             if calibrate:
                 slot = event % 3
@@ -702,14 +823,16 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                         counters[C_PROMOTED] += 1
                     else:
                         _tier_add(tpool, target, key, mem, cnt, k_tier, k_pos)
+                        if mode >= EV_LFU:
+                            _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count)
                         _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
                                         q_key, q_issue, qht, link, dur, counters)
                         counters[C_PREFETCH_L3 if target == 3 else C_PREFETCH_L2] += 1
                     k_pin[key] = event
                     pmark[e] = event
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
-                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events,
-                               nu_cursor, counters, E)
+                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
+                               ev_decay)
                     k_last[key] = clock
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
             if predictor != P_NONE and predictor != P_EXTERNAL:
@@ -734,14 +857,53 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 for n in range(nneed):
                     e = needed[n]
                     if not (lt == l and pmark[e] == event):
-                        k_pin[l * E + e] = -1
+                        k_pin[l * E + e] = NO_EVENT
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, nu_start, nu_events, nu_cursor, counters, E)
+                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
             latency += layer_ms
         step_latency_ms[s] = latency
         counters[C_STEPS] += 1
         counters[C_TOKENS] += nt
         counters[C_ELAPSED_MS] += latency
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _admitted(key, mode, clock, k_freq, k_ftime, k_ins, ins_count):
+    """A key enters the GPU: FIFO's admission order; LFU counts its uses from here (an in-cache count, as in
+    the classic LFU), while MRS keeps the score the key had earned before it left."""
+    k_ins[key] = ins_count[0]
+    ins_count[0] += 1
+    if mode == EV_LFU:
+        k_freq[key] = 0.0
+        k_ftime[key] = clock
+
+
+@njit(cache=True, error_model="numpy")
+def _preload_static(caps, layer_caps_on, layer_caps, E, k_static, mem, cnt, k_tier, k_pos, k_state, k_arrival,
+                    is_global):
+    """EV_STATIC: before the first step, fill every pool with its hottest keys (highest fitted frequency, ties to
+    the lower key; never a key the fit never saw), as an engine loads its resident experts at start-up: no copy
+    is counted."""
+    n_keys = k_static.shape[0]
+    for pool in range(cnt.shape[0]):
+        room = caps[0] + caps[1] + caps[2]
+        if layer_caps_on:
+            room = layer_caps[0, pool]
+        first = 0 if is_global else pool * E
+        last = n_keys if is_global else (pool + 1) * E
+        while cnt[pool, 0] + cnt[pool, 1] + cnt[pool, 2] < room:
+            best = -1
+            for key in range(first, last):
+                if k_tier[key] == 0 and k_static[key] > 0.0 and (best < 0 or k_static[key] > k_static[best]):
+                    best = key
+            if best < 0:
+                break
+            tier = 1
+            while tier < 3 and cnt[pool, tier - 1] >= caps[tier - 1]:
+                tier += 1
+            _tier_add(pool, tier, best, mem, cnt, k_tier, k_pos)
+            k_state[best] = ST_READY
+            k_arrival[best] = 0.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")

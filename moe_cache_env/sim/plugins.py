@@ -135,11 +135,11 @@ def kernel_for_eviction(name: str) -> types.ModuleType:
 
         policy = _EVICTIONS[name]
         source = Path(base.__file__).read_text().replace("cache=True", "cache=False")
-        marker = "return 0.0  # CUSTOM_SCORE_CALL"
+        marker = "s = 0.0  # CUSTOM_SCORE_CALL"
         if source.count(marker) != 1:
             raise RuntimeError("the kernel's custom-score marker is missing; plugins.py and kernel.py disagree")
         source = source.replace(
-            marker, "return custom_score(clock - k_last[key], k_uses[key], k_conf[key], k_tier[key], key // E, key % E)"
+            marker, "s = custom_score(clock - k_last[key], k_uses[key], k_conf[key], k_tier[key], key // E, key % E)"
         )
         module = types.ModuleType(f"{base.__name__}_custom_{len(_KERNELS)}")
         module.__file__ = base.__file__

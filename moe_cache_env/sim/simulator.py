@@ -15,7 +15,8 @@ from moe_cache_env.sim.timing import seed_table_array
 from moe_cache_env.sim.metrics import metrics_from_counters
 from moe_cache_env.sim.predictors import PREDICTORS, fit_cooccurrence
 from moe_cache_env.sim.schedule import Schedule, build_schedule
-from moe_cache_env.sim.state import allocate_state, schedule_arrays
+from moe_cache_env.sim import zoo
+from moe_cache_env.sim.state import ZooArrays, allocate_state, schedule_arrays
 from moe_cache_env.traces.format import MAX_TABLE_EXPERTS, Trace
 
 
@@ -110,7 +111,7 @@ class Simulator:
         self._iconf[K.I_TOTAL_SLOTS] = cache.total_slots
         self._iconf[K.I_CALIBRATE] = 1 if self.config.calibrate_confidence else 0
         if self.config.eviction in EVICTION_RULES:
-            self._iconf[K.I_EVICTION] = EVICTION_RULES.index(self.config.eviction)
+            self._iconf[K.I_EVICTION] = EVICTION_CODES[self.config.eviction]
         else:
             self._iconf[K.I_EVICTION] = K.EV_CUSTOM
             plugins.kernel_for_eviction(self.config.eviction)  # compile the rule's kernel now, not mid-replay
@@ -120,7 +121,11 @@ class Simulator:
         self._fconf[K.F_LAYER_OVERHEAD_MS] = self.profile.layer_overhead_ms
         self._fconf[K.F_DECAY] = self.config.stats_decay
         self._fconf[K.F_ORACLE_ACC] = self.config.oracle_accuracy
-        self._fconf[K.F_SEED_H2D_1:] = seed_table_array(self.profile)
+        self._fconf[K.F_SEED_H2D_1:K.F_SEED_H2D_1 + len(seed_table_array(self.profile))] = \
+            seed_table_array(self.profile)
+        self._fconf[K.F_MRS_ALPHA] = self.config.mrs_alpha
+        self._zoo = self._zoo_arrays(trace, fit_trace)
+        self._iconf[K.I_LAYER_CAPS] = 1 if self._zoo.layer_caps.size else 0
         if self.config.eviction == "belady":
             self._nu_start, self._nu_events = K.build_next_use(
                 self.schedule.step_tokens, self.schedule.step_ntokens, self._experts, E
@@ -142,7 +147,7 @@ class Simulator:
             fitted = self._fitted
         self.state: K.KernelState = allocate_state(
             self.trace.num_layers, self.trace.num_experts, self.trace.top_k, self.cache,
-            self.schedule.step_tokens.shape[1], fitted, (self._nu_start, self._nu_events),
+            self.schedule.step_tokens.shape[1], fitted, (self._nu_start, self._nu_events), self._zoo,
         )
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
@@ -158,6 +163,26 @@ class Simulator:
     @property
     def done(self) -> bool:
         return self.position >= self.schedule.num_steps
+
+    def _zoo_arrays(self, trace: Trace, fit_trace: Trace | None) -> ZooArrays:
+        """The fitted inputs of the zoo's rules (docs/policies.md); empty arrays for rules that read none."""
+        config, cache = self.config, self.cache
+        empty = ZooArrays.empty(trace.num_layers * trace.num_experts)
+        k_static, route_w, caps = empty.k_static, empty.route_w, empty.layer_caps
+        if config.eviction == "static":
+            if fit_trace is None:
+                raise ConfigError("eviction='static' chooses its resident experts from recorded frequencies: give a "
+                                  "fit trace (evaluate --fit-trace, or the policy fits on the trace's first part)")
+            k_static = zoo.key_frequencies(fit_trace.experts, trace.num_experts)
+        if config.eviction == "mrs":
+            route_w = zoo.routing_weights(trace)
+        if config.layer_slots == "fitted":
+            if fit_trace is None or cache.scope != "per-layer" or not cache.flat:
+                raise ConfigError("layer_slots='fitted' needs a one-tier per-layer cache (l2_slots = l3_slots = 0) "
+                                  "and a fit trace to measure each layer's misses on")
+            curves = zoo.lru_miss_curves(fit_trace.experts, trace.num_experts)
+            caps = zoo.layer_caps(self.schedule.tier_caps[:, 0], curves, trace.top_k, trace.num_experts)
+        return ZooArrays(k_static, route_w, caps)
 
     # ---- running -------------------------------------------------------------------------------------------------
     def run(self, num_steps: int | None = None, controls: Controls | None = None) -> WindowResult:
@@ -233,6 +258,11 @@ class Simulator:
 
 
 _NO_EXTERNAL = np.zeros((0, 0), dtype=np.float64)
+#: SimConfig.eviction -> the kernel's rule (kernel.EV_*)
+EVICTION_CODES = {
+    "weighted": K.EV_WEIGHTED, "lru": K.EV_LRU, "belady": K.EV_BELADY, "lfu": K.EV_LFU, "lfru": K.EV_LFRU,
+    "least-stale": K.EV_LEAST_STALE, "mrs": K.EV_MRS, "static": K.EV_STATIC, "fifo": K.EV_FIFO,
+}
 
 
 def check_geometry(trace: Trace, cache: CacheConfig, *, allow_full: bool = False) -> None:

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.config import CacheConfig
 from moe_cache_env.sim.schedule import Schedule
+
+
+@dataclass(frozen=True)
+class ZooArrays:
+    """Read-only inputs of the zoo's eviction rules, fitted or derived before a replay (``sim/zoo.py``).
+
+    ``k_static`` (L*E,): each key's fitted frequency (EV_STATIC); ``route_w`` (T, L, K): the routing weight of each
+    token's choices (EV_MRS); ``layer_caps`` (S, L): each layer's slots at each step (I_LAYER_CAPS).
+    """
+
+    k_static: np.ndarray
+    route_w: np.ndarray
+    layer_caps: np.ndarray
+
+    @staticmethod
+    def empty(n_keys: int) -> "ZooArrays":
+        return ZooArrays(np.zeros(n_keys, dtype=np.float64), np.zeros((0, 0, 0), dtype=np.float64),
+                         np.zeros((0, 0), dtype=np.int64))
 
 
 def schedule_arrays(schedule: Schedule, experts: np.ndarray, compute_table_ms: np.ndarray) -> K.ScheduleArrays:
@@ -32,12 +52,13 @@ def allocate_state(
     step_width: int,
     cooccurrence: tuple[np.ndarray, np.ndarray] | None,
     next_use: tuple[np.ndarray, np.ndarray],
+    zoo: "ZooArrays | None" = None,
 ) -> K.KernelState:
     """An empty cache, an idle link and fresh online statistics.
 
     ``cooccurrence``: a pre-fitted ``(pair, src)`` table (``predictors.fit_cooccurrence``), copied so a reset
     starts from it again; None starts empty. ``next_use``: ``(start, events)`` from ``kernel.build_next_use``
-    (empty arrays unless Belady eviction reads them).
+    (empty arrays unless Belady eviction reads them). ``zoo``: the fitted inputs of the zoo's rules (None: empty).
     """
     L, E = num_layers, num_experts
     n_keys = L * E
@@ -53,7 +74,7 @@ def allocate_state(
         k_uses=np.zeros(n_keys, dtype=np.int64),
         k_conf=np.zeros(n_keys, dtype=np.float64),
         k_prefetched=np.zeros(n_keys, dtype=np.int8),
-        k_pin=np.full(n_keys, -10, dtype=np.int64),
+        k_pin=np.full(n_keys, K.NO_EVENT, dtype=np.int64),
         mem=np.zeros((pools, 3, slots), dtype=np.int64),
         cnt=np.zeros((pools, 3), dtype=np.int64),
     )
@@ -86,5 +107,13 @@ def allocate_state(
         pend_target=np.full(3, -1, dtype=np.int64),
     )
     start, events = next_use
-    eviction = K.EvictionState(nu_start=start, nu_events=events, nu_cursor=start[:-1].copy())
+    zoo = zoo or ZooArrays.empty(n_keys)
+    eviction = K.EvictionState(
+        nu_start=start, nu_events=events, nu_cursor=start[:-1].copy(),
+        k_freq=np.zeros(n_keys, dtype=np.float64),
+        k_ftime=np.zeros(n_keys, dtype=np.float64),
+        k_ins=np.zeros(n_keys, dtype=np.int64),
+        ins_count=np.zeros(1, dtype=np.int64),
+        k_static=zoo.k_static, route_w=zoo.route_w, layer_caps=zoo.layer_caps,
+    )
     return K.KernelState(tiers=tiers, link=link, prediction=prediction, eviction=eviction)

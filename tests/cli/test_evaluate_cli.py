@@ -72,7 +72,7 @@ def test_several_policies_and_windows(small_trace, tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--policy", "fifo"], "unknown policy"),
+        (["--policy", "lifo"], "unknown policy"),
         (["--l2-threshold", "0.2", "--l3-threshold", "0.5"], "l3_threshold=0.5 is above"),
         (["--capacity", "2"], "capacity=2 is below top_k=4"),
         (["--profile", "tpu-v9"], "unknown profile 'tpu-v9'"),
