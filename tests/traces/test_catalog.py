@@ -131,7 +131,7 @@ def test_a_user_folder_is_searched_by_name_and_uri(tmp_path, monkeypatch):
     "name, error, fragment",
     [
         ("no-such-trace", FileNotFoundError, "no trace file or bundled trace named 'no-such-trace'"),
-        ("bundled://no/such", FileNotFoundError, "bundled traces: learned/tiny-olmoe-12L-64E-decode"),
+        ("bundled://no/such", FileNotFoundError, "learned/tiny-olmoe-12L-64E-decode"),
         ("file:///no/such/file.npz", FileNotFoundError, "/no/such/file.npz"),
         ("", ValueError, "must not be empty"),
         ("ftp://host/x.npz", ValueError, "unknown scheme 'ftp://'"),
