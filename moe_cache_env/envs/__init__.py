@@ -63,6 +63,19 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "cache": {"l1_slots": 8, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
         "episode_tokens": 4096,
     },
+    "MoECache-Engines-v0": {
+        # real routing of three production models recorded by an inference engine (traces/bundled/engines/):
+        # one request each (64-128 decode tokens), so every episode replays a whole trace (split "all")
+        "traces": ["engines/qwen3-30b-a3b-decode", "engines/gemma-4-26b-a4b-it-decode", "engines/gpt-oss-120b-decode"],
+        "split": "all",
+        "episode_tokens": 128,
+        "predictor_fit_tokens": 0,
+        # 36 of 128 experts per layer; L1 holds the largest top-k of the three (6)
+        "cache": {"l1_slots": 6, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
+        # one sequence: batching has nothing to batch; the KV cache and the link's other traffic still vary
+        "workload": {"batch_min": 1, "batch_max": 1, "kv_min": 0.0, "kv_max": 0.6, "background_min": 0.0,
+                     "background_max": 0.5, "domain_shift": False, "segment_steps": 32},
+    },
 }
 
 

@@ -118,3 +118,23 @@ def test_a_cache_that_holds_every_expert_is_named_once():
     env = gym.make("moe_cache_env:MoECache-Seed-v0", config=small_config("MoECache-Seed-v0"))
     with pytest.warns(UserWarning, match=r"64 slots per pool hold every expert of trace .*24 layers x 60 experts"):
         env.reset(seed=0)
+
+
+def test_the_engine_suite_replays_each_recorded_request_whole():
+    """MoECache-Engines-v0 on its own bundled traces: every trace is one episode, and both checkers pass."""
+    from gymnasium.utils.env_checker import check_env
+
+    env = gym.make("moe_cache_env:MoECache-Engines-v0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env.unwrapped, skip_render_check=True)
+    for index, tokens in enumerate((128, 128, 64)):
+        _, info = env.reset(seed=index, options={"trace": index})
+        served = info["tokens"]
+        while True:
+            _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+            served += info["tokens"]
+            assert np.isfinite(reward)
+            if terminated or truncated:
+                break
+        assert terminated and served == tokens
