@@ -62,6 +62,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "expert_bytes": 3 * 2048 * 1024 * 2,
         "cache": {"l1_slots": 8, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
         "episode_tokens": 4096,
+        # prefill runs in chunks of 16 tokens per sequence (chunked prefill), so an episode of 4096 tokens still
+        # has tens of windows to decide in; decode runs one token per sequence per step
+        "workload": {"batch_min": 1, "batch_max": 8, "kv_min": 0.0, "kv_max": 0.6, "background_min": 0.0,
+                     "background_max": 0.5, "domain_shift": True, "segment_steps": 128, "prefill_chunk_tokens": 16},
     },
     "MoECache-Engines-v0": {
         # real routing of three production models recorded by an inference engine (traces/bundled/engines/):

@@ -196,7 +196,8 @@ class MoECacheEnv(gym.Env):
         self._previous_shares: np.ndarray | None = None
         self._previous_raw: dict[str, float] | None = None
         self._history.clear()
-        window = self.sim.run(self.window_steps, self.controls)
+        # the warm-up window leaves at least one step to the agent, however short the episode
+        window = self.sim.run(max(1, min(self.window_steps, self.sim.num_steps - 1)), self.controls)
         obs, info = self._observe(window)
         self._render_line(info)
         return obs, info

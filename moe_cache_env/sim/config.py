@@ -186,6 +186,7 @@ class WorkloadConfig:
         chunk_tokens: tokens each sequence contributes per step; 0 (the default) follows the trace's phase:
             a prefill trace runs each prompt as one chunk (all its tokens in one step), a decode trace one token
             per sequence per step; a positive value is a fixed chunk (chunked prefill).
+        prefill_chunk_tokens: with ``chunk_tokens`` 0, the chunk of a prefill trace (0: the whole prompt).
         kv_min, kv_max: share of the expert-slot budget taken by the KV cache (memory pressure).
         background_min, background_max: share of the host-to-GPU link taken by other traffic.
         domain_shift: order sequences in blocks of one domain (the workload shifts), else interleave them.
@@ -195,6 +196,8 @@ class WorkloadConfig:
     batch_min: int = 1
     batch_max: int = 1
     chunk_tokens: int = 0
+    #: a prefill trace's chunk when ``chunk_tokens`` is 0: 0 = each prompt whole, else this many tokens
+    prefill_chunk_tokens: int = 0
     kv_min: float = 0.0
     kv_max: float = 0.0
     background_min: float = 0.0
@@ -206,6 +209,7 @@ class WorkloadConfig:
         _check_range("workload", "batch_min", self.batch_min, 1, 4096, integer=True)
         _check_range("workload", "batch_max", self.batch_max, self.batch_min, 4096, integer=True)
         _check_range("workload", "chunk_tokens", self.chunk_tokens, 0, 65536, integer=True)
+        _check_range("workload", "prefill_chunk_tokens", self.prefill_chunk_tokens, 0, 65536, integer=True)
         _check_range("workload", "kv_min", self.kv_min, 0.0, 0.95)
         _check_range("workload", "kv_max", self.kv_max, self.kv_min, 0.95)
         _check_range("workload", "background_min", self.background_min, 0.0, 0.95)

@@ -88,6 +88,8 @@ def chunk_tokens(trace: Trace, workload: WorkloadConfig) -> int:
     if workload.chunk_tokens > 0:
         return int(workload.chunk_tokens)
     if trace.meta.get("phase") == "prefill":
+        if workload.prefill_chunk_tokens > 0:
+            return int(workload.prefill_chunk_tokens)
         bounds = trace.sequence_bounds()
         return int((bounds[:, 1] - bounds[:, 0]).max())
     return 1
