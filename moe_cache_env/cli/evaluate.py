@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=0, help="also report metrics per window of this many steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
 TABLE_COLUMNS = [
@@ -150,13 +151,18 @@ def run(args: argparse.Namespace) -> int:
         prefetch_budget=args.prefetch_budget,
     )
     results: dict[str, dict[str, Any]] = {}
+    from moe_cache_env.cli._progress import Progress
+
+    progress = Progress(len(policies), "evaluate", quiet=args.quiet)
     for policy in policies:
+        progress.update(0, policy)
         if policy in POLICIES:
             request = EvaluationRequest(policy=policy, config=config, controls=controls, seed=args.seed,
                                         window_steps=args.window)
             result = evaluate(trace, request, fit_trace=fit_trace)
         else:
             result = {"metrics": evaluate_agent(policy, args.trace, trace, config, args.env, args.seed)}
+        progress.update(1, policy)
         entry = dict(result["metrics"])
         entry["kind"] = POLICY_KINDS.get(policy, "agent")
         if policy in POLICIES:
@@ -186,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
             entry["windows"] = result["windows"]
         results[policy] = entry
 
+    progress.close()
     print(f"trace {trace.name}: {trace.num_tokens} tokens x {trace.num_layers} layers, {trace.num_experts} experts, "
           f"top-{trace.top_k}; profile {args.profile} ({args.timing}); {cache.total_slots} slots "
           f"({cache.l1_slots}/{cache.l2_slots}/{cache.l3_slots}) {args.scope}; predictor {args.predictor}")
