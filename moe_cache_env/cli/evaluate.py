@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
                         help="hardware profile name or path (default: %(default)s, measured)")
     parser.add_argument("--timing", default="timeline", choices=["timeline", "seed"])
+    parser.add_argument("--execution-order", default="fused", choices=["fused", "per-expert"],
+                        help="fused: a layer waits for all its experts, then computes; per-expert: each expert "
+                             "computes when its copy lands (default: %(default)s)")
+    parser.add_argument("--decision-ms", type=float, default=0.0,
+                        help="the policy's own decision time per layer, added to the profile's host cost")
     parser.add_argument("--capacity", type=int, default=None,
                         help="total expert slots (per layer, or in all with --scope global), split L1 = top_k, "
                              "L2 : L3 = 1 : 2; default: 40%% of the experts (at least top_k + 2)")
@@ -139,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         workload=WorkloadConfig(batch_min=args.batch, batch_max=args.batch, kv_min=args.kv, kv_max=args.kv,
                                 chunk_tokens=args.chunk_tokens),
         timing=args.timing,
+        execution_order=args.execution_order,
+        decision_ms=args.decision_ms,
         profile=args.profile,
         predictor=args.predictor,
         oracle_accuracy=args.oracle_accuracy,

@@ -11,6 +11,9 @@ from typing import Any, Mapping
 
 SCOPES = ("per-layer", "global")
 TIMING_MODES = ("timeline", "seed")
+#: how a layer runs its experts (timeline timing): ``fused`` waits for all of them, then computes (one grouped
+#: kernel, as vLLM's fused MoE); ``per-expert`` computes each as soon as its copy lands, resident ones first
+EXECUTION_ORDERS = ("fused", "per-expert")
 #: eviction rules of the kernel (``kernel.EV_*``): the seed's confidence-weighted score, plain LRU, and Belady's
 #: farthest-next-use rule (which reads the future: a bound, not a deployable policy)
 EVICTION_RULES = ("weighted", "lru", "belady", "lfu", "lfru", "least-stale", "mrs", "static", "fifo")
@@ -238,6 +241,11 @@ class SimConfig:
     predictor: str = "cross-layer"
     #: how a full tier picks its victim (:data:`EVICTION_RULES`)
     eviction: str = "weighted"
+    #: how a layer runs its experts (:data:`EXECUTION_ORDERS`; timeline timing only)
+    execution_order: str = "fused"
+    #: the policy's own decision time per layer (ms), added to the profile's host decision cost (a learned
+    #: eviction model that takes 0.2 ms per decision costs that time on the critical path)
+    decision_ms: float = 0.0
     #: the noisy-oracle's top-1 accuracy (the seed's 0.4755).
     oracle_accuracy: float = 0.4755
     #: decay per step of the popularity and reuse statistics (an effective memory of 1/(1-decay) steps).
@@ -260,6 +268,8 @@ class SimConfig:
 
         _check_choice("sim", "predictor", self.predictor, tuple(PREDICTORS) + registered_predictors())
         _check_choice("sim", "eviction", self.eviction, EVICTION_RULES + registered_evictions())
+        _check_choice("sim", "execution_order", self.execution_order, EXECUTION_ORDERS)
+        _check_range("sim", "decision_ms", self.decision_ms, 0.0, 1000.0)
         if self.cache is not None and not isinstance(self.cache, CacheConfig):
             raise ConfigError(f"sim.cache must be a CacheConfig or None, got {self.cache!r}")
         _check_range("sim", "oracle_accuracy", self.oracle_accuracy, 0.0, 1.0)

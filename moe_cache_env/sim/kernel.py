@@ -18,7 +18,7 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from moe_cache_env.sim.timing import NUM_SEED, seed_compute_ms, seed_layer_ms, timeline_layer_ms
+from moe_cache_env.sim.timing import NUM_SEED, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, timeline_layer_ms
 
 # error_model="numpy": divisions follow IEEE rules instead of checking for zero and raising, which keeps
 # branches out of the per-event loop (every division here has a nonzero divisor by construction).
@@ -86,7 +86,8 @@ I_CALIBRATE = 7
 I_EVICTION = 8  # EV_* below
 I_FLAT = 9  # 1: one tier (L2 = L3 = 0 slots): prefetches are admitted into L1 itself
 I_LAYER_CAPS = 10  # 1: a one-tier per-layer cache whose slots differ by layer (EvictionState.layer_caps)
-NUM_ICONF = 11
+I_PER_EXPERT = 11  # 1: each expert computes when its own copy lands (timing.per_expert_finish_ms); 0: fused
+NUM_ICONF = 12
 
 # ---- eviction rules (the score whose lowest value is evicted) --------------------------------------------------
 EV_WEIGHTED = 0  # w_recency / (1 + age) + w_frequency * uses / (uses + 1) + w_confidence * confidence
@@ -113,7 +114,8 @@ F_DECAY = 2
 F_ORACLE_ACC = 3
 F_SEED_H2D_1 = 4  # the seed table, NUM_SEED values in timing.SEED_* order
 F_MRS_ALPHA = F_SEED_H2D_1 + NUM_SEED  # EV_MRS: weight of the previous score per step
-NUM_FCONF = F_MRS_ALPHA + 1
+F_HOST_MS = F_MRS_ALPHA + 1  # the host's per-layer decision time (profile) plus the policy's own
+NUM_FCONF = F_HOST_MS + 1
 
 # ---- link scalars ----------------------------------------------------------------------------------------------
 L_BUSY_UNTIL = 0
@@ -515,7 +517,12 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     conf = np.empty(E, dtype=np.float64)
     prod = np.empty(E, dtype=np.float64)
     truth = np.zeros(E, dtype=np.int64)
-    pmark = np.full(E, -1, dtype=np.int64)  # experts of the target layer pinned by this event's prediction pass
+    pmark = np.full(E, -1, dtype=np.int64)
+    per_expert = iconf[I_PER_EXPERT] == 1
+    host_ms = fconf[F_HOST_MS]
+    x_arrival = np.empty(E, dtype=np.float64)
+    x_compute = np.empty(E, dtype=np.float64)
+    x_order = np.empty(E, dtype=np.int64)  # experts of the target layer pinned by this event's prediction pass
     cand = np.empty(E, dtype=np.int64)
     top = np.empty(E, dtype=np.int64)
     cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
@@ -845,10 +852,19 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
             if seed_timing:
                 layer_ms = seed_layer_ms(nhit_l1, covered - nhit_l1, nmiss, nneed, seed_tab)
                 compute_ms = seed_compute_ms(nneed, seed_tab)
+            elif per_expert:
+                for n in range(nneed):
+                    key = l * E + needed[n]
+                    x_arrival[n] = k_arrival[key] if k_arrival[key] > now else now
+                    x_compute[n] = ctab[ntok[needed[n]]]
+                finish = per_expert_finish_ms(now, x_arrival, x_compute, nneed, x_order)
+                stall = finish - now - compute_ms
+                counters[C_STALL_MS] += stall
+                layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
             else:
                 stall = ready - now
                 counters[C_STALL_MS] += stall
-                layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms)
+                layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
             # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back;

@@ -124,6 +124,8 @@ class Simulator:
         self._fconf[K.F_SEED_H2D_1:K.F_SEED_H2D_1 + len(seed_table_array(self.profile))] = \
             seed_table_array(self.profile)
         self._fconf[K.F_MRS_ALPHA] = self.config.mrs_alpha
+        self._fconf[K.F_HOST_MS] = self.profile.host_decision_ms + self.config.decision_ms
+        self._iconf[K.I_PER_EXPERT] = 1 if self.config.execution_order == "per-expert" else 0
         self._zoo = self._zoo_arrays(trace, fit_trace)
         self._iconf[K.I_LAYER_CAPS] = 1 if self._zoo.layer_caps.size else 0
         if self.config.eviction == "belady":

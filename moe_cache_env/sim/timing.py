@@ -81,6 +81,28 @@ def timeline_layer_ms(stall_ms, compute_ms, layer_overhead_ms):
 
 
 @njit(cache=True, error_model="numpy")
+def per_expert_finish_ms(now, arrival, compute, n, order):
+    """When a layer whose experts each compute as soon as their own copy has landed finishes (``per-expert``
+    execution): experts run one after another on the GPU, in order of arrival (resident ones first, arrival
+    ``now``), each starting at ``max(previous finish, its arrival)``. ``order`` is scratch space of size n."""
+    for i in range(n):
+        order[i] = i
+    # insertion sort by arrival (a layer has at most a few dozen experts); ties keep the request order
+    for i in range(1, n):
+        j = i
+        while j > 0 and arrival[order[j - 1]] > arrival[order[j]]:
+            order[j - 1], order[j] = order[j], order[j - 1]
+            j -= 1
+    t = now
+    for i in range(n):
+        k = order[i]
+        if arrival[k] > t:
+            t = arrival[k]
+        t += compute[k]
+    return t
+
+
+@njit(cache=True, error_model="numpy")
 def demand_all_step_latency(step_tokens, step_ntokens, experts, num_experts, ctab, transfer_ms, link_share,
                             layer_overhead_ms, seed_timing, seed_tab, s0, s1, out):
     """Latency of steps [s0, s1) if no expert were on the GPU: every distinct expert of a layer is copied on
