@@ -93,7 +93,7 @@ NUM_ICONF = 12
 EV_WEIGHTED = 0  # w_recency / (1 + age) + w_frequency * uses / (uses + 1) + w_confidence * confidence
 EV_LRU = 1  # least recently used
 EV_BELADY = 2  # the key whose next use is farthest (reads the future: a bound, not a policy)
-EV_CUSTOM = 3  # custom_score() below: the default returns 0; plugins.py compiles a copy with the user's rule
+EV_CUSTOM = 3  # a plug-in's rule: plugins.py compiles a private copy of this module that calls it
 # the policy zoo (docs/policies.md); ties among these go to the least recently used key, then the lower key
 EV_LFU = 4  # fewest uses since admission, each use decayed by F_DECAY per step
 EV_LFRU = 5  # uses since admission divided by (1 + steps since the last use): frequency and recency combined
@@ -195,13 +195,6 @@ def _next_use(key, nu_start, nu_events, nu_cursor):
     if c < nu_start[key + 1]:
         return nu_events[c]
     return NEVER
-
-
-@njit(cache=True, error_model="numpy")
-def custom_score(age_steps, uses, confidence, tier, layer, expert):
-    """The ``EV_CUSTOM`` rule called by a plug-in's private copy of this kernel, where ``plugins.py`` replaces it
-    with the registered ``EvictionPolicy.score`` (this module's own ``EV_CUSTOM`` scores every key 0)."""
-    return 0.0
 
 
 @njit(cache=True, error_model="numpy")

@@ -7,19 +7,12 @@ import json
 import pytest
 
 import moe_cache_env.cli as cli
+from tests.helpers import cli_runner
 
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    commands = {k: v for k, v in cli.COMMANDS.items() if k == "replay-gpu"}
-    monkeypatch.setattr(cli, "COMMANDS", commands)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return cli_runner(monkeypatch, capsys, ('replay-gpu',))
 
 
 def test_registered():

@@ -14,16 +14,9 @@ import pytest
 
 from moe_cache_env import _io
 from moe_cache_env._io import OutputError, atomic_write, atomic_write_json, check_output_not_input
-from moe_cache_env.cli import main
+from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def stats_to(path: Path) -> list[str]:

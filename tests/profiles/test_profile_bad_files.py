@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from moe_cache_env.cli import main
 from moe_cache_env.profiles.profile import DATA_DIR, ProfileError, load_profile
+from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def h100_with(tmp_path: Path, rows) -> Path:

@@ -7,21 +7,13 @@ import json
 import pytest
 
 import moe_cache_env.cli as cli
+from tests.helpers import cli_runner
 from moe_cache_env.profiles import list_profiles
 
 
 @pytest.fixture
 def run_cli(monkeypatch, capsys):
-    """main() with only this package's commands registered (other commands import other subsystems)."""
-    commands = {k: v for k, v in cli.COMMANDS.items() if k in ("calibrate", "profiles")}
-    monkeypatch.setattr(cli, "COMMANDS", commands)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = cli.main(list(argv))
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return cli_runner(monkeypatch, capsys, ('calibrate', 'profiles'))
 
 
 def test_both_commands_are_registered():

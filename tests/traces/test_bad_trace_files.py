@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moe_cache_env.cli import main
 from moe_cache_env.traces import Trace, TraceFormatError, load_trace, make_meta, save_trace
+from tests.helpers import one_line_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,13 +23,6 @@ def small_trace(num_experts: int = 6) -> Trace:
     meta = make_meta(model="tiny", num_experts=num_experts, top_k=2, num_layers=2, expert_bytes=64,
                      phase="decode", source="test")
     return Trace(experts=experts, sequence=np.array([0, 0, 1, 1], dtype=np.int32), meta=meta)
-
-
-def one_line_error(argv: list[str], capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    return err[0]
 
 
 def test_zip_member_with_a_bad_crc(tmp_path, capsys):
