@@ -208,14 +208,18 @@ class MoECacheEnv(gym.Env):
         if self.sim.done:
             raise RuntimeError("the episode has ended; call reset()")
         self.controls = self.action_type.decode(action, self.controls)
-        window = self.sim.run(self.window_steps, self.controls)
+        return self._finish_step(self.sim.run(self.window_steps, self.controls))
+
+    def _finish_step(self, window: WindowResult, render: bool = True):
+        """Observation, reward, ends and info of a step whose window has been replayed (also the vector env's)."""
         self.elapsed_steps += 1
         obs, info = self._observe(window)
         terminated = bool(self.sim.done)
         truncated = bool(self.elapsed_steps >= self.max_episode_steps and not terminated)
         if terminated or truncated:
             info["episode_metrics"] = self.sim.metrics()
-        self._render_line(info)
+        if render:
+            self._render_line(info)
         return obs, info["reward_terms"]["reward"], terminated, truncated, info
 
     # ---- observation, reward, info --------------------------------------------------------------------------

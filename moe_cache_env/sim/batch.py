@@ -1,0 +1,95 @@
+"""Replay one window of many simulators in one compiled call (the native vector environment's hot path).
+
+:func:`run_windows` loops over the environments of a vector inside compiled code, calling the kernel's
+``run_steps`` for each, so a vector step crosses from Python into the kernel once instead of once per
+environment, and the kernel's arguments (the named tuples of ``kernel.py``, tens of arrays each) are unboxed
+once per episode (when a simulator is put into the :class:`BatchArgs` lists) instead of once per window.
+
+The loop is sequential on purpose: environments are independent, so ``prange`` would not change the numbers,
+but on the two cores this package is benchmarked on the training process already uses the other core (the
+policy's update), and a parallel loop over 64 windows of ~1 ms each measured no gain (docs/performance.md).
+
+Only simulators with the built-in predictors and eviction rules go through here; a plug-in predictor or
+eviction rule (``sim/plugins.py``) runs its own Python or privately compiled code and is replayed one
+simulator at a time with :meth:`Simulator.run` (the vector environment does this by itself).
+
+Caching: numba's on-disk cache of a function is keyed on the stamp (modification time and size) of the file
+that defines it, not of the files it calls. ``run_windows`` compiles the kernel into itself, so its stamp here
+also covers ``kernel.py`` and ``timing.py``: an edited kernel recompiles this function instead of loading a
+stale copy.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from numba import njit
+from numba.typed import List
+
+from moe_cache_env.sim import kernel as K
+from moe_cache_env.sim import timing as _timing
+
+
+@njit(cache=True, error_model="numpy")
+def run_windows(active, s0, s1, scheds, cfgs, u, states, outs, ext_conf):
+    """Replay steps ``[s0[i], s1[i])`` of simulator ``i`` for every ``i`` with ``active[i]``.
+
+    ``scheds``, ``cfgs``, ``states``, ``outs``: typed lists of each simulator's ``ScheduleArrays``,
+    ``KernelConfig``, ``KernelState`` and ``KernelOutput``; ``u`` (N, NUM_CONTROLS): each one's controls;
+    ``ext_conf``: the empty external-confidence array the built-in predictors ignore.
+    """
+    for i in range(len(states)):
+        if active[i]:
+            K.run_steps(s0[i], s1[i], scheds[i], cfgs[i], u[i], states[i], ext_conf, outs[i])
+
+
+def _stamp(path: str) -> tuple[float, int]:
+    st = os.stat(path)
+    return st.st_mtime, st.st_size
+
+
+def _cover_dependencies(dispatcher: Any) -> None:
+    """Make the on-disk cache of ``dispatcher`` stale whenever the kernel's sources change (module docstring)."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    if cache_file is None or not hasattr(cache_file, "_source_stamp"):
+        return  # numba's layout changed: its own stamp (this file) still applies
+    cache_file._source_stamp = (cache_file._source_stamp, _stamp(K.__file__), _stamp(_timing.__file__))
+
+
+_cover_dependencies(run_windows)
+
+#: the external-confidence argument of the built-in predictors (never read)
+NO_EXTERNAL = np.zeros((0, 0), dtype=np.float64)
+
+
+class BatchArgs:
+    """The kernel arguments of N simulators, kept in numba typed lists across windows.
+
+    ``set(i, sim)`` puts simulator ``i``'s arrays in place (once per episode: the simulator keeps these arrays
+    for its whole replay); ``run(active, s0, s1, u)`` replays every active one's window in one call.
+    """
+
+    def __init__(self) -> None:
+        self.scheds: Any = None
+        self.cfgs: Any = None
+        self.states: Any = None
+        self.outs: Any = None
+
+    def set_all(self, sims: list[Any]) -> None:
+        """Fill the lists from ``sims`` (a list of :class:`~moe_cache_env.sim.simulator.Simulator`)."""
+        self.scheds = List([s._sched for s in sims])
+        self.cfgs = List([s._kconf for s in sims])
+        self.states = List([s.state for s in sims])
+        self.outs = List([K.KernelOutput(s.counters, s.step_latency_ms) for s in sims])
+
+    def set(self, i: int, sim: Any) -> None:
+        """Replace simulator ``i`` (after a reset built a new one)."""
+        self.scheds[i] = sim._sched
+        self.cfgs[i] = sim._kconf
+        self.states[i] = sim.state
+        self.outs[i] = K.KernelOutput(sim.counters, sim.step_latency_ms)
+
+    def run(self, active: np.ndarray, s0: np.ndarray, s1: np.ndarray, u: np.ndarray) -> None:
+        run_windows(active, s0, s1, self.scheds, self.cfgs, u, self.states, self.outs, NO_EXTERNAL)
