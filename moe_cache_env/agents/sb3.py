@@ -19,7 +19,8 @@ nothing is half done:
 - ``checkpoints/ALGO_replay_buffer_N_steps.pkl`` (SAC, DQN): the replay buffer;
 - ``checkpoints/ALGO_N_steps.resume.pkl``, written last: the run's settings, the training environments'
   whole state (each pickled with its wrappers: the simulator mid-episode, the env's ``np_random``, the
-  ``Monitor``'s episode statistics, or the native backend's ``VecMonitor`` statistics), the model's last observations, the random generators SB3 draws from
+  ``Monitor``'s episode statistics, or the native backend's ``VecMonitor`` statistics), the model's last
+  observations, the random generators SB3 draws from
   (torch's, NumPy's global one, Python's ``random``, the action space's), and the evaluation callback's history.
 
 :func:`resume` (``train --resume DIR``) loads the newest complete checkpoint and continues to the run's total.

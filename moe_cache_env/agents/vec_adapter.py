@@ -27,7 +27,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 from moe_cache_env.envs.vector import MoECacheVectorEnv
 
 
-def make_native_vec_env(env_id: str, split: str, n_envs: int, overrides: dict[str, Any] | None = None) -> "NativeVecEnv":
+def make_native_vec_env(env_id: str, split: str, n_envs: int,
+                        overrides: dict[str, Any] | None = None) -> "NativeVecEnv":
     """``n_envs`` environments of ``env_id`` replaying ``split``, with the registered config and ``overrides``
     (as ``agents.evaluation.make_env`` builds one), behind SB3's ``VecEnv`` interface."""
     from moe_cache_env.envs import resolve_env_id, variant_config

@@ -61,12 +61,15 @@ def check_box_action(action: Any, space: spaces.Box, name: str) -> np.ndarray:
     try:
         a = np.asarray(action, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: it is not an array of numbers") from None
+        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: it is not an array of "
+                         "numbers") from None
     if a.shape != space.shape:
-        raise ValueError(f"action of shape {a.shape} is not valid {_where(name, space)}: the shape must be {space.shape}")
+        raise ValueError(f"action of shape {a.shape} is not valid {_where(name, space)}: the shape must be "
+                         f"{space.shape}")
     bad = np.flatnonzero(~np.isfinite(a))
     if bad.size:
-        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: component(s) {bad.tolist()} are not "
+        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: component(s) "
+                         f"{bad.tolist()} are not "
                          f"finite (NaN or infinity); every component must be a number in [-1, 1]")
     return a
 
