@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.repeats < 1:
         raise CommandError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.num_envs is not None and args.env is None and not args.train:
+        raise CommandError("--num-envs goes with --env ID or --train (the simulator benchmark has no environments)")
     if args.train:
         from moe_cache_env.cli._bench_env import bench_train
 

@@ -45,6 +45,34 @@ def run_windows(active, s0, s1, scheds, cfgs, u, states, outs, ext_conf):
             K.run_steps(s0[i], s1[i], scheds[i], cfgs[i], u[i], states[i], ext_conf, outs[i])
 
 
+@njit(cache=True)
+def _new_lists(sched, cfg, state, out, n):
+    # built in compiled (and cached) code: the typed list's methods called from Python would be compiled afresh
+    # in every process, for seconds, because numba does not cache them
+    scheds = List()
+    scheds.append(sched)  # the first append outside the loop gives numba the lists' item types
+    cfgs = List()
+    cfgs.append(cfg)
+    states = List()
+    states.append(state)
+    outs = List()
+    outs.append(out)
+    for _ in range(n - 1):
+        scheds.append(sched)
+        cfgs.append(cfg)
+        states.append(state)
+        outs.append(out)
+    return scheds, cfgs, states, outs
+
+
+@njit(cache=True)
+def _set_item(scheds, cfgs, states, outs, i, sched, cfg, state, out):
+    scheds[i] = sched
+    cfgs[i] = cfg
+    states[i] = state
+    outs[i] = out
+
+
 def _stamp(path: str) -> tuple[float, int]:
     st = os.stat(path)
     return st.st_mtime, st.st_size
@@ -58,7 +86,12 @@ def _cover_dependencies(dispatcher: Any) -> None:
     cache_file._source_stamp = (cache_file._source_stamp, _stamp(K.__file__), _stamp(_timing.__file__))
 
 
-_cover_dependencies(run_windows)
+for _dispatcher in (run_windows, _new_lists, _set_item):
+    _cover_dependencies(_dispatcher)
+
+def _output(sim: Any) -> Any:
+    return K.KernelOutput(sim.counters, sim.step_latency_ms)
+
 
 #: the external-confidence argument of the built-in predictors (never read)
 NO_EXTERNAL = np.zeros((0, 0), dtype=np.float64)
@@ -72,6 +105,10 @@ class BatchArgs:
     """
 
     def __init__(self) -> None:
+        from moe_cache_env.sim.compile_note import note_if_compiling
+
+        # the batch loop compiles the kernel into itself: as long as the kernel's own first compile, once
+        note_if_compiling(run_windows)
         self.scheds: Any = None
         self.cfgs: Any = None
         self.states: Any = None
@@ -79,17 +116,15 @@ class BatchArgs:
 
     def set_all(self, sims: list[Any]) -> None:
         """Fill the lists from ``sims`` (a list of :class:`~moe_cache_env.sim.simulator.Simulator`)."""
-        self.scheds = List([s._sched for s in sims])
-        self.cfgs = List([s._kconf for s in sims])
-        self.states = List([s.state for s in sims])
-        self.outs = List([K.KernelOutput(s.counters, s.step_latency_ms) for s in sims])
+        first = sims[0]
+        self.scheds, self.cfgs, self.states, self.outs = _new_lists(
+            first._sched, first._kconf, first.state, _output(first), len(sims))
+        for i, sim in enumerate(sims[1:], start=1):
+            self.set(i, sim)
 
     def set(self, i: int, sim: Any) -> None:
         """Replace simulator ``i`` (after a reset built a new one)."""
-        self.scheds[i] = sim._sched
-        self.cfgs[i] = sim._kconf
-        self.states[i] = sim.state
-        self.outs[i] = K.KernelOutput(sim.counters, sim.step_latency_ms)
+        _set_item(self.scheds, self.cfgs, self.states, self.outs, i, sim._sched, sim._kconf, sim.state, _output(sim))
 
     def run(self, active: np.ndarray, s0: np.ndarray, s1: np.ndarray, u: np.ndarray) -> None:
         run_windows(active, s0, s1, self.scheds, self.cfgs, u, self.states, self.outs, NO_EXTERNAL)

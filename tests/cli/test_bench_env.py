@@ -43,6 +43,7 @@ def test_bench_env_reports_windows_events_and_references(capsys):
     (["--env", "MoECache-v0", "--num-envs", "0"], "--num-envs"),
     (["--train", "--num-envs", "2", "4"], "one --num-envs"),
     (["--train", "--train-steps", "0"], "--train-steps"),
+    (["--num-envs", "4"], "--num-envs goes with"),
 ])
 def test_bench_env_bad_input_is_one_line(args, needle, capsys):
     assert main(["bench", *args, "--repeats", "1", "--json"]) == 2
