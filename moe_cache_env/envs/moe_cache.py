@@ -106,6 +106,9 @@ class MoECacheEnv(gym.Env):
       ``spec.max_episode_steps`` registered; ``gym.make(id, config=...)`` merges ``config`` onto the
       variant's settings instead of replacing them (``MoECache-Discrete-v0`` stays discrete); malformed
       actions (wrong shape, NaN, infinity, non-integer discrete actions) raise ``ValueError``.
+    - v0, revised with dynamics and reward unchanged: a native vector environment for every id,
+      ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")`` (``envs/vector.py``), with the
+      numbers of N single environments; ``make_vec`` without a mode now picks it.
     """
 
     metadata = {"render_modes": ["human", "rgb_array", "ansi"], "render_fps": 4}

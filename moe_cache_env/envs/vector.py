@@ -169,18 +169,21 @@ class MoECacheVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         next_step = self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
         running = ~self._autoreset if next_step else np.ones(n, dtype=bool)
+        run = np.flatnonzero(running)
+        for i in run:
+            if self.envs[i].sim.done:
+                raise RuntimeError(f"environment {i}'s episode has ended; call reset()")
+        # every action decoded before any environment changes: a bad one leaves the whole vector as it was
+        controls = {int(i): self.envs[i].action_type.decode(actions[i], self.envs[i].controls) for i in run}
         for i in np.flatnonzero(~running):  # NEXT_STEP: the episode ended last step; this step resets it
             obs[i], info = self._reset_one(int(i))
             infos = self._add_info(infos, info, int(i))
-        run = np.flatnonzero(running)
         before: dict[int, np.ndarray] = {}
         batched = np.zeros(n, dtype=bool)
         for i in run:
             env = self.envs[i]
             sim = env.sim
-            if sim.done:
-                raise RuntimeError(f"environment {i}'s episode has ended; call reset()")
-            env.controls = env.action_type.decode(actions[i], env.controls)
+            env.controls = controls[int(i)]
             self._s0[i], self._s1[i] = sim.window_bounds(env.window_steps)
             self._u[i] = sim.controls_vector(env.controls)
             before[i] = sim.counters.copy()

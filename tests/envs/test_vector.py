@@ -200,8 +200,11 @@ def test_bad_arguments_and_actions_are_refused():
     venv.reset(seed=0)
     with pytest.raises(ValueError, match="shape"):
         venv.step(np.zeros((3, 2), dtype=np.float32))
+    before = [env.controls for env in venv.unwrapped.envs]
+    mixed = np.array([[0.5, 0.5], [np.nan, 0.0]], dtype=np.float32)
     with pytest.raises(ValueError, match="not finite"):
-        venv.step(np.full((2, 2), np.nan, dtype=np.float32))
+        venv.step(mixed)
+    assert [env.controls for env in venv.unwrapped.envs] == before  # environment 0 did not move either
     with pytest.raises(ValueError, match="seeds"):
         venv.reset(seed=[1, 2, 3])
 
