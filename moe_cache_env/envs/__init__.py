@@ -16,6 +16,9 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
   (``traces/learned/``: 12 layers, 64 experts, top-8, three text domains), replayed with OLMoE-1B-7B's expert
   size (3 x 2048 x 1024 bf16 = 12,582,912 bytes) and tiers 8 / 10 / 20 of 64 experts per layer.
 
+Every id also has a native vector environment (``moe_cache_env/envs/vector.py``):
+``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``.
+
 Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`` merges onto them) and
 ``max_episode_steps`` (256). :func:`resolve_env_id` turns any id form ``gym.make`` accepts (``MoECache-v0``,
 ``moe_cache_env:MoECache-v0``, ``MoECache``) into the registered id; the command line uses it for ``--env``.
@@ -30,6 +33,8 @@ import gymnasium
 
 
 ENTRY_POINT = "moe_cache_env.envs.moe_cache:MoECacheEnv"
+#: ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``: one compiled call per step
+VECTOR_ENTRY_POINT = "moe_cache_env.envs.vector:MoECacheVectorEnv"
 
 #: registered id -> the config overrides it passes (JSON-able)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -98,7 +103,7 @@ def register_envs() -> None:
             continue
         steps = int(overrides.get("max_episode_steps", DEFAULT_CONFIG["max_episode_steps"]))
         gymnasium.register(
-            id=env_id, entry_point=ENTRY_POINT, max_episode_steps=steps,
+            id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, max_episode_steps=steps,
             kwargs={"base_config": copy.deepcopy(overrides)},
         )
 

@@ -6,7 +6,7 @@ A bad value fails at construction with a message naming the field, the value and
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 SCOPES = ("per-layer", "global")
@@ -174,7 +174,11 @@ class Controls:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # plain scalar fields: no deep copy needed (dataclasses.asdict costs ~0.1 ms per window)
+        return {name: getattr(self, name) for name in _CONTROL_FIELDS}
+
+
+_CONTROL_FIELDS = tuple(f.name for f in fields(Controls))
 
 
 @dataclass(frozen=True)

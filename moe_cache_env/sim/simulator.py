@@ -248,6 +248,27 @@ class Simulator:
             self.counters, self.step_latency_ms[:s1], self.schedule.step_ntokens[:s1], self.expert_bytes
         )
 
+    # ---- batched replay (sim/batch.py) -------------------------------------------------------------------------
+    @property
+    def batchable(self) -> bool:
+        """Whether ``sim/batch.py`` can replay this simulator: built-in predictor and eviction rule (no plug-in)."""
+        return self._plugin_predictor is None and self._iconf[K.I_EVICTION] != K.EV_CUSTOM
+
+    def window_bounds(self, num_steps: int) -> tuple[int, int]:
+        """The steps ``[s0, s1)`` that ``run(num_steps)`` would replay next."""
+        if num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
+        return self.position, min(self.schedule.num_steps, self.position + int(num_steps))
+
+    def finish_window(self, s0: int, s1: int, before: np.ndarray) -> WindowResult:
+        """Close a window replayed by ``sim/batch.py`` (``before``: the counters before it), as ``run`` does."""
+        window = self.counters - before
+        self.position = s1
+        lat = self.step_latency_ms[s0:s1]
+        ntok = self.schedule.step_ntokens[s0:s1]
+        return WindowResult(first_step=s0, num_steps=s1 - s0, counters=window, step_latency_ms=lat, step_tokens=ntok,
+                            metrics=metrics_from_counters(window, lat, ntok, self.expert_bytes))
+
     # ---- views for observers -----------------------------------------------------------------------------------
     def tier_occupancy(self) -> np.ndarray:
         """(3,) keys held in L1, L2 and L3 now, averaged over pools."""
