@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="MoECache-v0",
                         help="environment whose actions and windows agents use (default: %(default)s)")
     parser.add_argument("--predictor", default="cross-layer",
-                        help="noisy-oracle, popularity, previous-token, cross-layer or perfect (default: %(default)s)")
+                        help="noisy-oracle, popularity, previous-token, cross-layer, perfect, or recorded (a trace's recorded "
+                        "speculative routing, format 1.1) (default: %(default)s)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
                         help="hardware profile name or path (default: %(default)s, measured)")
     parser.add_argument("--timing", default="timeline", choices=["timeline", "seed"])
