@@ -121,6 +121,17 @@ class Trace:
         domains = self.meta.get("domains")
         return list(domains) if domains is not None else None
 
+    def head(self, tokens: int) -> "Trace":
+        """The first ``tokens`` tokens (the sequence they end in is cut short); named ``NAME[:tokens]``."""
+        tokens = max(1, min(int(tokens), self.num_tokens))
+        rows = np.arange(tokens)
+        meta = dict(self.meta)
+        domains = self.domains()
+        if domains is not None:
+            meta["domains"] = domains[: len(self.sequence_bounds()[self.sequence_bounds()[:, 0] < tokens])]
+        meta["name"] = f"{self.name}[:{tokens}]"
+        return self.take_rows(rows, meta)
+
     def select_sequences(self, sequence_ids: np.ndarray | list[int]) -> "Trace":
         """A new trace holding only the given sequences (by value of ``sequence``), in the given order."""
         bounds = self.sequence_bounds()
