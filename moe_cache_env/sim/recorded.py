@@ -7,10 +7,13 @@ layer ``l``, before its experts run, which is exactly when the simulator asks fo
 ``lookahead`` layers ahead: so the prediction is causal, and it is what an engine that applies the next
 layers' routers early (speculative expert loading) would see.
 
-A step's confidence for expert ``e`` is the chance that at least one of its tokens picks it, treating the
-tokens as independent: ``1 - prod_t (1 - p_t(e))``, with ``p_t(e)`` the recorded router probability (0 for an
-expert outside the token's recorded top-M). The simulator's online calibration (``calibrate_confidence``)
-then maps these scores to observed frequencies, as for every learned predictor.
+A token's score for expert ``e`` comes from the expert's rank ``r`` in the token's recorded list (ranked by
+router probability): ``(M - r) / M`` for the M recorded experts (1 for the most probable), 0 for the others. A
+step's confidence is ``1 - prod_t (1 - score_t(e))`` over its tokens. Ranks, not the raw probabilities, make the
+score: a 64-expert router's top-8 probabilities lie between about 0.02 and 0.2, which the simulator's online
+calibration (``calibrate_confidence``, 20 bins of the raw score) would lump into the lowest bins beside every
+unpredicted expert; ranks give each recorded position its own bin, and the calibration then maps each to the
+frequency at which it was right.
 
 A prediction that crosses into the next step (``l + lookahead >= L``: the next token's early layers) has no
 hidden state to come from; there the step's own experts at the target layer stand in (the next token often
@@ -45,7 +48,9 @@ class RecordedPredictor(Predictor):
         self._L, self._E = trace.num_layers, trace.num_experts
         self._depth = int(trace.speculative_experts.shape[2])  # type: ignore[union-attr]
         self._spec_ids = trace.speculative_experts.astype(np.int64)  # type: ignore[union-attr]
-        self._spec_p = np.clip(trace.speculative_weights.astype(np.float64), 0.0, 1.0)  # type: ignore[union-attr]
+        M = self._spec_ids.shape[3]
+        # rank r of a token's recorded list scores (M - r) / M (the list is stored by descending probability)
+        self._rank_score = (M - np.arange(M, dtype=np.float64)) / M
         self._experts = trace.experts.astype(np.int64)
         self._step_tokens = schedule.step_tokens
 
@@ -66,10 +71,10 @@ class RecordedPredictor(Predictor):
             # miss[l, e] = prod over tokens of (1 - p_t(e)) for the target l + lookahead
             miss = np.ones((inside, E), dtype=np.float64)
             ids = self._spec_ids[tokens, :inside, lookahead - 1]  # (n, inside, M)
-            p = self._spec_p[tokens, :inside, lookahead - 1]
+            keep = np.broadcast_to(1.0 - self._rank_score, ids.shape[1:])
             for i in range(tokens.size):
                 row = np.ones((inside, E), dtype=np.float64)
-                np.put_along_axis(row, ids[i], 1.0 - p[i], axis=1)
+                np.put_along_axis(row, ids[i], keep, axis=1)
                 miss *= row
             out[s - s0, :inside] = 1.0 - miss
             # crossing into the next step: target layer j = l + lookahead - L, from this step's own routing
