@@ -136,3 +136,17 @@ def test_noisy_oracle_takes_an_accuracy_per_lookahead() -> None:
     for bad in ((), (0.5, 0.5, 0.5), (0.5, 1.5), (float("nan"),)):
         with pytest.raises(ConfigError, match="oracle_accuracy"):
             SimConfig(oracle_accuracy=bad)
+
+
+@pytest.mark.slow
+def test_the_predictors_command_lists_recorded_for_the_learned_decode_trace(monkeypatch, capsys) -> None:
+    from tests.helpers import cli_runner
+
+    run = cli_runner(monkeypatch, capsys, ("predictors",))
+    code, out, err = run("predictors", "--trace", "learned/tiny-olmoe-12L-64E-decode", "--lookahead", "1")
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    recorded, cross = float(rows["recorded"][1]), float(rows["cross-layer"][1])
+    assert recorded >= cross + 0.2  # issue 12's bar: hidden-state speculation beats routing co-occurrence
+    code, out, err = run("predictors", "--trace", "synthetic/qwen1.5-moe", "--lookahead", "1")
+    assert code == 0 and "recorded" not in out  # listed only for a trace that recorded it
