@@ -82,9 +82,19 @@ def list_bundled_traces() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
+#: short names of bundled traces that the docs and the issue tracker use; a full or file name works as well
+ALIASES = {
+    "learned-decode": "learned/tiny-olmoe-12L-64E-decode",
+    "learned-prefill": "learned/tiny-olmoe-12L-64E-prefill",
+}
+
+
 def _bundled_file(text: str, bundled: dict[str, Path]) -> Path | None:
-    """The file of a bundled name (full or file name only), None when there is none; ambiguity is an error."""
+    """The file of a bundled name (full, file name only, or an alias), None when there is none; ambiguity is an
+    error."""
     key = text[:-4] if text.endswith(".npz") else text
+    if key not in bundled and key in ALIASES:
+        key = ALIASES[key]
     if key in bundled:
         return bundled[key]
     matches = [name for name in bundled if name.rsplit("/", 1)[-1] == key]

@@ -407,3 +407,9 @@ def test_the_catalog_imports_no_higher_layer():
     loaded = out.stdout.split()
     for layer in ("moe_cache_env.sim", "moe_cache_env.envs", "moe_cache_env.agents", "moe_cache_env.cli"):
         assert not [m for m in loaded if m == layer or m.startswith(layer + ".")], layer
+
+
+def test_the_short_names_of_the_learned_traces_resolve_to_their_files():
+    root = bundled_root() / "learned"
+    assert resolve_path("learned-decode") == root / "tiny-olmoe-12L-64E-decode.npz"
+    assert resolve_path("bundled://learned-prefill") == root / "tiny-olmoe-12L-64E-prefill.npz"
