@@ -56,9 +56,9 @@ def t975(df: int) -> float:
 
 
 def mean_ci(values: Sequence[float]) -> dict[str, float]:
-    """Mean and the half-width of its two-sided 95% t-interval (NaN with fewer than two values)."""
+    """Mean and the half-width of its two-sided 95% t-interval (None with fewer than two values)."""
     a = np.asarray(values, dtype=np.float64)
-    half = t975(len(a) - 1) * float(a.std(ddof=1)) / math.sqrt(len(a)) if len(a) > 1 else math.nan
+    half = t975(len(a) - 1) * float(a.std(ddof=1)) / math.sqrt(len(a)) if len(a) > 1 else None
     return {"mean": float(a.mean()), "ci95": half, "n": int(len(a))}
 
 
@@ -140,8 +140,8 @@ def markdown(board: dict[str, Any]) -> str:
                   "| train wall s | steps |", "| --- | --- | ---: | ---: | --- | ---: | ---: |"]
         for name, r in rows.items():
             d = r["minus_static_tuned"]
-            ci = "-" if math.isnan(d["ci95"]) else f"± {d['ci95']:.3f}"
-            excludes = "-" if math.isnan(d["ci95"]) or name == "static-tuned" else \
+            ci = "-" if d["ci95"] is None else f"± {d['ci95']:.3f}"
+            excludes = "-" if d["ci95"] is None or name == "static-tuned" else \
                 ("yes" if abs(d["mean"]) > d["ci95"] else "no")
             wall = "-" if r["train_wall_s"] is None else f"{r['train_wall_s']:.0f}"
             lines.append(f"| {name} | {r['kind']} | {r['reward']['mean']:.2f} | {d['mean']:+.3f} {ci} | {excludes} | "
