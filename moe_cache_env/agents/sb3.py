@@ -3,8 +3,9 @@
 Training (``moe-cache-env train``): vectorised training environments on the *train* split, by default the
 native vector environment behind SB3's ``VecEnv`` interface (``agents/vec_adapter.py``) in a ``VecMonitor``
 (``vec_backend="subproc"`` or ``"dummy"``: SB3's own vector environments, each environment in a ``Monitor``);
-an ``EvalCallback`` on the held-out *validation* split that keeps the best model; checkpoints;
-TensorBoard logs; a progress bar; the final model saved as ``model.zip`` beside a ``run.json`` record.
+an ``EvalCallback`` on the held-out *validation* split that keeps the best model; checkpoints; TensorBoard logs
+(SB3's scalars and the environment's own, ``env/...``: ``agents/tb_metrics.py``); a progress bar; the final model
+saved as ``model.zip`` beside a ``run.json`` record.
 Hyperparameters come from ``agents/hyperparams/<algo>.yml`` (RL-Zoo style: an entry per environment id, or
 ``default``) and can be overridden.
 
@@ -57,6 +58,7 @@ from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
 from moe_cache_env._io import atomic_write, atomic_write_json
 from moe_cache_env.agents.baselines import Agent
+from moe_cache_env.agents.tb_metrics import EnvMetricsCallback
 
 ALGOS = ("ppo", "a2c", "sac", "dqn")
 #: how the training environments are stepped (``train(vec_backend=...)``, ``train --vec-backend``)
@@ -400,7 +402,8 @@ class _Trainer:
         remaining = self.settings["timesteps"] - (self.model.num_timesteps if resumed else 0)
         self.model.learn(
             total_timesteps=remaining,
-            callback=[self.checkpoint_callback, self.eval_callback],
+            # EnvMetricsCallback: the environment's own metrics in TensorBoard (env/...), see agents/tb_metrics.py
+            callback=[self.checkpoint_callback, self.eval_callback, EnvMetricsCallback()],
             progress_bar=self.progress_bar,
             tb_log_name=self.algo,
             reset_num_timesteps=not resumed,

@@ -72,12 +72,13 @@ class NativeVecEnv(VecEnv):
         obs, rewards, terminations, truncations, info = self.venv.step(self._actions)
         self._actions = None
         dones = terminations | truncations
-        infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
+        # each played window's metrics and reward terms, as a single environment's info has them (TensorBoard's env/)
+        infos: list[dict[str, Any]] = [dict(w) if w else {} for w in self.venv.window_infos]
         for i in np.flatnonzero(dones):
             final = _unbatch(info["final_info"], int(i))
             final["terminal_observation"] = info["final_obs"][i]
             final["TimeLimit.truncated"] = bool(truncations[i] and not terminations[i])
-            infos[i] = final
+            infos[i].update(final)
         return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare", "run agents on the same held-out episodes and compare their rewards and metrics"),
     "record": ("record", "record the routing of a local Hugging Face MoE model as traces"),
     "import": ("import_trace", "import a CSV or JSONL per-token routing dump as a trace"),
+    "sweep": ("sweep", "run a grid of evaluations (local processes or Ray) into a resumable JSONL table"),
 }
 
 
@@ -43,6 +44,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "yaml": "rl",
     "matplotlib": "plot",
     "transformers": "record",
+    "ray": "sweep",
 }
 
 

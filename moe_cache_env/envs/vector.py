@@ -91,6 +91,9 @@ class MoECacheVectorEnv(VectorEnv):
         self.metadata = {**type(self).metadata, "autoreset_mode": mode}
         self.render_mode = None
         self.info_level = info_level
+        #: per environment, the last step's window ``metrics`` and ``reward_terms`` (None where it played no window):
+        #: read by the SB3 adapter for the training callbacks, at no cost to the vector ``info``
+        self.window_infos: list[dict[str, Any] | None] = [None] * self.num_envs
         limit = None if max_episode_steps is None or int(max_episode_steps) < 0 else int(max_episode_steps)
         if limit == 0:
             raise ValueError("max_episode_steps must be >= 1, or None / -1 for no TimeLimit")
@@ -170,6 +173,7 @@ class MoECacheVectorEnv(VectorEnv):
         next_step = self.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
         running = ~self._autoreset if next_step else np.ones(n, dtype=bool)
         run = np.flatnonzero(running)
+        self.window_infos = [None] * n
         for i in run:
             if self.envs[i].sim.done:
                 raise RuntimeError(f"environment {i}'s episode has ended; call reset()")
@@ -200,6 +204,8 @@ class MoECacheVectorEnv(VectorEnv):
                 window = env.sim.run(env.window_steps, env.controls)
             self.routing_events += int(window.counters[K.C_EVENTS])
             o, r, term, trunc, info = env._finish_step(window, render=False)
+            # the window's metrics, for the training callbacks (agents/tb_metrics.py), whatever the info level
+            self.window_infos[i] = {"metrics": info["metrics"], "reward_terms": info["reward_terms"]}
             if self.time_limit is not None and env.elapsed_steps >= self.time_limit:
                 trunc = True  # the registered TimeLimit, as gymnasium.make applies it
             obs[i], rewards[i], terminations[i], truncations[i] = o, r, term, trunc

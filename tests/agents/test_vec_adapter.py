@@ -34,6 +34,8 @@ def test_native_adapter_matches_dummy_vec_env_across_episode_ends():
         o1, r1, d1, i1 = native.step_wait()
         o2, r2, d2, i2 = dummy.step_wait()
         assert np.array_equal(o1, o2) and np.array_equal(r1, r2) and np.array_equal(d1, d2)
+        for a, b in zip(i1, i2):  # every window's metrics and reward terms, as the training callbacks read them
+            assert a["metrics"] == b["metrics"] and a["reward_terms"] == b["reward_terms"]
         for i in np.flatnonzero(d1):
             ends += 1
             assert np.array_equal(i1[i]["terminal_observation"], i2[i]["terminal_observation"])
