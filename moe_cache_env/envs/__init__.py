@@ -6,6 +6,8 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
 - ``MoECache-v0``: timeline timing on the measured ``h100`` profile, the cross-layer predictor, per-layer tiers
   4 / 10 / 20 of 60 experts, non-stationary serving (batch 1-8, KV cache 0-60% of the slots, background link
   traffic 0-50%, requests in blocks of one domain); continuous thresholds.
+- ``MoECache-v1``: as v0 on the measured ``h200`` profile (non-expert layer time and host decision cost
+  measured, where ``h100`` has none): the realistic scenario where threshold adaptation has the most room.
 - ``MoECache-Discrete-v0``: as v0, each threshold down / keep / up (for DQN).
 - ``MoECache-Extended-v0``: as v0, plus lookahead, prefetch budget, tier split and eviction weights.
 - ``MoECache-Stationary-v0``: as v0 under constant serving conditions (batch 4, KV 30%, background 25%,
@@ -39,6 +41,9 @@ VECTOR_ENTRY_POINT = "moe_cache_env.envs.vector:MoECacheVectorEnv"
 #: registered id -> the config overrides it passes (JSON-able)
 VARIANTS: dict[str, dict[str, Any]] = {
     "MoECache-v0": {},
+    # v1: the measured h200 profile, which has the non-expert time per layer and the host's decision cost that the
+    # h100 profile lacks; the headroom map found threshold adaptation's most room there (docs/environment.md)
+    "MoECache-v1": {"profile": "h200"},
     "MoECache-Discrete-v0": {"action_type": "discrete"},
     "MoECache-Extended-v0": {"action_type": "extended"},
     "MoECache-Stationary-v0": {

@@ -21,10 +21,11 @@ ENV_IDS = sorted(VARIANTS)
     ("moe_cache_env.envs:MoECache-Seed-v0", "MoECache-Seed-v0"),
     ("  MoECache-Learned-v0 ", "MoECache-Learned-v0"),
     ("MoECache-Extended", "MoECache-Extended-v0"),  # unversioned: the latest version, as gym.make does
+    ("MoECache", "MoECache-v1"),
 ])
 def test_resolve_every_form(form, expected):
     assert resolve_env_id(form) == expected
-    if form.strip() != "MoECache-Extended":
+    if form.strip() not in ("MoECache-Extended", "MoECache"):
         assert gym.spec(form.strip().split(":")[-1]).id == expected  # gymnasium agrees
 
 
@@ -127,3 +128,11 @@ def test_explicit_base_config_replaces_the_variant():
 def test_bad_configs_raise_config_error(config, words):
     with pytest.raises(ConfigError, match=words):
         gym.make("moe_cache_env:MoECache-v0", config=config)
+
+
+def test_v1_is_v0_on_the_measured_h200_profile_and_v0_is_kept():
+    from moe_cache_env.envs import variant_config
+
+    v0, v1 = variant_config("MoECache-v0"), variant_config("MoECache-v1")
+    assert v0["profile"] == "h100" and v1["profile"] == "h200"
+    assert {k: v for k, v in v0.items() if k != "profile"} == {k: v for k, v in v1.items() if k != "profile"}
