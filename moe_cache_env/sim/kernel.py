@@ -445,12 +445,38 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
         _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
 
 
+#: per-call scratch arrays of the replay loop (E experts each, except cal_table, caps and n_admitted)
+Scratch = namedtuple(
+    "Scratch",
+    "mark ntok needed conf prod truth pmark x_arrival x_compute x_order cand top cal_table caps n_admitted route_sum",
+)
+
+
 @njit(cache=True, error_model="numpy")
 def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     """Replay steps [s0, s1) of ``sched`` (:class:`ScheduleArrays`) under settings ``cfg`` (:class:`KernelConfig`)
     and controls ``u`` (``U_*``), updating ``state`` (:class:`KernelState`) and accumulating into ``out``
     (:class:`KernelOutput`). ``ext_conf`` ((s1 - s0) * L, E): the confidences of an external predictor for
     event ``(s, l)`` at row ``(s - s0) * L + l`` (ignored by the built-in predictors)."""
+    E = cfg.iconf[I_EXPERTS]
+    scratch = Scratch(
+        np.full(E, -1, dtype=np.int64), np.zeros(E, dtype=np.int64), np.empty(E, dtype=np.int64),
+        np.empty(E, dtype=np.float64), np.empty(E, dtype=np.float64), np.zeros(E, dtype=np.int64),
+        np.full(E, -1, dtype=np.int64), np.empty(E, dtype=np.float64), np.empty(E, dtype=np.float64),
+        np.empty(E, dtype=np.int64), np.empty(E, dtype=np.int64), np.empty(E, dtype=np.int64),
+        np.empty(NUM_CAL_BINS, dtype=np.float64), np.empty(3, dtype=np.int64), np.zeros(4, dtype=np.int64),
+        np.zeros(E, dtype=np.float64),
+    )
+    _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch)
+
+
+# _nrt=False: the replay loop allocates nothing (run_steps hands it its scratch arrays), so it needs no reference
+# counting. With it on, numba wraps every array passed to an inlined helper in atomic increments and decrements
+# of the array's reference count that its pruning pass cannot remove inside loops: a quarter of the replay's time
+# went to those atomic operations alone, and the calls kept LLVM from keeping array pointers in registers.
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
+    """The body of :func:`run_steps`, with its scratch arrays (:class:`Scratch`) given."""
     # named views of the grouped state: the body below reads plain arrays
     step_tokens, step_ntokens, prev_token, step_of_token = sched.step_tokens, sched.step_ntokens, \
         sched.prev_token, sched.step_of_token
@@ -504,24 +530,14 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         l3_budget = 1 << 30
     S = step_tokens.shape[0]
 
-    mark = np.full(E, -1, dtype=np.int64)
-    ntok = np.zeros(E, dtype=np.int64)
-    needed = np.empty(E, dtype=np.int64)
-    conf = np.empty(E, dtype=np.float64)
-    prod = np.empty(E, dtype=np.float64)
-    truth = np.zeros(E, dtype=np.int64)
-    pmark = np.full(E, -1, dtype=np.int64)
+    mark, ntok, needed, conf, prod, truth = scratch.mark, scratch.ntok, scratch.needed, scratch.conf, \
+        scratch.prod, scratch.truth
+    pmark = scratch.pmark  # experts of the target layer pinned by this event's prediction pass
     per_expert = iconf[I_PER_EXPERT] == 1
     host_ms = fconf[F_HOST_MS]
-    x_arrival = np.empty(E, dtype=np.float64)
-    x_compute = np.empty(E, dtype=np.float64)
-    x_order = np.empty(E, dtype=np.int64)  # experts of the target layer pinned by this event's prediction pass
-    cand = np.empty(E, dtype=np.int64)
-    top = np.empty(E, dtype=np.int64)
-    cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
-    caps = np.empty(3, dtype=np.int64)
-    n_admitted = np.zeros(4, dtype=np.int64)
-    route_sum = np.zeros(E, dtype=np.float64)
+    x_arrival, x_compute, x_order = scratch.x_arrival, scratch.x_compute, scratch.x_order
+    cand, top, cal_table, caps, n_admitted, route_sum = scratch.cand, scratch.top, scratch.cal_table, scratch.caps, \
+        scratch.n_admitted, scratch.route_sum
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
