@@ -111,6 +111,7 @@ class Simulator:
         self._iconf[K.I_GLOBAL] = 1 if cache.scope == "global" else 0
         self._iconf[K.I_SEED_TIMING] = 1 if self.config.timing == "seed" else 0
         self._plugin_predictor: plugins.Predictor | None = None
+        self._replay: Any = None  # the kernel's compiled replay for this simulator's argument types (run)
         if self.config.predictor in PREDICTORS:
             self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
         else:
@@ -168,6 +169,11 @@ class Simulator:
         if self._plugin_predictor is not None:
             self._plugin_predictor.start(self.trace, self.schedule)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_replay"] = None  # machine code does not pickle or copy; the next run finds it again
+        return state
+
     @property
     def num_steps(self) -> int:
         return self.schedule.num_steps
@@ -208,9 +214,15 @@ class Simulator:
         # the kernel accumulates into the run's totals, so replaying in windows sums exactly as one long call
         before = self.counters.copy()
         ext_conf = self._external_confidences(s0, s1, controls)
-        kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(self.config.eviction)
-        kernel.run_steps(s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
-                    K.KernelOutput(self.counters, self.step_latency_ms))
+        args = (s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
+                K.KernelOutput(self.counters, self.step_latency_ms))
+        if self._replay is None:
+            kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(
+                self.config.eviction)
+            kernel.run_steps(*args)  # the first call types the arguments (and loads or compiles the kernel)
+            self._replay = _typed_entry(kernel.run_steps, args)
+        else:
+            self._replay(*args)
         window = self.counters - before
         self.position = s1
         lat = self.step_latency_ms[s0:s1]
@@ -270,6 +282,22 @@ class Simulator:
 
 
 _NO_EXTERNAL = np.zeros((0, 0), dtype=np.float64)
+
+
+def _typed_entry(dispatcher: Any, args: tuple) -> Any:
+    """The machine code numba compiled for the types of ``args``, callable without the dispatcher.
+
+    The dispatcher works out the numba type of every argument on every call, and for the nested state tuples
+    (some forty arrays) that costs about 15 us, as much as replaying a few dozen routing events. A simulator's
+    arguments keep their types for its lifetime (the state is always allocated by ``state.allocate_state``, the
+    schedule and settings are fixed), so the entry point found once serves every later window. Falls back to
+    the dispatcher itself where numba does not expose the compiled overload.
+    """
+    try:
+        signature = tuple(dispatcher.typeof_pyval(a) for a in args)
+        return dispatcher.overloads[signature].entry_point
+    except (AttributeError, KeyError):
+        return dispatcher
 #: SimConfig.eviction -> the kernel's rule (kernel.EV_*)
 EVICTION_CODES = {
     "weighted": K.EV_WEIGHTED, "lru": K.EV_LRU, "belady": K.EV_BELADY, "lfu": K.EV_LFU, "lfru": K.EV_LFRU,
