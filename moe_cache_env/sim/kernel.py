@@ -133,8 +133,11 @@ P_EXTERNAL = 6  # confidences computed outside the kernel, one array per window 
 # ---- the kernel's arguments, by concern (shapes: L layers, E experts, S steps, W tokens per step, P pools) -------
 #: per key (L*E): tier (0 = not on the GPU, else 1-3), slot position, transfer state (ST_*), arrival time (ms),
 #: last use (steps), uses, last confidence, prefetched-and-unused flag, pinned event; per pool: tier slots
-#: ``mem`` (P, 3, slots) and counts ``cnt`` (P, 3)
-TierState = namedtuple("TierState", "k_tier k_pos k_state k_arrival k_last k_uses k_conf k_prefetched k_pin mem cnt")
+#: ``mem`` (P, 3, slots) and counts ``cnt`` (P, 3); per key, ``uses / (uses + 1)`` ``k_ufrac`` (the weighted rule's
+#: frequency term, kept with the count: it saves a division per key scanned for a victim)
+TierState = namedtuple(
+    "TierState", "k_tier k_pos k_state k_arrival k_last k_uses k_conf k_prefetched k_pin mem cnt k_ufrac"
+)
 #: the host-to-GPU link: [busy until, now] (ms), the prefetch queue (ring of keys and issue times, head/tail)
 #: and each queued key's queue slot
 LinkState = namedtuple("LinkState", "link q_key q_issue qht k_qpos")
@@ -244,7 +247,7 @@ def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters):
+def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos, q_key, counters):
     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
     if k_state[key] == ST_QUEUED:
         q_key[k_qpos[key]] = -1
@@ -254,10 +257,12 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
     k_state[key] = ST_NONE
     k_prefetched[key] = 0
     k_uses[key] = 0
+    k_ufrac[key] = 0.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev, k_tier, E, decay):
+def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev, k_tier, E,
+                 decay):
     """The unpinned key of ``tier`` with the lowest eviction score, or -1. Ties: the lower key; for the zoo's
     rules (EV_LFU and above), the least recently used key first, then the lower key."""
     victim = -1
@@ -272,8 +277,7 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
             if k_pin[key] == event:
                 continue
             age = clock - k_last[key]
-            uses = k_uses[key]
-            s = w_recency / (1.0 + age) + w_frequency * (uses / (uses + 1.0)) + w_confidence * k_conf[key]
+            s = w_recency / (1.0 + age) + w_frequency * k_ufrac[key] + w_confidence * k_conf[key]
             if victim < 0 or s < best or (s == best and key < victim):
                 best = s
                 victim = key
@@ -334,7 +338,7 @@ def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
+               k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
     """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
 
     An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
@@ -350,30 +354,32 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
                 if caps[t2 - 1] > 0:
                     dest = t2
                     break
-            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev,
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev,
                                   k_tier, E, decay)
             if victim < 0 and t >= 2 and dest > 0:
                 # only protected predictions are left: one moves down a tier (it stays on the GPU)
-                victim = _pick_victim(pool, t, ANY_KEY, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
-                                      ev, k_tier, E, decay)
+                victim = _pick_victim(pool, t, ANY_KEY, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf,
+                                      k_pin, ev, k_tier, E, decay)
             if victim < 0:
                 break  # everything left is in use by this event: the tier overflows until the next event
             if dest > 0:
                 _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
                 _tier_add(pool, dest, victim, mem, cnt, k_tier, k_pos)
             else:
-                _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+                _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos, q_key,
+                       counters)
     total_caps = caps[0] + caps[1] + caps[2]
     while cnt[pool, 0] + cnt[pool, 1] + cnt[pool, 2] > total_caps:
         victim = -1
         for t in range(3, 0, -1):
-            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev,
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev,
                                   k_tier, E, decay)
             if victim >= 0:
                 break
         if victim < 0:
             break
-        _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+        _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos, q_key,
+               counters)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -488,6 +494,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
         tiers.k_last
     k_uses, k_conf, k_prefetched, k_pin, mem, cnt = tiers.k_uses, tiers.k_conf, tiers.k_prefetched, tiers.k_pin, \
         tiers.mem, tiers.cnt
+    k_ufrac = tiers.k_ufrac
     link, q_key, q_issue, qht, k_qpos = lk.link, lk.q_key, lk.q_issue, lk.qht, lk.k_qpos
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot = pr.pop_cnt, pr.pop_obs, pr.pop_weight, pr.reuse_hit, \
         pr.reuse_tot
@@ -557,7 +564,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if layer_caps_on:
                     caps[0] = layer_caps[s, pool]
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
         latency = 0.0
         for l in range(L):
             event = s * L + l
@@ -658,6 +665,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 k_pin[key] = event
                 k_last[key] = clock
                 k_uses[key] += 1
+                k_ufrac[key] = k_uses[key] / (k_uses[key] + 1.0)
                 if mode == EV_LFU:
                     k_freq[key] = k_freq[key] * ev_decay ** (clock - k_ftime[key]) + 1.0
                     k_ftime[key] = clock
@@ -671,7 +679,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                       k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
             # ---- 3b. the prediction that targeted this event meets its outcome: calibrate ----------------------
             if calibrate:
                 slot = event % 3
@@ -733,16 +741,21 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 # One pass: the most confident expert (top-1), the |truth| most confident (recall), and the
                 # admission candidates (confidence >= the L3 threshold); all ordered by confidence, ties to the
                 # lower expert id.
+                # The confidences of the current best and of the last of the top list are kept in registers:
+                # the compares are on every expert, the updates rare.
                 best = 0
+                best_c = conf[0]
                 ntop = 0
+                top_last_c = 0.0  # conf[top[ntop - 1]], read only once the list holds ntruth experts
                 ncand = 0
                 base_key = lt * E
                 for e in range(E):
                     c = conf[e]
                     k_conf[base_key + e] = c
-                    if c > conf[best]:
+                    if c > best_c:
                         best = e
-                    if ntop < ntruth or c > conf[top[ntop - 1]]:
+                        best_c = c
+                    if ntop < ntruth or c > top_last_c:
                         pos = ntop if ntop < ntruth else ntruth - 1
                         while pos > 0 and conf[top[pos - 1]] < c:
                             top[pos] = top[pos - 1]
@@ -750,6 +763,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         top[pos] = e
                         if ntop < ntruth:
                             ntop += 1
+                        top_last_c = conf[top[ntop - 1]]
                     if c >= l3_thr:
                         pos = ncand
                         while pos > 0 and conf[cand[pos - 1]] < c:
@@ -847,7 +861,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                     k_pin[key] = event
                     pmark[e] = event
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
-                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
+                               k_prefetched, k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
                                ev_decay)
                     k_last[key] = clock
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
@@ -884,7 +898,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                     if not (lt == l and pmark[e] == event):
                         k_pin[l * E + e] = NO_EVENT
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
             latency += layer_ms
         step_latency_ms[s] = latency
         counters[C_STEPS] += 1
