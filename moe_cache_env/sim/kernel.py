@@ -133,8 +133,11 @@ P_EXTERNAL = 6  # confidences computed outside the kernel, one array per window 
 # ---- the kernel's arguments, by concern (shapes: L layers, E experts, S steps, W tokens per step, P pools) -------
 #: per key (L*E): tier (0 = not on the GPU, else 1-3), slot position, transfer state (ST_*), arrival time (ms),
 #: last use (steps), uses, last confidence, prefetched-and-unused flag, pinned event; per pool: tier slots
-#: ``mem`` (P, 3, slots) and counts ``cnt`` (P, 3)
-TierState = namedtuple("TierState", "k_tier k_pos k_state k_arrival k_last k_uses k_conf k_prefetched k_pin mem cnt")
+#: ``mem`` (P, 3, slots) and counts ``cnt`` (P, 3); per key, ``uses / (uses + 1)`` ``k_ufrac`` (the weighted rule's
+#: frequency term, kept with the count: it saves a division per key scanned for a victim)
+TierState = namedtuple(
+    "TierState", "k_tier k_pos k_state k_arrival k_last k_uses k_conf k_prefetched k_pin mem cnt k_ufrac"
+)
 #: the host-to-GPU link: [busy until, now] (ms), the prefetch queue (ring of keys and issue times, head/tail)
 #: and each queued key's queue slot
 LinkState = namedtuple("LinkState", "link q_key q_issue qht k_qpos")
@@ -291,7 +294,7 @@ def _tier_remove(pool, key, mem, cnt, k_tier, k_pos):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters):
+def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos, q_key, counters):
     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
     if k_state[key] == ST_QUEUED:
         q_key[k_qpos[key]] = -1
@@ -301,10 +304,12 @@ def _evict(pool, key, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_
     k_state[key] = ST_NONE
     k_prefetched[key] = 0
     k_uses[key] = 0
+    k_ufrac[key] = 0.0
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev, k_tier, E, decay):
+def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev, k_tier, E,
+                 decay):
     """The unpinned key of ``tier`` with the lowest eviction score, or -1. Ties: the lower key; for the zoo's
     rules (EV_LFU and above), the least recently used key first, then the lower key."""
     victim = -1
@@ -319,8 +324,7 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
             if k_pin[key] == event:
                 continue
             age = clock - k_last[key]
-            uses = k_uses[key]
-            s = w_recency / (1.0 + age) + w_frequency * (uses / (uses + 1.0)) + w_confidence * k_conf[key]
+            s = w_recency / (1.0 + age) + w_frequency * k_ufrac[key] + w_confidence * k_conf[key]
             if victim < 0 or s < best or (s == best and key < victim):
                 best = s
                 victim = key
@@ -381,7 +385,7 @@ def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
+               k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
     """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
 
     An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
@@ -397,30 +401,32 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
                 if caps[t2 - 1] > 0:
                     dest = t2
                     break
-            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev,
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev,
                                   k_tier, E, decay)
             if victim < 0 and t >= 2 and dest > 0:
                 # only protected predictions are left: one moves down a tier (it stays on the GPU)
-                victim = _pick_victim(pool, t, ANY_KEY, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin,
-                                      ev, k_tier, E, decay)
+                victim = _pick_victim(pool, t, ANY_KEY, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf,
+                                      k_pin, ev, k_tier, E, decay)
             if victim < 0:
                 break  # everything left is in use by this event: the tier overflows until the next event
             if dest > 0:
                 _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
                 _tier_add(pool, dest, victim, mem, cnt, k_tier, k_pos)
             else:
-                _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+                _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos, q_key,
+                       counters)
     total_caps = caps[0] + caps[1] + caps[2]
     while cnt[pool, 0] + cnt[pool, 1] + cnt[pool, 2] > total_caps:
         victim = -1
         for t in range(3, 0, -1):
-            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_conf, k_pin, ev,
+            victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev,
                                   k_tier, E, decay)
             if victim >= 0:
                 break
         if victim < 0:
             break
-        _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_qpos, q_key, counters)
+        _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos, q_key,
+               counters)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -492,12 +498,42 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
         _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
 
 
+#: per-call scratch arrays of the replay loop (E experts each, except cal_table, caps and n_admitted)
+Scratch = namedtuple(
+    "Scratch",
+    "mark ntok needed conf prod truth pmark x_arrival x_compute x_order cand top cal_table caps n_admitted route_sum "
+    "need_src snap",
+)
+
+
 @njit(cache=True, error_model="numpy")
 def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     """Replay steps [s0, s1) of ``sched`` (:class:`ScheduleArrays`) under settings ``cfg`` (:class:`KernelConfig`)
     and controls ``u`` (``U_*``), updating ``state`` (:class:`KernelState`) and accumulating into ``out``
     (:class:`KernelOutput`). ``ext_conf`` ((s1 - s0) * L, E): the confidences of an external predictor for
     event ``(s, l)`` at row ``(s - s0) * L + l`` (ignored by the built-in predictors)."""
+    E = cfg.iconf[I_EXPERTS]
+    scratch = Scratch(
+        np.full(E, -1, dtype=np.int64), np.zeros(E, dtype=np.int64), np.empty(E, dtype=np.int64),
+        np.empty(E, dtype=np.float64), np.empty(E, dtype=np.float64), np.zeros(E, dtype=np.int64),
+        np.full(E, -1, dtype=np.int64), np.empty(E, dtype=np.float64), np.empty(E, dtype=np.float64),
+        np.empty(E, dtype=np.int64), np.empty(E, dtype=np.int64), np.empty(E, dtype=np.int64),
+        np.empty(NUM_CAL_BINS, dtype=np.float64), np.empty(3, dtype=np.int64), np.zeros(4, dtype=np.int64),
+        np.zeros(E, dtype=np.float64),
+        # the decision log's: each need's source, and a snapshot of a pool's keys around an eviction
+        np.zeros(E, dtype=np.int64),
+        np.empty(3 * state.tiers.mem.shape[2] + 1 if out.log.shape[0] > 0 else 0, dtype=np.int64),
+    )
+    _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch)
+
+
+# _nrt=False: the replay loop allocates nothing (run_steps hands it its scratch arrays), so it needs no reference
+# counting. With it on, numba wraps every array passed to an inlined helper in atomic increments and decrements
+# of the array's reference count that its pruning pass cannot remove inside loops: a quarter of the replay's time
+# went to those atomic operations alone, and the calls kept LLVM from keeping array pointers in registers.
+@njit(cache=True, error_model="numpy", _nrt=False)
+def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
+    """The body of :func:`run_steps`, with its scratch arrays (:class:`Scratch`) given."""
     # named views of the grouped state: the body below reads plain arrays
     step_tokens, step_ntokens, prev_token, step_of_token = sched.step_tokens, sched.step_ntokens, \
         sched.prev_token, sched.step_of_token
@@ -509,6 +545,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         tiers.k_last
     k_uses, k_conf, k_prefetched, k_pin, mem, cnt = tiers.k_uses, tiers.k_conf, tiers.k_prefetched, tiers.k_pin, \
         tiers.mem, tiers.cnt
+    k_ufrac = tiers.k_ufrac
     link, q_key, q_issue, qht, k_qpos = lk.link, lk.q_key, lk.q_issue, lk.qht, lk.k_qpos
     pop_cnt, pop_obs, pop_weight, reuse_hit, reuse_tot = pr.pop_cnt, pr.pop_obs, pr.pop_weight, pr.reuse_hit, \
         pr.reuse_tot
@@ -553,26 +590,15 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         l3_budget = 1 << 30
     S = step_tokens.shape[0]
 
-    mark = np.full(E, -1, dtype=np.int64)
-    ntok = np.zeros(E, dtype=np.int64)
-    needed = np.empty(E, dtype=np.int64)
-    conf = np.empty(E, dtype=np.float64)
-    prod = np.empty(E, dtype=np.float64)
-    truth = np.zeros(E, dtype=np.int64)
-    pmark = np.full(E, -1, dtype=np.int64)
+    mark, ntok, needed, conf, prod, truth = scratch.mark, scratch.ntok, scratch.needed, scratch.conf, \
+        scratch.prod, scratch.truth
+    pmark = scratch.pmark  # experts of the target layer pinned by this event's prediction pass
     per_expert = iconf[I_PER_EXPERT] == 1
     host_ms = fconf[F_HOST_MS]
-    x_arrival = np.empty(E, dtype=np.float64)
-    x_compute = np.empty(E, dtype=np.float64)
-    x_order = np.empty(E, dtype=np.int64)  # experts of the target layer pinned by this event's prediction pass
-    cand = np.empty(E, dtype=np.int64)
-    top = np.empty(E, dtype=np.int64)
-    cal_table = np.empty(NUM_CAL_BINS, dtype=np.float64)
-    caps = np.empty(3, dtype=np.int64)
-    n_admitted = np.zeros(4, dtype=np.int64)
-    route_sum = np.zeros(E, dtype=np.float64)
-    need_src = np.zeros(E, dtype=np.int64)
-    snap = np.empty(3 * mem.shape[2] + 1 if log_on else 0, dtype=np.int64)
+    x_arrival, x_compute, x_order = scratch.x_arrival, scratch.x_compute, scratch.x_order
+    cand, top, cal_table, caps, n_admitted, route_sum = scratch.cand, scratch.top, scratch.cal_table, scratch.caps, \
+        scratch.n_admitted, scratch.route_sum
+    need_src, snap = scratch.need_src, scratch.snap  # the decision log's (empty unless it is on)
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
@@ -594,7 +620,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
         latency = 0.0
@@ -700,6 +726,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 k_pin[key] = event
                 k_last[key] = clock
                 k_uses[key] += 1
+                k_ufrac[key] = k_uses[key] / (k_uses[key] + 1.0)
                 if mode == EV_LFU:
                     k_freq[key] = k_freq[key] * ev_decay ** (clock - k_ftime[key]) + 1.0
                     k_ftime[key] = clock
@@ -715,7 +742,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
             if log_on:
                 nsnap = _log_snapshot(pool, mem, cnt, snap)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                       k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
             if log_on:
                 # the slots these evictions free are the ones this layer's demand loads fill
                 _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
@@ -782,16 +809,21 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 # One pass: the most confident expert (top-1), the |truth| most confident (recall), and the
                 # admission candidates (confidence >= the L3 threshold); all ordered by confidence, ties to the
                 # lower expert id.
+                # The confidences of the current best and of the last of the top list are kept in registers:
+                # the compares are on every expert, the updates rare.
                 best = 0
+                best_c = conf[0]
                 ntop = 0
+                top_last_c = 0.0  # conf[top[ntop - 1]], read only once the list holds ntruth experts
                 ncand = 0
                 base_key = lt * E
                 for e in range(E):
                     c = conf[e]
                     k_conf[base_key + e] = c
-                    if c > conf[best]:
+                    if c > best_c:
                         best = e
-                    if ntop < ntruth or c > conf[top[ntop - 1]]:
+                        best_c = c
+                    if ntop < ntruth or c > top_last_c:
                         pos = ntop if ntop < ntruth else ntruth - 1
                         while pos > 0 and conf[top[pos - 1]] < c:
                             top[pos] = top[pos - 1]
@@ -799,6 +831,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                         top[pos] = e
                         if ntop < ntruth:
                             ntop += 1
+                        top_last_c = conf[top[ntop - 1]]
                     if c >= l3_thr:
                         pos = ncand
                         while pos > 0 and conf[cand[pos - 1]] < c:
@@ -900,7 +933,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                     if log_on:
                         nsnap = _log_snapshot(tpool, mem, cnt, snap)
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
-                               k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
+                               k_prefetched, k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
                                ev_decay)
                     if log_on:
                         _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
@@ -943,7 +976,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
             latency += layer_ms

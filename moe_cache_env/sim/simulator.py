@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -22,14 +23,23 @@ from moe_cache_env.traces.format import MAX_TABLE_EXPERTS, Trace
 
 @dataclass(frozen=True)
 class WindowResult:
-    """What one call of :meth:`Simulator.run` produced."""
+    """What one call of :meth:`Simulator.run` produced.
+
+    ``metrics`` (the window's named metrics, from ``metrics_from_counters``) is computed on first read, so a
+    caller that works from ``counters`` does not pay for it (about a fifth of an 8-step window's replay).
+    """
 
     first_step: int
     num_steps: int
     counters: np.ndarray
     step_latency_ms: np.ndarray
     step_tokens: np.ndarray
-    metrics: dict[str, Any]
+    expert_bytes: int = 0
+
+    @cached_property
+    def metrics(self) -> dict[str, Any]:
+        """The window's named metrics (the keys of ``evaluate --json``)."""
+        return metrics_from_counters(self.counters, self.step_latency_ms, self.step_tokens, self.expert_bytes)
 
 
 class Simulator:
@@ -101,6 +111,7 @@ class Simulator:
         self._iconf[K.I_GLOBAL] = 1 if cache.scope == "global" else 0
         self._iconf[K.I_SEED_TIMING] = 1 if self.config.timing == "seed" else 0
         self._plugin_predictor: plugins.Predictor | None = None
+        self._replay: Any = None  # the kernel's compiled replay for this simulator's argument types (run)
         if self.config.predictor in PREDICTORS:
             self._iconf[K.I_PREDICTOR] = PREDICTORS[self.config.predictor]
         else:
@@ -182,6 +193,11 @@ class Simulator:
         width = self.schedule.step_tokens.shape[1]
         return steps * L * 2 * (width * Kk + E) + 3 * self.state.tiers.mem.shape[0] * self.state.tiers.mem.shape[2] + 8
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_replay"] = None  # machine code does not pickle or copy; the next run finds it again
+        return state
+
     @property
     def num_steps(self) -> int:
         return self.schedule.num_steps
@@ -223,12 +239,19 @@ class Simulator:
         # the kernel accumulates into the run's totals, so replaying in windows sums exactly as one long call
         before = self.counters.copy()
         ext_conf = self._external_confidences(s0, s1, controls)
-        kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(self.config.eviction)
-        if self._log_rows is None:
-            kernel.run_steps(s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
-                             K.KernelOutput(self.counters, self.step_latency_ms))
-        else:
+        if self._log_rows is not None:
+            kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(self.config.eviction)
             self._run_logged(kernel, s0, s1, u, ext_conf)
+        else:
+            args = (s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
+                    K.KernelOutput(self.counters, self.step_latency_ms))
+            if self._replay is None:
+                kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(
+                    self.config.eviction)
+                kernel.run_steps(*args)  # the first call types the arguments (and loads or compiles the kernel)
+                self._replay = _typed_entry(kernel.run_steps, args)
+            else:
+                self._replay(*args)
         window = self.counters - before
         self.position = s1
         lat = self.step_latency_ms[s0:s1]
@@ -239,7 +262,7 @@ class Simulator:
             counters=window,
             step_latency_ms=lat,
             step_tokens=ntok,
-            metrics=metrics_from_counters(window, lat, ntok, self.expert_bytes),
+            expert_bytes=self.expert_bytes,
         )
 
     def _oracle_accuracy(self, lookahead: int) -> float:
@@ -302,8 +325,9 @@ class Simulator:
     # ---- batched replay (sim/batch.py) -------------------------------------------------------------------------
     @property
     def batchable(self) -> bool:
-        """Whether ``sim/batch.py`` can replay this simulator: built-in predictor and eviction rule (no plug-in)."""
-        return self._plugin_predictor is None and self._iconf[K.I_EVICTION] != K.EV_CUSTOM
+        """Whether ``sim/batch.py`` can replay this simulator: built-in predictor and eviction rule (no plug-in),
+        and no decision log being recorded."""
+        return self._plugin_predictor is None and self._iconf[K.I_EVICTION] != K.EV_CUSTOM and self._log_rows is None
 
     def window_bounds(self, num_steps: int) -> tuple[int, int]:
         """The steps ``[s0, s1)`` that ``run(num_steps)`` would replay next."""
@@ -318,7 +342,7 @@ class Simulator:
         lat = self.step_latency_ms[s0:s1]
         ntok = self.schedule.step_ntokens[s0:s1]
         return WindowResult(first_step=s0, num_steps=s1 - s0, counters=window, step_latency_ms=lat, step_tokens=ntok,
-                            metrics=metrics_from_counters(window, lat, ntok, self.expert_bytes))
+                            expert_bytes=self.expert_bytes)
 
     # ---- views for observers -----------------------------------------------------------------------------------
     def tier_occupancy(self) -> np.ndarray:
@@ -332,6 +356,22 @@ class Simulator:
 
 
 _NO_EXTERNAL = np.zeros((0, 0), dtype=np.float64)
+
+
+def _typed_entry(dispatcher: Any, args: tuple) -> Any:
+    """The machine code numba compiled for the types of ``args``, callable without the dispatcher.
+
+    The dispatcher works out the numba type of every argument on every call, and for the nested state tuples
+    (some forty arrays) that costs about 15 us, as much as replaying a few dozen routing events. A simulator's
+    arguments keep their types for its lifetime (the state is always allocated by ``state.allocate_state``, the
+    schedule and settings are fixed), so the entry point found once serves every later window. Falls back to
+    the dispatcher itself where numba does not expose the compiled overload.
+    """
+    try:
+        signature = tuple(dispatcher.typeof_pyval(a) for a in args)
+        return dispatcher.overloads[signature].entry_point
+    except (AttributeError, KeyError):
+        return dispatcher
 #: SimConfig.eviction -> the kernel's rule (kernel.EV_*)
 EVICTION_CODES = {
     "weighted": K.EV_WEIGHTED, "lru": K.EV_LRU, "belady": K.EV_BELADY, "lfu": K.EV_LFU, "lfru": K.EV_LFRU,

@@ -77,6 +77,7 @@ def allocate_state(
         k_pin=np.full(n_keys, K.NO_EVENT, dtype=np.int64),
         mem=np.zeros((pools, 3, slots), dtype=np.int64),
         cnt=np.zeros((pools, 3), dtype=np.int64),
+        k_ufrac=np.zeros(n_keys, dtype=np.float64),
     )
     queue = 2 * n_keys + 64
     link = K.LinkState(
