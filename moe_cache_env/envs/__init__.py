@@ -16,6 +16,9 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
   (``traces/learned/``: 12 layers, 64 experts, top-8, three text domains), replayed with OLMoE-1B-7B's expert
   size (3 x 2048 x 1024 bf16 = 12,582,912 bytes) and tiers 8 / 10 / 20 of 64 experts per layer.
 
+Another class, :class:`moe_cache_env.envs.evict.MoECacheEvictEnv`, is registered as ``MoECache-Evict-v0``: one
+decision per eviction of a one-tier demand-only cache (``docs/environment.md``).
+
 Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`` merges onto them) and
 ``max_episode_steps`` (256). :func:`resolve_env_id` turns any id form ``gym.make`` accepts (``MoECache-v0``,
 ``moe_cache_env:MoECache-v0``, ``MoECache``) into the registered id; the command line uses it for ``--env``.
@@ -30,6 +33,8 @@ import gymnasium
 
 
 ENTRY_POINT = "moe_cache_env.envs.moe_cache:MoECacheEnv"
+#: the eviction environment: another class, its own config (``moe_cache_env.envs.evict``)
+EVICT_ID = "MoECache-Evict-v0"
 
 #: registered id -> the config overrides it passes (JSON-able)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -101,6 +106,9 @@ def register_envs() -> None:
             id=env_id, entry_point=ENTRY_POINT, max_episode_steps=steps,
             kwargs={"base_config": copy.deepcopy(overrides)},
         )
+    if EVICT_ID not in gymnasium.registry:
+        # one decision per eviction (moe_cache_env/envs/evict.py); episodes end with their replay
+        gymnasium.register(id=EVICT_ID, entry_point="moe_cache_env.envs.evict:MoECacheEvictEnv")
 
 
 def _is_cache_env(spec: Any) -> bool:
