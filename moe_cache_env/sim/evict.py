@@ -127,12 +127,13 @@ class EvictionReplay:
         seed: the workload schedule is drawn from ``numpy.random.default_rng(seed)``, as ``evaluate`` does.
         policy: ``agent`` (stop at each decision: :meth:`run` returns True), ``lru``, ``belady``, ``learned``.
         model: the rule of ``policy="learned"``.
-        record_rows: keep up to this many candidate rows of the decisions met (features, Belady's label,
-            decision index) for imitation learning (:meth:`recorded`).
+        record_rows: keep up to this many candidate rows of the decisions met (features, steps to the next
+            use, decision index) for imitation learning (:meth:`recorded`).
+        record_every: record every this many decisions (spreads ``record_rows`` over a long replay).
     """
 
     def __init__(self, trace: Trace, config: SimConfig | None = None, *, seed: int = 0, policy: str = "agent",
-                 model: EvictionModel | None = None, record_rows: int = 0) -> None:
+                 model: EvictionModel | None = None, record_rows: int = 0, record_every: int = 1) -> None:
         from moe_cache_env.sim.simulator import Simulator
 
         if policy not in POLICY_CODES:
@@ -166,6 +167,9 @@ class EvictionReplay:
         # a pool holds its slots plus, while a layer runs, that layer's misses (at most its distinct experts)
         self.max_slots = int(min(pool_keys, int(caps.max()) + min(E, width * Kk)))
         self._record_rows = int(record_rows)
+        if record_every < 1:
+            raise ConfigError(f"record_every must be >= 1, got {record_every}")
+        self._record_every = int(record_every)
         self.reset()
 
     def reset(self) -> None:
@@ -191,9 +195,9 @@ class EvictionReplay:
         self.feats = np.zeros((self.mem.shape[1], EK.NUM_FEATURES), dtype=np.float64)
         self.scores = np.zeros(self.mem.shape[1], dtype=np.float64)
         self.rec_x = np.zeros((self._record_rows, EK.NUM_MODEL_FEATURES), dtype=np.float32)
-        self.rec_label = np.zeros(self._record_rows, dtype=np.float32)
+        self.rec_label = np.zeros(self._record_rows, dtype=np.float64)
         self.rec_group = np.zeros(self._record_rows, dtype=np.int64)
-        self.rec_rows = np.zeros(1, dtype=np.int64)
+        self.rec_rows = np.array([0, self._record_every], dtype=np.int64)
         self.pending = False
 
     def run(self, action: int = -1) -> bool:
@@ -275,7 +279,8 @@ class EvictionReplay:
         return out
 
     def recorded(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The recorded candidate rows: features (n, F) float32, Belady's label (n,), decision index (n,)."""
+        """The recorded candidate rows: features (n, F) float32, steps until each candidate's next use (n,)
+        (``evict_kernel.NEVER_STEPS``: never), decision index (n,)."""
         n = int(self.rec_rows[0])
         return self.rec_x[:n].copy(), self.rec_label[:n].copy(), self.rec_group[:n].copy()
 

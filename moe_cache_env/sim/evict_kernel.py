@@ -66,6 +66,8 @@ KI_PIN = 3  # the event that pins it (in use)
 KI_CURSOR = 4  # next-use cursor into nu_events
 NUM_KI = 5
 
+#: the recorded next-use distance of a key never needed again (steps)
+NEVER_STEPS = 1e9
 #: weight of the newest gap in KF_GAP's moving average
 GAP_ALPHA = 0.3
 
@@ -248,9 +250,10 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
     ``action`` >= 0 applies the pending decision first: the key at that position of the pending pool leaves.
     ``policy`` (``POL_*``) picks every other victim; with ``POL_AGENT`` each real choice stops the replay with
     ``feats`` filled for the pending pool. ``acc`` accumulates [latency ms, misses, hits, layers] since the
-    caller last zeroed it. Recording (``rec_x`` rows > 0): every decision's candidate rows go to ``rec_x``,
-    1.0 in ``rec_label`` for Belady's choice, the decision's index in ``rec_group``, until ``rec_x`` is full;
-    ``rec_rows[0]`` counts the rows written.
+    caller last zeroed it. Recording (``rec_x`` rows > 0): the candidate rows of every ``rec_rows[1]``-th
+    decision go to ``rec_x``, the steps until the key's next use in ``rec_label`` (``NEVER_STEPS`` if never:
+    Belady evicts a row of the decision's largest value), the decision's index in ``rec_group``,
+    until ``rec_x`` is full; ``rec_rows[0]`` counts the rows written.
     """
     L = iconf[0]
     E = iconf[1]
@@ -454,19 +457,21 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
                 _evict_at(pool, i, mem, cnt, ki)
                 continue
             nxt = s + 1 if s + 1 < S else s
-            if policy == POL_AGENT or policy == POL_LEARNED or rec_rows[0] < rec_cap:
+            record = rec_rows[0] < rec_cap and cur[CUR_DECISIONS] % rec_rows[1] == 0
+            if policy == POL_AGENT or policy == POL_LEARNED or record:
                 fill_features(pool, event, clock, r, mem, cnt, ki, kf, layer_fsum, layer_ftime, decay, L, E,
                               sched_ntokens[nxt], sched_ntokens[s], cap / max_cap, feats, order)
-            if rec_rows[0] < rec_cap:
-                bi = _pick_rule(pool, event, POL_BELADY, mem, cnt, ki, kf, nu_start, nu_events)
+            if record:
                 g = cur[CUR_RECORDED]
+                now_event = s * L + l if ph != PH_SHRINK else s * L
                 for i in range(cnt[pool]):
                     if feats[i, F_SLOT_STATE] != 1.0 or rec_rows[0] >= rec_cap:
                         continue
                     rr = rec_rows[0]
                     for f in range(NUM_MODEL_FEATURES):
                         rec_x[rr, f] = feats[i, f]
-                    rec_label[rr] = 1.0 if i == bi else 0.0
+                    nu = _next_use(mem[pool, i], nu_start, nu_events, ki)
+                    rec_label[rr] = NEVER_STEPS if nu >= K.NEVER else (nu - now_event) / L
                     rec_group[rr] = g
                     rec_rows[0] = rr + 1
                 cur[CUR_RECORDED] = g + 1
