@@ -37,6 +37,7 @@ DEFAULT_EVICT_CONFIG: dict[str, Any] = {
     "execution_order": "fused",
     "stats_decay": 0.995,
     "expert_bytes": 0,
+    "decision_ms": 0.0,  # the agent's own time per layer (ms), added to the profile's host time (SimConfig)
     "workload": {"batch_min": 1, "batch_max": 4, "kv_min": 0.0, "kv_max": 0.3, "segment_steps": 64},
     "reward": "latency",  # "latency": -ms of the replay between decisions; "misses": -demand loads
     "schedule_seed": None,  # None: drawn from the environment's RNG at each reset; an int fixes it
@@ -137,7 +138,7 @@ class MoECacheEvictEnv(gym.Env):
     ``gym.make("MoECache-Evict-v0", config={...})`` with keys of ``DEFAULT_EVICT_CONFIG``: ``traces``,
     ``split``, ``split_fractions``, ``split_seed``, ``episode_sequences``, ``capacity``, ``scope``,
     ``max_slots``, ``profile``, ``timing``, ``execution_order``, ``stats_decay``, ``expert_bytes``,
-    ``workload``, ``reward``, ``schedule_seed``.
+    ``decision_ms``, ``workload``, ``reward``, ``schedule_seed``.
 
     ## Version History
 
@@ -168,7 +169,8 @@ class MoECacheEvictEnv(gym.Env):
         return SimConfig(cache=split_capacity(int(capacity), trace.top_k, scope),
                          workload=WorkloadConfig(**cfg["workload"]), timing=cfg["timing"], profile=cfg["profile"],
                          execution_order=cfg["execution_order"], stats_decay=float(cfg["stats_decay"]),
-                         expert_bytes=int(cfg["expert_bytes"]), predictor="none", eviction="lru")
+                         expert_bytes=int(cfg["expert_bytes"]), decision_ms=float(cfg["decision_ms"]),
+                         predictor="none", eviction="lru")
 
     def episode_trace(self, trace_index: int, start_sequence: int) -> Trace:
         """The sequences an episode replays: ``episode_sequences`` from ``start_sequence`` of the trace's part."""

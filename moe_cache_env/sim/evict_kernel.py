@@ -190,24 +190,34 @@ def fill_features(pool, event, clock, r_needed, mem, cnt, ki, kf, layer_fsum, la
         feats[i, F_STEP_TOKENS] = np.log1p(step_tokens_n)
         feats[i, F_SLOTS_SHARE] = slots_share
         feats[i, F_SLOT_STATE] = 1.0 if ki[key, KI_PIN] != event else 0.5
-    # ranks among the candidates (0 = most recent / most used); a pool of one candidate ranks it 0
+    # ranks among the candidates (0 = most recent / most used; ties: the higher key first); a pool of one
+    # candidate ranks it 0. Sorted, not compared pairwise: a decision stays O(n log n) in the pool's slots.
     denom = max(ncand - 1, 1)
+    cand = np.empty(ncand, dtype=np.int64)
+    c = 0
     for i in range(n):
-        if feats[i, F_SLOT_STATE] != 1.0:
-            continue
-        key = mem[pool, i]
-        rr = 0
-        fr = 0
-        for j in range(n):
-            if j == i or feats[j, F_SLOT_STATE] != 1.0:
-                continue
-            other = mem[pool, j]
-            if kf[other, KF_LAST] > kf[key, KF_LAST] or (kf[other, KF_LAST] == kf[key, KF_LAST] and other > key):
-                rr += 1
-            if feats[j, F_FREQ] > feats[i, F_FREQ] or (feats[j, F_FREQ] == feats[i, F_FREQ] and other > key):
-                fr += 1
-        feats[i, F_RECENCY_RANK] = rr / denom
-        feats[i, F_FREQ_RANK] = fr / denom
+        if feats[i, F_SLOT_STATE] == 1.0:
+            cand[c] = i
+            c += 1
+    n_keys = ki.shape[0]
+    rec_key = np.empty(ncand)
+    for c in range(ncand):
+        key = mem[pool, cand[c]]
+        # last use as an event number (integral), then the key: one exact number orders both
+        rec_key[c] = -(np.floor(kf[key, KF_LAST] * L + 0.5) * n_keys + key)
+    order_r = np.argsort(rec_key)
+    for pos in range(ncand):
+        feats[cand[order_r[pos]], F_RECENCY_RANK] = pos / denom
+    by_key = np.empty(ncand)
+    for c in range(ncand):
+        by_key[c] = -float(mem[pool, cand[c]])
+    first = np.argsort(by_key)  # higher key first
+    fkey = np.empty(ncand)
+    for c in range(ncand):
+        fkey[c] = -feats[cand[first[c]], F_FREQ]
+    order_f = np.argsort(fkey, kind="mergesort")  # stable: equal counts keep the higher key first
+    for pos in range(ncand):
+        feats[cand[first[order_f[pos]]], F_FREQ_RANK] = pos / denom
     return ncand
 
 
@@ -225,18 +235,20 @@ def mlp_scores(feats, n, mu, sd, w1, b1, w2, b2, w3, b3, out):
         for f in range(F):
             x[f] = (feats[i, f] - mu[f]) / sd[f]
         for j in range(H1):
-            a = b1[j]
-            for f in range(F):
-                a += x[f] * w1[f, j]
-            h1[j] = a if a > 0.0 else 0.0
+            h1[j] = b1[j]
+        for f in range(F):
+            xf = x[f]
+            for j in range(H1):
+                h1[j] += xf * w1[f, j]
         for j in range(H2):
-            a = b2[j]
-            for f in range(H1):
-                a += h1[f] * w2[f, j]
-            h2[j] = a if a > 0.0 else 0.0
+            h2[j] = b2[j]
+        for f in range(H1):
+            a = h1[f] if h1[f] > 0.0 else 0.0
+            for j in range(H2):
+                h2[j] += a * w2[f, j]
         a = b3[0]
         for f in range(H2):
-            a += h2[f] * w3[f]
+            a += (h2[f] if h2[f] > 0.0 else 0.0) * w3[f]
         out[i] = a
 
 
