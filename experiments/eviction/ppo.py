@@ -1,7 +1,7 @@
 """MaskablePPO on MoECache-Evict-v0, briefly: trained on the train part of the learned model's decode routing,
 evaluated on its held-out test part against lru and belady (issue 11, item 4).
 
-Run:  python experiments/eviction/ppo.py SEED [TIMESTEPS]     (writes runs/ppo_seedSEED.json)
+Run:  python experiments/eviction/ppo.py SEED [TIMESTEPS]     (writes runs/ppo_tTIMESTEPS_seedSEED.json)
 
 Seed N trains with ``MaskablePPO(seed=N)`` on episodes of 8 train sequences (schedules drawn by the environment)
 at 20% of a layer's experts per layer, then replays the whole test part once with the deterministic policy under
@@ -85,7 +85,7 @@ def main(seed: int, timesteps: int) -> None:
                                                    "ms_per_token": ref["lru"]["mean_latency_ms"]},
            "belady": {"miss_rate": ref["belady"]["miss_rate"], "ms_per_token": ref["belady"]["mean_latency_ms"]}}
     print(out)
-    atomic_write_json(HERE / "runs" / f"ppo_seed{seed}.json", out)
+    atomic_write_json(HERE / "runs" / f"ppo_t{timesteps}_seed{seed}.json", out)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,27 @@ def report() -> None:
             ln, lr = pols["learned-bc"], pols["lru"]
             if ln["gap_mean"] is not None and ln["gap_mean"] >= 0.2 and ln["ms_mean"] < lr["ms_mean"]:
                 targets.append(f"{trace} @ {cap}")
-    out = {"protocol": __doc__, "seeds": [run["seed"] for run in runs],
+    ppo = []
+    for budget in sorted({int(Path(p).name.split("_")[1][1:]) for p in glob.glob(str(HERE / "runs" / "ppo_t*_seed*.json"))}):
+        ppo_runs = [json.loads(Path(p).read_text())
+                    for p in sorted(glob.glob(str(HERE / "runs" / f"ppo_t{budget}_seed*.json")))]
+        g = np.array([r["gap_closed"] for r in ppo_runs])
+        ms = np.array([r["ms_per_token"] for r in ppo_runs])
+        free = np.array([r["ms_per_token_without_decision"] for r in ppo_runs])
+        lru = np.array([r["lru"]["ms_per_token"] for r in ppo_runs])
+        p = {"trace": ppo_runs[0]["trace"], "capacity_share": ppo_runs[0]["capacity_share"],
+             "slots": ppo_runs[0]["slots"], "timesteps": budget, "seeds": [r["seed"] for r in ppo_runs],
+             "gap_mean": float(g.mean()), "gap_std": float(g.std()), "ms_mean": float(ms.mean()),
+             "ms_std": float(ms.std()), "ms_without_decision_mean": float(free.mean()),
+             "ms_without_decision_std": float(free.std()), "lru_ms_mean": float(lru.mean()),
+             "decision_ms_mean": float(np.mean([r["decision_ms"] for r in ppo_runs])),
+             "train_s_mean": float(np.mean([r["train_s"] for r in ppo_runs])), "runs": ppo_runs}
+        ppo.append(p)
+        print(f"MaskablePPO ({budget} steps, {len(ppo_runs)} seeds) on {p['trace']} test @ {p['slots']} slots: "
+              f"gap {100 * p['gap_mean']:+.1f}% ± {100 * p['gap_std']:.1f}, {p['ms_mean']:.3f} ms/token "
+              f"({p['ms_without_decision_mean']:.3f} ± {p['ms_without_decision_std']:.3f} without its decision "
+              f"time; lru {p['lru_ms_mean']:.3f}), decision {p['decision_ms_mean']:.3f} ms")
+    out = {"protocol": __doc__, "seeds": [run["seed"] for run in runs], "maskable_ppo": ppo,
            "decision_ms": {run["seed"]: run["decision_ms"] for run in runs},
            "train_s": {run["seed"]: run["train_s"] for run in runs},
            "model_meta": {run["seed"]: run["model_meta"] for run in runs},

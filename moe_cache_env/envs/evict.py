@@ -115,8 +115,9 @@ class MoECacheEvictEnv(gym.Env):
     ``reward="latency"`` (default): minus the milliseconds the model spends between this decision and the next
     (every layer the replay runs in between, timed by ``sim/timing.py`` exactly as the simulator reports its
     per-step latency). Over an episode, ``sum(rewards) = -(total_ms - info["warmup_ms"])``, where
-    ``total_ms`` is the episode's simulated time and ``warmup_ms`` the time before the first decision (no action
-    can change it), so ``ms/token = (warmup_ms - sum(rewards)) / tokens``. ``reward="misses"``: minus the demand
+    ``total_ms`` is the sum of the episode's step latencies and ``warmup_ms`` the time before the first decision
+    (no action can change it). ``evaluate``'s ``mean_latency_ms`` weights each step's latency by its tokens: it is
+    ``total_ms / tokens`` when every step runs one token. ``reward="misses"``: minus the demand
     loads in between (the hit/miss outcome alone). ``info`` has both (``latency_ms``, ``misses``, ``hits``).
 
     ## Starting State
