@@ -169,3 +169,14 @@ def test_seed_timing_and_global_pools_reproduce_too():
             got = _env_replay(trace, config, 1, rule)
             got.pop("decisions")
             assert got == want
+
+
+def test_rewards_sum_to_the_episodes_latency():
+    env = gym.make("moe_cache_env:MoECache-Evict-v0", config={"episode_sequences": 2})
+    _, info = env.reset(seed=4)
+    total, done = 0.0, False
+    while not done:
+        _, r, done, _, info = env.step(int(np.flatnonzero(info["action_mask"])[0]))
+        total += r
+    replay = env.unwrapped.replay
+    assert info["warmup_ms"] - total == pytest.approx(float(replay.step_latency_ms.sum()), rel=1e-9)
