@@ -80,9 +80,8 @@ def train_model(seed: int) -> EvictionModel:
         part = load_split(name, "train", FRACTIONS, 0)
         for share in CAPACITY_SHARES:
             train.append((part, config_for(part, share)))
-    # training schedules differ from the evaluation's: replay i of seed N uses schedule seed 100 + N
-    train_seeded = [(t, c) for t, c in train]
-    return train_dagger(train_seeded, seed=100 + seed, rounds=2, decisions_per_replay=DECISIONS, epochs=EPOCHS,
+    # training schedules differ from the evaluation's: seed N trains on schedules of seed 100 + N
+    return train_dagger(train, seed=100 + seed, rounds=2, decisions_per_replay=DECISIONS, epochs=EPOCHS,
                         hidden=HIDDEN, log=lambda m: print(f"[seed {seed}] {m}", file=sys.stderr, flush=True),
                         meta={"train": list(SPLIT_TRACES), "split": "train", "fractions": list(FRACTIONS),
                               "capacity_shares": list(CAPACITY_SHARES), "workload_seed": 100 + seed})

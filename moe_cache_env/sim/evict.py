@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from moe_cache_env.sim import evict_kernel as EK
 from moe_cache_env.sim import kernel as K
@@ -319,8 +320,6 @@ def measure_decision_ms(model: EvictionModel, slots: int, repeats: int = 2000) -
         rounds.append((time.process_time() - t0) * 1000.0 / repeats)
     return float(np.median(rounds))
 
-
-from numba import njit  # noqa: E402
 
 
 @njit(cache=True)
