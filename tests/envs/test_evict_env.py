@@ -180,3 +180,14 @@ def test_rewards_sum_to_the_episodes_latency():
         total += r
     replay = env.unwrapped.replay
     assert info["warmup_ms"] - total == pytest.approx(float(replay.step_latency_ms.sum()), rel=1e-9)
+
+
+def test_misses_reward_counts_demand_loads(tmp_path):
+    env = _hand_env(tmp_path)
+    env.config["reward"] = "misses"
+    _, info = env.reset(seed=0)
+    rewards, done = [], False
+    while not done:
+        _, r, done, _, info = env.step(info["belady_action"])
+        rewards.append(r)
+    assert rewards == [-1.0, -1.0, 0.0]  # the hand-computed Belady episode: t4 misses 1, t5 misses 3
