@@ -1,7 +1,9 @@
 """Stable-Baselines3 training on the environments, and SB3 models as agents for ``compare``.
 
-Training (``moe-cache-env train``): vectorised training environments on the *train* split, each wrapped in
-``Monitor``; an ``EvalCallback`` on the held-out *validation* split that keeps the best model; checkpoints;
+Training (``moe-cache-env train``): vectorised training environments on the *train* split, by default the
+native vector environment behind SB3's ``VecEnv`` interface (``agents/vec_adapter.py``) in a ``VecMonitor``
+(``vec_backend="subproc"`` or ``"dummy"``: SB3's own vector environments, each environment in a ``Monitor``);
+an ``EvalCallback`` on the held-out *validation* split that keeps the best model; checkpoints;
 TensorBoard logs; a progress bar; the final model saved as ``model.zip`` beside a ``run.json`` record.
 Hyperparameters come from ``agents/hyperparams/<algo>.yml`` (RL-Zoo style: an entry per environment id, or
 ``default``) and can be overridden.
@@ -17,7 +19,8 @@ nothing is half done:
 - ``checkpoints/ALGO_replay_buffer_N_steps.pkl`` (SAC, DQN): the replay buffer;
 - ``checkpoints/ALGO_N_steps.resume.pkl``, written last: the run's settings, the training environments'
   whole state (each pickled with its wrappers: the simulator mid-episode, the env's ``np_random``, the
-  ``Monitor``'s episode statistics), the model's last observations, the random generators SB3 draws from
+  ``Monitor``'s episode statistics, or the native backend's ``VecMonitor`` statistics), the model's last
+  observations, the random generators SB3 draws from
   (torch's, NumPy's global one, Python's ``random``, the action space's), and the evaluation callback's history.
 
 :func:`resume` (``train --resume DIR``) loads the newest complete checkpoint and continues to the run's total.
@@ -56,6 +59,8 @@ from moe_cache_env._io import atomic_write, atomic_write_json
 from moe_cache_env.agents.baselines import Agent
 
 ALGOS = ("ppo", "a2c", "sac", "dqn")
+#: how the training environments are stepped (``train(vec_backend=...)``, ``train --vec-backend``)
+VEC_BACKENDS = ("native", "subproc", "dummy")
 OFF_POLICY = ("sac", "dqn")
 HYPERPARAMS_DIR = Path(__file__).resolve().parent / "hyperparams"
 #: keys of a hyperparameter entry that are not arguments of the algorithm's constructor
@@ -78,13 +83,17 @@ class SeededEvalCallback(EvalCallback):
         self.eval_seed = eval_seed
 
     def _init_callback(self) -> None:
-        from stable_baselines3.common.vec_env import VecEnvWrapper
+        from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
 
         # EvalCallback warns when the training and evaluation VecEnvs are of different classes, which here they
         # always are with n_envs > 1 (SubprocVecEnv for training, one DummyVecEnv for evaluation). The check is
         # there to catch a VecNormalize or frame stack on one side only; neither side has a VecEnvWrapper, so the
-        # warning says nothing and is silenced; with a wrapper on either side it still shows.
-        plain = not isinstance(self.training_env, VecEnvWrapper) and not isinstance(self.eval_env, VecEnvWrapper)
+        # warning says nothing and is silenced; with a wrapper on either side it still shows. The native backend's
+        # VecMonitor only records episode statistics (the training side's Monitor), so it does not count.
+        def transforms(venv: Any) -> bool:
+            return isinstance(venv, VecEnvWrapper) and not isinstance(venv, VecMonitor)
+
+        plain = not transforms(self.training_env) and not transforms(self.eval_env)
         with warnings.catch_warnings():
             if plain:
                 warnings.filterwarnings("ignore", message="Training and eval env are not of the same type")
@@ -226,6 +235,23 @@ def _make_env_fn(env_id: str, split: str, rank: int, seed: int, overrides: dict[
     return _init
 
 
+_MONITOR_FIELDS = ("episode_returns", "episode_lengths", "episode_count", "t_start")
+
+
+def _monitor_state(venv: Any) -> dict[str, Any] | None:
+    """A VecMonitor's statistics of the episodes under way (None for a venv without one)."""
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    if not isinstance(venv, VecMonitor):
+        return None
+    return {name: copy.deepcopy(getattr(venv, name)) for name in _MONITOR_FIELDS}
+
+
+def _set_monitor_state(venv: Any, state: dict[str, Any]) -> None:
+    for name in _MONITOR_FIELDS:
+        setattr(venv, name, copy.deepcopy(state[name]))
+
+
 def _rng_states(model: Any) -> dict[str, Any]:
     import torch
 
@@ -281,8 +307,18 @@ class _Trainer:
             for split in ("train", "validation"):
                 load_split(name, split, tuple(cfg["split_fractions"]), int(cfg["split_seed"]))
         n_envs, seed = s["n_envs"], s["seed"]
-        fns = [_make_env_fn(s["env"], "train", i, seed, s["overrides"], os.getpid()) for i in range(n_envs)]
-        self.venv = SubprocVecEnv(fns, start_method="fork") if n_envs > 1 else DummyVecEnv(fns)
+        backend = s.get("vec_backend", "subproc")  # runs checkpointed before the native backend existed
+        if backend == "native":
+            from stable_baselines3.common.vec_env import VecMonitor
+
+            from moe_cache_env.agents.vec_adapter import make_native_vec_env
+
+            # all environments in this process, their windows replayed in one compiled call per step
+            self.venv = VecMonitor(make_native_vec_env(s["env"], "train", n_envs, s["overrides"]))
+        else:
+            fns = [_make_env_fn(s["env"], "train", i, seed, s["overrides"], os.getpid()) for i in range(n_envs)]
+            subproc = backend == "subproc" and n_envs > 1
+            self.venv = SubprocVecEnv(fns, start_method="fork") if subproc else DummyVecEnv(fns)
         self.venv.seed(seed)
         eval_env = Monitor(make_env(s["env"], "validation", s["overrides"]))
         self.eval_callback = SeededEvalCallback(
@@ -316,6 +352,8 @@ class _Trainer:
             self.model.load_replay_buffer(self.out / "checkpoints" / f"{self.algo}_replay_buffer_{steps}_steps.pkl")
         for i, blob in enumerate(state["envs"]):
             self.venv.env_method("load_state", blob, indices=[i])
+        if state.get("monitor") is not None:  # the native backend's VecMonitor: episodes under way
+            _set_monitor_state(self.venv, state["monitor"])
         # SB3's load discards the last observations (it would reset the environments); they are restored with
         # the environments they belong to, so training goes on mid-episode
         self.model._last_obs = state["last_obs"]
@@ -346,6 +384,7 @@ class _Trainer:
             "num_timesteps": steps,
             "settings": self.settings,
             "envs": self.venv.env_method("dump_state"),
+            "monitor": _monitor_state(self.venv),
             "last_obs": model._last_obs,
             "last_episode_starts": model._last_episode_starts,
             "last_original_obs": getattr(model, "_last_original_obs", None),
@@ -439,6 +478,7 @@ def _record(trainer: _Trainer, wall_s: float, interrupted: bool, resumed_from: i
         "interrupted": interrupted,
         "resumed_from_step": resumed_from,
         "n_envs": s["n_envs"],
+        "vec_backend": s.get("vec_backend", "subproc"),
         "seed": s["seed"],
         "hyperparams": {**s["hyperparams"], "n_envs": s["n_envs"]},
         "algo_kwargs": s["algo_kwargs"],
@@ -467,6 +507,7 @@ def train(
     overrides: dict[str, Any] | None = None,
     progress_bar: bool = True,
     verbose: int = 0,
+    vec_backend: str = "native",
 ) -> dict[str, Any]:
     """Train ``algo`` on ``env_id``; write model.zip, best/best_model.zip, checkpoints, tb logs, run.json.
 
@@ -476,6 +517,9 @@ def train(
         eval_freq: evaluate on the validation split every this many total steps.
         checkpoint_freq: write a resumable checkpoint every this many total steps (see the module docstring).
         overrides: env config keys replacing the registered variant's (e.g. a smaller ``traces`` suite).
+        vec_backend: ``"native"`` (default: ``agents/vec_adapter.py``, every environment's window in one compiled
+            call), ``"subproc"`` (a ``SubprocVecEnv`` worker per environment when ``n_envs`` > 1) or ``"dummy"``
+            (SB3's ``DummyVecEnv``, one environment after another in this process).
     Returns:
         The run record also written to ``run.json`` (``"interrupted": true`` after a Ctrl-C).
     """
@@ -490,6 +534,8 @@ def train(
     total = int(timesteps if timesteps is not None else params.get("n_timesteps", 100_000))
     if total < 1 or n_envs < 1:
         raise ValueError(f"timesteps and n_envs must be >= 1, got {total} and {n_envs}")
+    if vec_backend not in VEC_BACKENDS:
+        raise ValueError(f"unknown vec_backend {vec_backend!r}; use one of {list(VEC_BACKENDS)}")
     algo_kwargs = {k: v for k, v in params.items() if k not in _NON_ALGO_KEYS}
     if algo in ("ppo", "a2c") and "n_steps" in algo_kwargs:
         # a tiny budget still completes one rollout
@@ -503,6 +549,7 @@ def train(
         "timesteps": total,
         "seed": int(seed),
         "n_envs": n_envs,
+        "vec_backend": vec_backend,
         "eval_freq": int(eval_freq),
         "eval_episodes": int(eval_episodes),
         "checkpoint_freq": int(checkpoint_freq),

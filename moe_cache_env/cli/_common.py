@@ -4,4 +4,15 @@ from __future__ import annotations
 
 from moe_cache_env.traces.catalog import resolve as load_named_trace
 
-__all__ = ["load_named_trace"]
+__all__ = ["load_named_trace", "oracle_accuracy_arg"]
+
+
+def oracle_accuracy_arg(text: str) -> float | tuple[float, ...]:
+    """``--oracle-accuracy``: one accuracy, or one per lookahead distance (``0.8,0.7``)."""
+    import argparse
+
+    try:
+        values = tuple(float(x) for x in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or numbers per lookahead (0.8,0.7), got {text!r}") from None
+    return values[0] if len(values) == 1 else values

@@ -23,6 +23,7 @@ import argparse
 from typing import Any
 
 from moe_cache_env.cli import CommandError
+from moe_cache_env.cli._common import oracle_accuracy_arg
 from moe_cache_env.sim.config import DEFAULT_PROFILE
 
 
@@ -38,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="MoECache-v0",
                         help="environment whose actions and windows agents use (default: %(default)s)")
     parser.add_argument("--predictor", default="cross-layer",
-                        help="noisy-oracle, popularity, previous-token, cross-layer or perfect (default: %(default)s)")
+                        help="noisy-oracle, popularity, previous-token, cross-layer, perfect, or recorded (a trace's recorded "
+                        "speculative routing, format 1.1) (default: %(default)s)")
     parser.add_argument("--profile", default=DEFAULT_PROFILE,
                         help="hardware profile name or path (default: %(default)s, measured)")
     parser.add_argument("--timing", default="timeline", choices=["timeline", "seed"])
@@ -60,13 +62,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the expert slots taken by the KV cache (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=0,
                         help="tokens per sequence per step; 0: a whole prompt for prefill traces, 1 for decode")
-    parser.add_argument("--oracle-accuracy", type=float, default=0.4755, help="top-1 accuracy of noisy-oracle")
+    parser.add_argument("--oracle-accuracy", type=oracle_accuracy_arg, default=0.4755,
+                        help="top-1 accuracy of noisy-oracle: one number, or one per lookahead distance (A1,A2; "
+                             "docs/traces.md has measured values) (default: %(default)s)")
     parser.add_argument("--expert-bytes", type=int, default=0, help="override the trace's expert size")
     parser.add_argument("--fit-trace", metavar="PATH|NAME",
                         help="pre-fit the cross-layer predictor's co-occurrence table on this (training) trace")
     parser.add_argument("--window", type=int, default=0, help="also report metrics per window of this many steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the metrics as JSON here")
+    parser.add_argument("--tokens", type=int, default=0,
+                        help="replay only the trace's first N tokens (0: all; the last sequence is cut short)")
+    parser.add_argument("--decision-log", metavar="PATH",
+                        help="write the simulator's decisions as a moe-decision-log/1 (.npz) for replay-gpu --log; "
+                             "with several policies, PATH gets a -POLICY suffix")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
 
@@ -148,6 +157,17 @@ def run(args: argparse.Namespace) -> int:
             f"unknown policy {unknown}; choose from {list(POLICIES) + list(AGENT_POLICIES)} or ALGO:PATH"
         )
     trace = load_named_trace(args.trace)
+    if args.tokens < 0:
+        raise CommandError(f"--tokens must be 0 (all) or a number of tokens, got {args.tokens}")
+    if 0 < args.tokens < trace.num_tokens:
+        trace = trace.head(args.tokens)
+    log_paths = _decision_log_paths(args.decision_log, policies)
+    for path in log_paths.values():
+        check_output_not_input(path, args.trace, args.fit_trace, args.profile, args.json)
+    unloggable = [p for p in log_paths if p not in POLICIES or p == "clairvoyant"]
+    if unloggable:
+        raise CommandError(f"--decision-log logs the simulator's own policies; {unloggable} cannot be logged "
+                           "(agents act through the environment; clairvoyant keeps the better of two replays)")
     fit_trace = load_named_trace(args.fit_trace) if args.fit_trace else None
     capacity = args.capacity
     if capacity is None:
@@ -180,8 +200,12 @@ def run(args: argparse.Namespace) -> int:
         progress.update(0, policy)
         if policy in POLICIES:
             request = EvaluationRequest(policy=policy, config=config, controls=controls, seed=args.seed,
-                                        window_steps=args.window)
+                                        window_steps=args.window, decision_log=policy in log_paths)
             result = evaluate(trace, request, fit_trace=fit_trace)
+            if policy in log_paths:
+                from moe_cache_env.gpu.decision_log import save_log
+
+                save_log(result["decision_log"], log_paths[policy])
         elif policy.startswith(LEARNED_PREFIX):
             result = {"metrics": evaluate_learned_policy(policy, trace, config, args.seed)}
         else:
@@ -230,4 +254,18 @@ def run(args: argparse.Namespace) -> int:
         payload = results[policies[0]] if len(policies) == 1 else {"policies": results}
         atomic_write_json(args.json, payload)
         print(f"wrote {args.json}")
+    for policy, path in log_paths.items():
+        print(f"wrote {path}: the simulator's decisions for {policy} (replay-gpu --log {path})")
     return 0
+
+
+def _decision_log_paths(path: str | None, policies: list[str]) -> dict[str, str]:
+    if not path:
+        return {}
+    if len(policies) == 1:
+        return {policies[0]: path}
+    from pathlib import Path
+
+    base = Path(path)
+    suffix = base.suffix or ".npz"
+    return {p: str(base.with_name(f"{base.stem}-{p}{suffix}")) for p in policies}

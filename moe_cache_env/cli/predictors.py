@@ -1,6 +1,7 @@
 """Report every predictor's top-1 accuracy and top-k recall on a trace.
 
-Each predictor is run inside the simulator (so it sees exactly what it would see when caching: only routing
+``recorded`` (the trace's recorded speculative routing) is listed when the trace holds one (format 1.1). Each
+predictor is run inside the simulator (so it sees exactly what it would see when caching: only routing
 that is already known) with prefetching off, and scored against the experts the target step really used.
 """
 
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 
+from moe_cache_env.cli._common import oracle_accuracy_arg
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default="qwen1.5-moe", help="trace file or bundled name (default: %(default)s)")
     parser.add_argument("--lookahead", type=int, default=1, choices=[1, 2])
     parser.add_argument("--batch", type=int, default=1, help="concurrent sequences per step")
     parser.add_argument("--fit-trace", metavar="PATH|NAME", help="pre-fit the cross-layer table on this trace")
-    parser.add_argument("--oracle-accuracy", type=float, default=0.4755)
+    parser.add_argument("--oracle-accuracy", type=oracle_accuracy_arg, default=0.4755,
+                        help="noisy-oracle's top-1 accuracy: one number or one per lookahead (A1,A2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the table as JSON")
 
@@ -36,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
             check_table_experts(loaded.num_experts, loaded.name)
     controls = Controls(l2_threshold=1.01, l3_threshold=1.01, lookahead=args.lookahead)
     rows = {}
-    for name in PREDICTORS:
+    from moe_cache_env.sim.recorded import RECORDED_PREDICTOR
+
+    names = list(PREDICTORS) + ([RECORDED_PREDICTOR] if trace.has_speculation else [])
+    for name in names:
         config = SimConfig(predictor=name, oracle_accuracy=args.oracle_accuracy,
                            workload=WorkloadConfig(batch_min=args.batch, batch_max=args.batch))
         sim = Simulator(trace, config, rng=np.random.default_rng(args.seed), fit_trace=fit_trace)

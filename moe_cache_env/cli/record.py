@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record-logits", action="store_true",
                         help="also write the router logits to OUTPUT-router-logits.npz (float32, tokens x layers x E)")
     parser.add_argument("--no-stop-at-eos", action="store_true", help="keep decoding past end-of-sequence tokens")
+    parser.add_argument("--speculate", type=int, nargs="?", const=2, default=0, metavar="D",
+                        help="also record the routers of layers l+1..l+D applied to layer l's hidden state "
+                        "(trace format 1.1; D defaults to 2, the simulator's longest lookahead; 0: off)")
+    parser.add_argument("--speculate-top", type=int, default=8, metavar="M",
+                        help="experts kept per speculative prediction (default: %(default)s)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="allow model code shipped in the model directory (runs that code)")
 
@@ -124,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--max-new-tokens must be 0 or more, got {args.max_new_tokens}")
     if args.max_prompt_tokens is not None and args.max_prompt_tokens < 1:
         raise CommandError(f"--max-prompt-tokens must be at least 1, got {args.max_prompt_tokens}")
+    if args.speculate < 0:
+        raise CommandError(f"--speculate must be 0 (off) or a number of layers ahead, got {args.speculate}")
+    if args.speculate_top < 1:
+        raise CommandError(f"--speculate-top must be at least 1, got {args.speculate_top}")
     if args.expert_bytes is not None and args.expert_bytes < 1:
         raise CommandError(f"--expert-bytes must be a positive number of bytes, got {args.expert_bytes}")
     output = Path(args.output)
@@ -162,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
         device=device,
         stop_at_eos=not args.no_stop_at_eos,
         prompts_file=str(args.prompts),
+        speculate=args.speculate,
+        speculate_top=args.speculate_top,
     )
     for phase, path in (("prefill", output), ("decode", decode_output)):
         trace = traces.get(phase)

@@ -7,8 +7,9 @@ on the GPU with real expert weights in pinned host memory, a real GPU slot pool,
 non-expert layer work (random weights), in each execution order (fused: a layer waits for all its experts;
 per-expert: each expert runs when its own copy lands, resident ones first). Prints the reference estimate
 (the profile's copy, compute, non-expert and host-decision times, under the same rules) beside the measured
-per-token latency (mean, P50, P95) and the error. The estimate is this package's plain-Python model, not the
-simulator kernel's own decisions (the kernel does not emit decision logs yet).
+per-token latency (mean, P50, P95) and the error. The estimate is this package's plain-Python model of the
+log's decisions; a log written by ``evaluate --decision-log`` (the simulator kernel's own decisions) also
+carries the kernel's per-step estimate, printed beside it (``sim``) with its error.
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default="synthetic/qwen1.5-moe", help="trace file or bundled name (default %(default)s)")
     parser.add_argument("--policy", type=lambda t: _csv(str, t), default=list(POLICIES),
                         help=f"reference policies, comma-separated: {', '.join(POLICIES)} (default: both)")
-    parser.add_argument("--log", metavar="PATH", help="replay this decision log (.npz) instead of reference policies")
+    parser.add_argument("--log", metavar="PATH[,PATH...]",
+                        help="replay these decision logs (.npz, comma-separated, one geometry) instead of reference "
+                             "policies; a log written by evaluate --decision-log runs in its own execution order")
     parser.add_argument("--slots", type=lambda t: _csv(int, t), default=[12, 36],
                         help="GPU slots per layer, comma-separated (default 12,36)")
     parser.add_argument("--order", type=lambda t: _csv(str, t), default=list(ORDERS),
@@ -87,9 +90,10 @@ def run(args: argparse.Namespace) -> int:
 
     logs = []
     if args.log:
-        log = load_log(args.log)
-        logs.append((log.meta.get("policy", Path(args.log).stem), log.meta.get("slots_per_layer"), log))
-        preset = log.meta.get("preset")
+        for path in [p for p in args.log.split(",") if p.strip()]:
+            log = load_log(path)
+            logs.append((log.meta.get("policy", Path(path).stem), log.meta.get("slots_per_layer"), log))
+        preset = logs[0][2].meta.get("preset")
     else:
         for policy in args.policy:
             if policy not in POLICIES:
@@ -142,16 +146,26 @@ def run(args: argparse.Namespace) -> int:
         "window": args.window,
         "non_expert_execution": args.non_expert,
         "device": device.info() if device is not None else {"name": "fake"},
-        "comparison": "measured against this package's reference estimate (gpu/reference_policies.estimate_latency), "
-                      "not against the simulator kernel's decisions",
+        "comparison": "measured against this package's reference estimate (gpu/reference_policies.estimate_latency) "
+                      "and, for a log written by evaluate --decision-log, the simulator kernel's own estimate",
         "runs": [],
     }
     rows = []
+    import numpy as np
+
     for policy, slots, log in logs:
+        # a log the simulator kernel wrote (evaluate --decision-log) carries the kernel's own per-step estimate
+        kernel_lat = log.meta.get("kernel_step_latency_ms")
+        kernel_order = log.meta.get("execution_order")
+        kernel = (latency_stats(np.asarray(kernel_lat, dtype=np.float64), log.step_ntokens)
+                  if isinstance(kernel_lat, list) and len(kernel_lat) == log.num_steps else None)
         timing = ReferenceTiming.from_profile(profile, log.expert_bytes, batch=log.batch, context=context)
         no_host = timing.without_host()
         counts = log.counts()
+        own_order = log.meta.get("execution_order") if isinstance(kernel_lat, list) else None
         for order in args.order:
+            if own_order is not None and order != own_order:
+                continue  # the kernel decided under its own order: replaying it in another compares nothing
             estimate = estimate_latency(log, timing, order)
             estimate_no_host = estimate_latency(log, no_host, order)
             dev = device if device is not None else FakeReplayDevice(timing)
@@ -165,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
             sim_nh = latency_stats(estimate_no_host["latency_ms"], log.step_ntokens)
             gpu = latency_stats(measured["latency_ms"], log.step_ntokens)
             error = {k: sim[k] / gpu[k] - 1.0 for k in ("mean_ms", "p50_ms", "p95_ms")}
+            kernel_here = kernel if kernel is not None and kernel_order in (None, order) else None
+            kernel_error = ({k: kernel_here[k] / gpu[k] - 1.0 for k in ("mean_ms", "p50_ms", "p95_ms")}
+                            if kernel_here is not None else None)
             run_result = {
                 "policy": policy, "slots_per_layer": slots, "order": order, "steps": log.num_steps,
                 "log_counts": counts, "timing": timing.to_dict(),
@@ -172,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
                 "estimate_without_host": sim_nh,
                 "measured": {**gpu, "copies": measured["copies"], "wall_s": measured["wall_s"]},
                 "error": error,
+                "kernel_estimate": kernel_here,
+                "kernel_error": kernel_error,
                 "estimate_latency_ms": [round(x, 5) for x in estimate["latency_ms"].tolist()],
                 "measured_latency_ms": [round(x, 5) for x in measured["latency_ms"].tolist()],
             }
@@ -179,18 +198,23 @@ def run(args: argparse.Namespace) -> int:
             rows.append([policy, slots, order, counts["hit_rate"], measured["copies"]["promoted"],
                          sim["mean_ms"], sim["p50_ms"], sim["p95_ms"], gpu["mean_ms"], gpu["p50_ms"], gpu["p95_ms"],
                          f"{error['mean_ms']:+.1%}", f"{error['p50_ms']:+.1%}", f"{error['p95_ms']:+.1%}",
-                         sim_nh["mean_ms"]])
+                         sim_nh["mean_ms"],
+                         kernel_here["mean_ms"] if kernel_here else "-", kernel_here["p95_ms"] if kernel_here else "-",
+                         f"{kernel_error['mean_ms']:+.1%}" if kernel_error else "-",
+                         f"{kernel_error['p95_ms']:+.1%}" if kernel_error else "-"])
             if args.json:
                 atomic_write_json(args.json, results)
     print(f"replay-gpu on {results['device'].get('name')}: {model} layers, expert {expert.hidden}x{expert.intermediate} "
           f"({first.expert_bytes / 2**20:.1f} MiB copies), batch {args.batch}, context {context}, profile {profile.name}")
     print(format_table(
         ["policy", "slots/layer", "order", "hit rate", "late prefetches (GPU)", "est mean ms", "est P50", "est P95",
-         "GPU mean ms", "GPU P50", "GPU P95", "err mean", "err P50", "err P95", "est mean w/o host"],
+         "GPU mean ms", "GPU P50", "GPU P95", "err mean", "err P50", "err P95", "est mean w/o host",
+         "sim mean ms", "sim P95", "sim err mean", "sim err P95"],
         rows,
     ))
-    print("est = the reference estimate (gpu/reference_policies), not the simulator kernel's decisions; "
-          "err = est / GPU - 1")
+    print("est = the reference estimate (gpu/reference_policies) of the log's decisions; err = est / GPU - 1; "
+          "sim = the simulator kernel's own estimate, for a log written by evaluate --decision-log in the same "
+          "execution order; sim err = sim / GPU - 1")
     if args.json:
         print(f"wrote {args.json}")
     return 0

@@ -57,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output directory (default: runs/ALGO-ENV-sSEED)")
     parser.add_argument("--n-envs", type=int, default=None, help="parallel training environments (default: YAML)")
+    parser.add_argument("--vec-backend", default=None, choices=["native", "subproc", "dummy"],
+                        help="how training environments are stepped: native (default; all windows in one compiled "
+                             "call), subproc (a worker process per environment) or dummy (one after another)")
     parser.add_argument("--eval-freq", type=int, default=10_000, help="validate every this many steps")
     parser.add_argument("--eval-episodes", type=int, default=5, help="validation episodes per evaluation")
     parser.add_argument("--checkpoint-freq", type=int, default=50_000, help="checkpoint every this many steps")
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     if args.timesteps is not None and args.timesteps < 1:
         raise CommandError(f"--timesteps must be >= 1, got {args.timesteps}")
     if args.resume:
-        given = [f"--{name.replace('_', '-')}" for name in ("algo", "env", "out", "n_envs", "hyperparams", "env_config")
+        given = [f"--{name.replace('_', '-')}" for name in ("algo", "env", "out", "n_envs", "hyperparams", "env_config",
+                                                               "vec_backend")
                  if getattr(args, name) is not None]
         if given:
             raise CommandError(f"--resume takes the run's settings from its checkpoint; drop {', '.join(given)}")
@@ -98,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             overrides=parse_env_config(args.env_config),
             progress_bar=not args.no_progress_bar,
             verbose=args.verbose,
+            vec_backend=args.vec_backend or "native",
         )
     validation = record["validation"].get("mean_reward") or []
     last = f", last validation reward {validation[-1]:.3f}" if validation else ""

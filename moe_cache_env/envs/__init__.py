@@ -19,6 +19,9 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
 Another class, :class:`moe_cache_env.envs.evict.MoECacheEvictEnv`, is registered as ``MoECache-Evict-v0``: one
 decision per eviction of a one-tier demand-only cache (``docs/environment.md``).
 
+Every id above also has a native vector environment (``moe_cache_env/envs/vector.py``):
+``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``.
+
 Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`` merges onto them) and
 ``max_episode_steps`` (256). :func:`resolve_env_id` turns any id form ``gym.make`` accepts (``MoECache-v0``,
 ``moe_cache_env:MoECache-v0``, ``MoECache``) into the registered id; the command line uses it for ``--env``.
@@ -35,6 +38,9 @@ import gymnasium
 ENTRY_POINT = "moe_cache_env.envs.moe_cache:MoECacheEnv"
 #: the eviction environment: another class, its own config (``moe_cache_env.envs.evict``)
 EVICT_ID = "MoECache-Evict-v0"
+
+#: ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``: one compiled call per step
+VECTOR_ENTRY_POINT = "moe_cache_env.envs.vector:MoECacheVectorEnv"
 
 #: registered id -> the config overrides it passes (JSON-able)
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -103,7 +109,7 @@ def register_envs() -> None:
             continue
         steps = int(overrides.get("max_episode_steps", DEFAULT_CONFIG["max_episode_steps"]))
         gymnasium.register(
-            id=env_id, entry_point=ENTRY_POINT, max_episode_steps=steps,
+            id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, max_episode_steps=steps,
             kwargs={"base_config": copy.deepcopy(overrides)},
         )
     if EVICT_ID not in gymnasium.registry:

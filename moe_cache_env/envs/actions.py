@@ -23,6 +23,7 @@ in 0.5-0.6), the L3 threshold is clipped down to the L2 threshold.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,36 +49,42 @@ def _describe(action: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _where(name: str, space: spaces.Space) -> str:
+    # built only for an error message: a space's repr costs more than decoding a valid action
+    return f"for the {name} action space {space}"
+
+
 def check_box_action(action: Any, space: spaces.Box, name: str) -> np.ndarray:
     """``action`` as a float64 array of ``space``'s shape with finite components, or ``ValueError``."""
-    where = f"for the {name} action space {space}"
     if action is None:
-        raise ValueError(f"action None is not valid {where}: give an array of shape {space.shape}")
+        raise ValueError(f"action None is not valid {_where(name, space)}: give an array of shape {space.shape}")
     try:
         a = np.asarray(action, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"action {_describe(action)} is not valid {where}: it is not an array of numbers") from None
+        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: it is not an array of "
+                         "numbers") from None
     if a.shape != space.shape:
-        raise ValueError(f"action of shape {a.shape} is not valid {where}: the shape must be {space.shape}")
+        raise ValueError(f"action of shape {a.shape} is not valid {_where(name, space)}: the shape must be "
+                         f"{space.shape}")
     bad = np.flatnonzero(~np.isfinite(a))
     if bad.size:
-        raise ValueError(f"action {_describe(action)} is not valid {where}: component(s) {bad.tolist()} are not "
+        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: component(s) "
+                         f"{bad.tolist()} are not "
                          f"finite (NaN or infinity); every component must be a number in [-1, 1]")
     return a
 
 
 def check_discrete_action(action: Any, space: spaces.Discrete, name: str) -> int:
     """``action`` as a Python int in the space, or ``ValueError`` (floats, strings and booleans are refused)."""
-    where = f"for the {name} action space {space}"
     value = action
     if isinstance(value, np.ndarray) and value.size == 1 and value.ndim <= 1:
         value = value.reshape(-1)[0]  # SB3's predict on one observation gives a 0-d or 1-element array
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"action {_describe(action)} is not valid {where}: it must be an integer in "
+        raise ValueError(f"action {_describe(action)} is not valid {_where(name, space)}: it must be an integer in "
                          f"0..{space.n - 1}, got {type(action).__name__}")
     index = int(value)
     if not 0 <= index < space.n:
-        raise ValueError(f"action {index} is not valid {where}: it must be in 0..{space.n - 1}")
+        raise ValueError(f"action {index} is not valid {_where(name, space)}: it must be in 0..{space.n - 1}")
     return index
 
 
@@ -125,7 +132,7 @@ class ActionType(ABC):
 class ContinuousThresholds(ActionType):
     name = "continuous"
 
-    @property
+    @cached_property
     def space(self) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, shape=(2,), dtype=np.float32)
 
@@ -141,7 +148,7 @@ class ContinuousThresholds(ActionType):
 class DiscreteThresholds(ActionType):
     name = "discrete"
 
-    @property
+    @cached_property
     def space(self) -> spaces.Discrete:
         return spaces.Discrete(9)
 
@@ -167,7 +174,7 @@ class DiscreteThresholds(ActionType):
 class ExtendedControls(ActionType):
     name = "extended"
 
-    @property
+    @cached_property
     def space(self) -> spaces.Box:
         return spaces.Box(-1.0, 1.0, shape=(8,), dtype=np.float32)
 

@@ -106,6 +106,9 @@ class MoECacheEnv(gym.Env):
       ``spec.max_episode_steps`` registered; ``gym.make(id, config=...)`` merges ``config`` onto the
       variant's settings instead of replacing them (``MoECache-Discrete-v0`` stays discrete); malformed
       actions (wrong shape, NaN, infinity, non-integer discrete actions) raise ``ValueError``.
+    - v0, revised with dynamics and reward unchanged: a native vector environment for every id,
+      ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")`` (``envs/vector.py``), with the
+      numbers of N single environments; ``make_vec`` without a mode now picks it.
     """
 
     metadata = {"render_modes": ["human", "rgb_array", "ansi"], "render_fps": 4}
@@ -208,14 +211,18 @@ class MoECacheEnv(gym.Env):
         if self.sim.done:
             raise RuntimeError("the episode has ended; call reset()")
         self.controls = self.action_type.decode(action, self.controls)
-        window = self.sim.run(self.window_steps, self.controls)
+        return self._finish_step(self.sim.run(self.window_steps, self.controls))
+
+    def _finish_step(self, window: WindowResult, render: bool = True):
+        """Observation, reward, ends and info of a step whose window has been replayed (also the vector env's)."""
         self.elapsed_steps += 1
         obs, info = self._observe(window)
         terminated = bool(self.sim.done)
         truncated = bool(self.elapsed_steps >= self.max_episode_steps and not terminated)
         if terminated or truncated:
             info["episode_metrics"] = self.sim.metrics()
-        self._render_line(info)
+        if render:
+            self._render_line(info)
         return obs, info["reward_terms"]["reward"], terminated, truncated, info
 
     # ---- observation, reward, info --------------------------------------------------------------------------

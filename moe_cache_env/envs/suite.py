@@ -78,13 +78,7 @@ def split_part(trace: Trace, split: str, fractions: tuple[float, float, float], 
     if domains is not None:
         meta["domains"] = [domains[i] for i in chosen]
     meta["name"] = f"{trace.name}#{split}"
-    return Trace(
-        experts=trace.experts[rows],
-        sequence=trace.sequence[rows],
-        meta=meta,
-        weights=None if trace.weights is None else trace.weights[rows],
-        path=trace.path,
-    )
+    return trace.take_rows(rows, meta)
 
 
 def check_suite(names: Sequence[str]) -> None:

@@ -178,6 +178,8 @@ class EvaluationRequest:
     controls: Controls = Controls()
     seed: int = 0
     window_steps: int = 0  # > 0: also report metrics per window of this many steps
+    #: also return the kernel's decisions as a ``moe-decision-log/1`` (``result["decision_log"]``)
+    decision_log: bool = False
 
 
 def policy_setup(trace: Trace, policy: str, config: SimConfig, controls: Controls) -> tuple[SimConfig, Controls]:
@@ -224,6 +226,8 @@ def evaluate(trace: Trace, request: EvaluationRequest, *, fit_trace: Trace | Non
 def _replay(trace: Trace, config: SimConfig, controls: Controls, request: EvaluationRequest,
             fit_trace: Trace | None) -> dict[str, Any]:
     sim = Simulator(trace, config, rng=np.random.default_rng(request.seed), fit_trace=fit_trace)
+    if request.decision_log:
+        sim.record_decisions()
     windows = []
     if request.window_steps > 0:
         while not sim.done:
@@ -238,4 +242,9 @@ def _replay(trace: Trace, config: SimConfig, controls: Controls, request: Evalua
     result: dict[str, Any] = {"metrics": sim.metrics()}
     if windows:
         result["windows"] = windows
+    if request.decision_log:
+        from moe_cache_env.gpu.kernel_log import simulator_decision_log
+
+        result["decision_log"] = simulator_decision_log(sim, policy=request.policy,
+                                                        batch=config.workload.batch_max)
     return result

@@ -161,8 +161,20 @@ ScheduleArrays = namedtuple(
 )
 #: integer settings (I_*), float settings (F_*), the random seed of the noisy oracle
 KernelConfig = namedtuple("KernelConfig", "iconf fconf rng_seed")
-#: accumulated counters (C_*) and each step's latency (S,)
-KernelOutput = namedtuple("KernelOutput", "counters step_latency_ms")
+#: accumulated counters (C_*), each step's latency (S,), and the optional decision log: ``log`` (N, LOG_COLUMNS)
+#: int32 rows of LOG_* events in the order they happen, ``log_pos`` [rows written, rows that did not fit]. An
+#: empty ``log`` (the default) turns logging off: the replay then writes nothing and checks one flag per event.
+KernelOutput = namedtuple("KernelOutput", "counters step_latency_ms log log_pos")
+KernelOutput.__new__.__defaults__ = (np.zeros((0, 6), dtype=np.int32), np.zeros(2, dtype=np.int64))
+
+# ---- decision-log events (KernelOutput.log rows: kind, step, layer, expert, tokens, source) --------------------
+LOG_COLUMNS = 6
+LOG_NEED = 1  # an expert the step needs at this layer: tokens served, source (LOG_SRC_*); after the layer's evictions
+LOG_PREFETCH = 2  # a prefetch issued (layer, expert = its target), after the evictions it caused
+LOG_EVICT = 3  # a key left the GPU (layer, expert), at the event that shed it
+LOG_SRC_RESIDENT = 0  # on the GPU and used before (or preloaded)
+LOG_SRC_DEMAND = 1  # loaded on demand at this layer
+LOG_SRC_PREFETCHED = 2  # brought by a prefetch and not used since (landed, in flight, or still queued)
 
 #: pins hold the event a key is protected for: NO_EVENT protects it for none; passing ANY_KEY as the event to a
 #: victim search matches no pin, so every key is a candidate
@@ -220,6 +232,41 @@ def _zoo_score(key, mode, clock, k_last, k_uses, k_freq, k_ftime, k_ins, k_stati
         return k_static[key]
     # EV_FIFO
     return float(k_ins[key])
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _log_row(log, log_pos, kind, s, l, e, tokens, source):
+    i = log_pos[0]
+    if i >= log.shape[0]:
+        log_pos[1] += 1  # the caller sized the log too small: counted, reported by the simulator
+        return
+    log[i, 0] = kind
+    log[i, 1] = s
+    log[i, 2] = l
+    log[i, 3] = e
+    log[i, 4] = tokens
+    log[i, 5] = source
+    log_pos[0] = i + 1
+
+
+@njit(cache=True, error_model="numpy")
+def _log_snapshot(pool, mem, cnt, scratch):
+    """The pool's keys before a _make_room call (decision logging only)."""
+    n = 0
+    for t in range(3):
+        for i in range(cnt[pool, t]):
+            scratch[n] = mem[pool, t, i]
+            n += 1
+    return n
+
+
+@njit(cache=True, error_model="numpy")
+def _log_evictions(scratch, n, k_tier, log, log_pos, s, E):
+    """Log the keys of the snapshot that have left the GPU since (decision logging only)."""
+    for i in range(n):
+        key = scratch[i]
+        if k_tier[key] == 0:
+            _log_row(log, log_pos, LOG_EVICT, s, key // E, key % E, 0, 0)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -469,6 +516,8 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     pend_bin, pend_hist, pend_target = pr.pend_bin, pr.pend_hist, pr.pend_target
     nu_start, nu_events, nu_cursor = ev.nu_start, ev.nu_events, ev.nu_cursor
     counters, step_latency_ms = out.counters, out.step_latency_ms
+    log, log_pos = out.log, out.log_pos
+    log_on = log.shape[0] > 0
     L = iconf[I_LAYERS]
     E = iconf[I_EXPERTS]
     K = iconf[I_TOPK]
@@ -522,6 +571,8 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
     caps = np.empty(3, dtype=np.int64)
     n_admitted = np.zeros(4, dtype=np.int64)
     route_sum = np.zeros(E, dtype=np.float64)
+    need_src = np.zeros(E, dtype=np.int64)
+    snap = np.empty(3 * mem.shape[2] + 1 if log_on else 0, dtype=np.int64)
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
@@ -540,8 +591,12 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
             for pool in range(cnt.shape[0]):
                 if layer_caps_on:
                     caps[0] = layer_caps[s, pool]
+                if log_on:
+                    nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
                            k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                if log_on:
+                    _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
         latency = 0.0
         for l in range(L):
             event = s * L + l
@@ -572,6 +627,9 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
             for n in range(nneed):
                 key = l * E + needed[n]
                 tier = k_tier[key]
+                if log_on:
+                    need_src[n] = LOG_SRC_DEMAND if tier == 0 else (
+                        LOG_SRC_PREFETCHED if k_prefetched[key] == 1 else LOG_SRC_RESIDENT)
                 if tier > 0 and k_state[key] == ST_READY and (seed_timing or k_arrival[key] <= now):
                     covered += 1
                     if tier == 1:
@@ -654,8 +712,15 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                 if k_tier[key] != 1:
                     _tier_remove(pool, key, mem, cnt, k_tier, k_pos)
                     _tier_add(pool, 1, key, mem, cnt, k_tier, k_pos)
+            if log_on:
+                nsnap = _log_snapshot(pool, mem, cnt, snap)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
                        k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+            if log_on:
+                # the slots these evictions free are the ones this layer's demand loads fill
+                _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
+                for n in range(nneed):
+                    _log_row(log, log_pos, LOG_NEED, s, l, needed[n], ntok[needed[n]], need_src[n])
             # ---- 3b. the prediction that targeted this event meets its outcome: calibrate ----------------------
             if calibrate:
                 slot = event % 3
@@ -816,6 +881,7 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                     else:
                         n3 += 1
                     n_admitted[target] += 1
+                    issued = False
                     if tier == 3:
                         # already on the GPU as a speculative copy: promoted to L2 without a transfer
                         _tier_remove(tpool, key, mem, cnt, k_tier, k_pos)
@@ -828,11 +894,18 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                         _issue_prefetch(key, now, seed_timing, k_state, k_arrival, k_qpos, k_prefetched,
                                         q_key, q_issue, qht, link, dur, counters)
                         counters[C_PREFETCH_L3 if target == 3 else C_PREFETCH_L2] += 1
+                        issued = True
                     k_pin[key] = event
                     pmark[e] = event
+                    if log_on:
+                        nsnap = _log_snapshot(tpool, mem, cnt, snap)
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
                                k_prefetched, k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
                                ev_decay)
+                    if log_on:
+                        _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
+                        if issued:  # after its evictions: the prefetch takes a slot one of them freed
+                            _log_row(log, log_pos, LOG_PREFETCH, s, lt, e, 0, 0)
                     k_last[key] = clock
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
             if predictor != P_NONE and predictor != P_EXTERNAL:
@@ -867,8 +940,12 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
                     e = needed[n]
                     if not (lt == l and pmark[e] == event):
                         k_pin[l * E + e] = NO_EVENT
+                if log_on:
+                    nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
                            k_uses, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                if log_on:
+                    _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
             latency += layer_ms
         step_latency_ms[s] = latency
         counters[C_STEPS] += 1

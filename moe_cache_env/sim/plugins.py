@@ -149,3 +149,13 @@ def kernel_for_eviction(name: str) -> types.ModuleType:
         module.custom_score = njit(error_model="numpy")(policy.score)
         _KERNELS[name] = module
         return module
+
+
+def _register_built_in_python_predictors() -> None:
+    """Predictors that ship with the package but are written against this interface (no kernel id)."""
+    from moe_cache_env.sim.recorded import RECORDED_PREDICTOR, RecordedPredictor
+
+    _PREDICTORS.setdefault(RECORDED_PREDICTOR, RecordedPredictor)
+
+
+_register_built_in_python_predictors()

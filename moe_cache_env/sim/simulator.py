@@ -120,7 +120,7 @@ class Simulator:
         self._fconf[K.F_TRANSFER_MS] = self.profile.transfer_ms(self.expert_bytes)
         self._fconf[K.F_LAYER_OVERHEAD_MS] = self.profile.layer_overhead_ms
         self._fconf[K.F_DECAY] = self.config.stats_decay
-        self._fconf[K.F_ORACLE_ACC] = self.config.oracle_accuracy
+        self._fconf[K.F_ORACLE_ACC] = self._oracle_accuracy(1)
         self._fconf[K.F_SEED_H2D_1:K.F_SEED_H2D_1 + len(seed_table_array(self.profile))] = \
             seed_table_array(self.profile)
         self._fconf[K.F_MRS_ALPHA] = self.config.mrs_alpha
@@ -155,8 +155,32 @@ class Simulator:
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
         self.step_latency_ms = np.zeros(S, dtype=np.float64)
         self.position = 0
+        self._log_rows: list[np.ndarray] | None = [] if getattr(self, "_log_rows", None) is not None else None
         if self._plugin_predictor is not None:
             self._plugin_predictor.start(self.trace, self.schedule)
+
+    # ---- the decision log ----------------------------------------------------------------------------------------
+    def record_decisions(self) -> None:
+        """From now on (until the next :meth:`reset`, which keeps it on) the kernel logs its decisions: every
+        needed expert with its source, every prefetch issued and every eviction, in order (``kernel.LOG_*``).
+        :meth:`decision_events` returns them; ``moe_cache_env.gpu.kernel_log`` turns them into a decision log."""
+        if self._log_rows is None:
+            self._log_rows = []
+
+    def decision_events(self) -> np.ndarray:
+        """(N, kernel.LOG_COLUMNS) int32 events logged since :meth:`record_decisions` (or the last reset)."""
+        if self._log_rows is None:
+            raise ConfigError("decision logging is off: call Simulator.record_decisions() before running")
+        if not self._log_rows:
+            return np.zeros((0, K.LOG_COLUMNS), dtype=np.int32)
+        return np.concatenate(self._log_rows)
+
+    def _log_capacity(self, steps: int) -> int:
+        # per event at most: every needed expert (W * K), E prefetches, and an eviction for each admission; plus
+        # the pool's whole content for the evictions a shrinking KV cache causes at a step's start
+        L, E, Kk = self.trace.num_layers, self.trace.num_experts, self.trace.top_k
+        width = self.schedule.step_tokens.shape[1]
+        return steps * L * 2 * (width * Kk + E) + 3 * self.state.tiers.mem.shape[0] * self.state.tiers.mem.shape[2] + 8
 
     @property
     def num_steps(self) -> int:
@@ -195,12 +219,16 @@ class Simulator:
         if num_steps is not None and num_steps < 1:
             raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
         u = self.controls_vector(controls)
+        self._fconf[K.F_ORACLE_ACC] = self._oracle_accuracy(controls.lookahead)
         # the kernel accumulates into the run's totals, so replaying in windows sums exactly as one long call
         before = self.counters.copy()
         ext_conf = self._external_confidences(s0, s1, controls)
         kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(self.config.eviction)
-        kernel.run_steps(s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
-                    K.KernelOutput(self.counters, self.step_latency_ms))
+        if self._log_rows is None:
+            kernel.run_steps(s0, s1, self._sched, self._kconf, u, self.state, ext_conf,
+                             K.KernelOutput(self.counters, self.step_latency_ms))
+        else:
+            self._run_logged(kernel, s0, s1, u, ext_conf)
         window = self.counters - before
         self.position = s1
         lat = self.step_latency_ms[s0:s1]
@@ -213,6 +241,29 @@ class Simulator:
             step_tokens=ntok,
             metrics=metrics_from_counters(window, lat, ntok, self.expert_bytes),
         )
+
+    def _oracle_accuracy(self, lookahead: int) -> float:
+        """noisy-oracle's accuracy at this lookahead distance (the last value serves longer distances)."""
+        acc = self.config.oracle_accuracy
+        if isinstance(acc, tuple):
+            return float(acc[min(int(lookahead), len(acc)) - 1])
+        return float(acc)
+
+    def _run_logged(self, kernel: Any, s0: int, s1: int, u: np.ndarray, ext_conf: np.ndarray) -> None:
+        """Replay [s0, s1) in chunks whose events fit a bounded log buffer (the numbers are those of one call)."""
+        chunk = 64
+        L = self.trace.num_layers
+        log = np.zeros((self._log_capacity(chunk), K.LOG_COLUMNS), dtype=np.int32)
+        log_pos = np.zeros(2, dtype=np.int64)
+        for a in range(s0, s1, chunk):
+            b = min(s1, a + chunk)
+            conf = ext_conf if ext_conf.shape[0] == 0 else ext_conf[(a - s0) * L:(b - s0) * L]
+            log_pos[:] = 0
+            kernel.run_steps(a, b, self._sched, self._kconf, u, self.state, conf,
+                             K.KernelOutput(self.counters, self.step_latency_ms, log, log_pos))
+            if log_pos[1]:
+                raise RuntimeError(f"decision log overflow: {int(log_pos[1])} events past {len(log)} rows")
+            self._log_rows.append(log[: int(log_pos[0])].copy())  # type: ignore[union-attr]
 
     def _external_confidences(self, s0: int, s1: int, controls: Controls) -> np.ndarray:
         """A plug-in predictor's confidences for the window's events, or an empty array for a built-in one."""
@@ -247,6 +298,27 @@ class Simulator:
         return metrics_from_counters(
             self.counters, self.step_latency_ms[:s1], self.schedule.step_ntokens[:s1], self.expert_bytes
         )
+
+    # ---- batched replay (sim/batch.py) -------------------------------------------------------------------------
+    @property
+    def batchable(self) -> bool:
+        """Whether ``sim/batch.py`` can replay this simulator: built-in predictor and eviction rule (no plug-in)."""
+        return self._plugin_predictor is None and self._iconf[K.I_EVICTION] != K.EV_CUSTOM
+
+    def window_bounds(self, num_steps: int) -> tuple[int, int]:
+        """The steps ``[s0, s1)`` that ``run(num_steps)`` would replay next."""
+        if num_steps < 1:
+            raise ConfigError(f"num_steps must be >= 1, got {num_steps}")
+        return self.position, min(self.schedule.num_steps, self.position + int(num_steps))
+
+    def finish_window(self, s0: int, s1: int, before: np.ndarray) -> WindowResult:
+        """Close a window replayed by ``sim/batch.py`` (``before``: the counters before it), as ``run`` does."""
+        window = self.counters - before
+        self.position = s1
+        lat = self.step_latency_ms[s0:s1]
+        ntok = self.schedule.step_ntokens[s0:s1]
+        return WindowResult(first_step=s0, num_steps=s1 - s0, counters=window, step_latency_ms=lat, step_tokens=ntok,
+                            metrics=metrics_from_counters(window, lat, ntok, self.expert_bytes))
 
     # ---- views for observers -----------------------------------------------------------------------------------
     def tier_occupancy(self) -> np.ndarray:

@@ -23,6 +23,11 @@ import numpy as np
 from moe_cache_env._io import atomic_write
 
 FORMAT_ID = "moe-trace/1"
+#: Format 1.1: format 1 plus the optional speculative routing arrays (``speculative_experts`` and
+#: ``speculative_weights``). A trace without them is still written as ``moe-trace/1``, so readers of format 1
+#: read it; one with them is ``moe-trace/1.1``, which a format-1 reader refuses by name.
+FORMAT_ID_SPECULATIVE = "moe-trace/1.1"
+READABLE_FORMATS = (FORMAT_ID, FORMAT_ID_SPECULATIVE)
 PHASES = ("prefill", "decode")
 REQUIRED_META = ("format", "model", "num_experts", "top_k", "num_layers", "expert_bytes", "phase", "source")
 
@@ -40,6 +45,11 @@ class Trace:
         sequence: int32 array (T,), the sequence (request) each token belongs to; contiguous per sequence.
         meta: the trace's metadata (see ``docs/trace-format.md``).
         weights: optional float32 array (T, L, K) of gate weights.
+        speculative_experts: optional int array (T, L, D, M) (format 1.1): the top-M experts that the router
+            of layer ``l + d + 1`` picks from token ``t``'s hidden state at layer ``l``, by descending probability;
+            entries with ``l + d + 1 >= L`` hold 0 and mean nothing.
+        speculative_weights: optional float16/float32 array (T, L, D, M) of those experts' router probabilities
+            (softmax of the router's logits); 0 where there is no prediction. Present with the ids or not at all.
     """
 
     experts: np.ndarray
@@ -47,9 +57,33 @@ class Trace:
     meta: Mapping[str, Any]
     weights: np.ndarray | None = None
     path: str | None = field(default=None, compare=False)
+    speculative_experts: np.ndarray | None = field(default=None, compare=False)
+    speculative_weights: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         validate_arrays(self.experts, self.sequence, self.meta, self.weights)
+        validate_speculative(self.experts, self.meta, self.speculative_experts, self.speculative_weights)
+
+    @property
+    def has_speculation(self) -> bool:
+        """Whether the trace holds recorded speculative routing (format 1.1)."""
+        return self.speculative_experts is not None
+
+    def take_rows(self, rows: np.ndarray, meta: Mapping[str, Any]) -> "Trace":
+        """A new trace of the given token rows (whole sequences) with ``meta``, every optional array kept."""
+
+        def cut(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array[rows]
+
+        return Trace(
+            experts=self.experts[rows],
+            sequence=self.sequence[rows],
+            meta=meta,
+            weights=cut(self.weights),
+            path=self.path,
+            speculative_experts=cut(self.speculative_experts),
+            speculative_weights=cut(self.speculative_weights),
+        )
 
     @property
     def num_tokens(self) -> int:
@@ -87,6 +121,17 @@ class Trace:
         domains = self.meta.get("domains")
         return list(domains) if domains is not None else None
 
+    def head(self, tokens: int) -> "Trace":
+        """The first ``tokens`` tokens (the sequence they end in is cut short); named ``NAME[:tokens]``."""
+        tokens = max(1, min(int(tokens), self.num_tokens))
+        rows = np.arange(tokens)
+        meta = dict(self.meta)
+        domains = self.domains()
+        if domains is not None:
+            meta["domains"] = domains[: len(self.sequence_bounds()[self.sequence_bounds()[:, 0] < tokens])]
+        meta["name"] = f"{self.name}[:{tokens}]"
+        return self.take_rows(rows, meta)
+
     def select_sequences(self, sequence_ids: np.ndarray | list[int]) -> "Trace":
         """A new trace holding only the given sequences (by value of ``sequence``), in the given order."""
         bounds = self.sequence_bounds()
@@ -106,13 +151,7 @@ class Trace:
         meta = dict(self.meta)
         if domains is not None:
             meta["domains"] = kept_domains
-        return Trace(
-            experts=self.experts[idx],
-            sequence=self.sequence[idx],
-            meta=meta,
-            weights=None if self.weights is None else self.weights[idx],
-            path=self.path,
-        )
+        return self.take_rows(idx, meta)
 
 
 def _fail(message: str) -> None:
@@ -126,8 +165,8 @@ def validate_meta(meta: Mapping[str, Any]) -> None:
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         _fail(f"meta is missing required keys {missing}; format v1 needs {list(REQUIRED_META)}")
-    if meta["format"] != FORMAT_ID:
-        _fail(f"meta.format is {meta['format']!r}; this reader understands {FORMAT_ID!r}")
+    if meta["format"] not in READABLE_FORMATS:
+        _fail(f"meta.format is {meta['format']!r}; this reader understands {' and '.join(map(repr, READABLE_FORMATS))}")
     for key in ("num_experts", "top_k", "num_layers", "expert_bytes"):
         value = meta[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -201,6 +240,50 @@ def validate_arrays(
         if bad_w.any():
             t, l, k = (int(i) for i in np.argwhere(bad_w)[0])
             _fail(f"weight {weights[t, l, k]} at token {t}, layer {l}, rank {k} is NaN, infinite or negative")
+
+
+def validate_speculative(
+    experts: np.ndarray,
+    meta: Mapping[str, Any],
+    spec_experts: np.ndarray | None,
+    spec_weights: np.ndarray | None,
+) -> None:
+    """Validate the optional speculative routing arrays (format 1.1) against the trace they belong to."""
+    fmt = meta["format"]
+    if spec_experts is None:
+        if spec_weights is not None:
+            _fail("speculative_weights without speculative_experts; store both or neither")
+        if fmt != FORMAT_ID:
+            _fail(f"meta.format is {fmt!r} but the trace holds no speculative routing; write {FORMAT_ID!r}")
+        return
+    if fmt != FORMAT_ID_SPECULATIVE:
+        _fail(f"the trace holds speculative routing, so meta.format must be {FORMAT_ID_SPECULATIVE!r}, not {fmt!r}")
+    if spec_weights is None:
+        _fail("speculative_experts without speculative_weights; store both or neither")
+    T, L, _ = experts.shape
+    if not isinstance(spec_experts, np.ndarray) or spec_experts.ndim != 4 or spec_experts.shape[:2] != (T, L):
+        _fail(f"speculative_experts must have shape ({T}, {L}, depth, top_m), got {getattr(spec_experts, 'shape', None)}")
+    if not np.issubdtype(spec_experts.dtype, np.integer):
+        _fail(f"speculative_experts must have an integer dtype, got {spec_experts.dtype}")
+    D, M = spec_experts.shape[2:]
+    E = meta["num_experts"]
+    if D < 1 or M < 1 or M > E:
+        _fail(f"speculative_experts has depth {D} and top_m {M}; both must be >= 1 and top_m <= {E}")
+    bad = (spec_experts < 0) | (spec_experts >= E)
+    if bad.any():
+        t, l, d, m = (int(i) for i in np.argwhere(bad)[0])
+        _fail(f"speculative expert id {int(spec_experts[t, l, d, m])} out of range [0, {E}) at token {t}, layer {l}, "
+              f"distance {d + 1}, rank {m}")
+    if not isinstance(spec_weights, np.ndarray) or spec_weights.shape != spec_experts.shape:
+        _fail(f"speculative_weights must have the shape of speculative_experts {spec_experts.shape}, got "
+              f"{getattr(spec_weights, 'shape', None)}")
+    if spec_weights.dtype not in (np.float16, np.float32):
+        _fail(f"speculative_weights must be float16 or float32, got {spec_weights.dtype}")
+    bad_w = ~np.isfinite(spec_weights) | (spec_weights < 0) | (spec_weights > 1)
+    if bad_w.any():
+        t, l, d, m = (int(i) for i in np.argwhere(bad_w)[0])
+        _fail(f"speculative weight {spec_weights[t, l, d, m]} at token {t}, layer {l}, distance {d + 1}, rank {m} "
+              "is not a probability in [0, 1]")
 
 
 #: Most cells (tokens x layers x top_k) a trace may hold: 2**30, 2 GiB of int16 expert ids. Readers, importers
@@ -413,8 +496,20 @@ def load_trace(path: str | os.PathLike) -> Trace:
         weights = None
         if "weights" in members:
             weights = read_npz_member(archive, members["weights"], f"{path}: array 'weights'", same_tokens)
+        spec: dict[str, np.ndarray] = {}
+
+        def spec_size(shape: tuple[int, ...], dtype: np.dtype) -> None:
+            # (T, L, D, M) with M <= E and D at most L: never more than T * L * L * E cells
+            limit = max(experts.size, 1) * max(experts.shape[1] if experts.ndim == 3 else 1, 1) * int(
+                meta.get("num_experts", 1) if isinstance(meta.get("num_experts"), int) else 1)
+            if math.prod(shape) > limit:
+                raise TraceFormatError(f"{path}: speculative array of shape {shape} does not fit experts {experts.shape}")
+
+        for name in ("speculative_experts", "speculative_weights"):
+            if name in members:
+                spec[name] = read_npz_member(archive, members[name], f"{path}: array {name!r}", spec_size)
     try:
-        return Trace(experts=experts, sequence=sequence, meta=meta, weights=weights, path=str(path))
+        return Trace(experts=experts, sequence=sequence, meta=meta, weights=weights, path=str(path), **spec)
     except TraceFormatError as exc:
         raise TraceFormatError(f"{path}: {exc}") from None
 
@@ -458,6 +553,9 @@ def save_trace(trace: Trace, path: str | os.PathLike, *, compress: bool = True) 
     }
     if trace.weights is not None:
         arrays["weights"] = np.ascontiguousarray(trace.weights, dtype=np.float32)
+    if trace.speculative_experts is not None:
+        arrays["speculative_experts"] = np.ascontiguousarray(trace.speculative_experts)
+        arrays["speculative_weights"] = np.ascontiguousarray(trace.speculative_weights)
 
     def write(handle: Any) -> None:
         buffer = io.BytesIO()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moe_cache_env.traces.format import Trace, make_meta
+from moe_cache_env.traces.format import FORMAT_ID_SPECULATIVE, Trace, make_meta
 from moe_cache_env.traces.recording.routers import (
     RouterError,
     RouterSite,
@@ -143,6 +143,12 @@ class RecordedTrace(Trace):
     router_logits: np.ndarray | None = None
 
 
+#: ``record --speculate``'s defaults: predictions for the next 2 layers (the simulator's longest lookahead,
+#: ``MAX_LOOKAHEAD``), the 8 most probable experts of each (a top-8 model's whole selection).
+DEFAULT_SPECULATE_DEPTH = 2
+DEFAULT_SPECULATE_TOP = 8
+
+
 @dataclass
 class _LayerRows:
     """Routing of one forward pass at one MoE layer, still on the model's device."""
@@ -161,6 +167,8 @@ class _ForwardRows:
     weights: np.ndarray | None  # (T, L, K) float32
     logits: np.ndarray | None  # (T, L, E) float32
     selection: set[str]
+    spec_ids: np.ndarray | None = None  # (T, L, D, M) int64
+    spec_probs: np.ndarray | None = None  # (T, L, D, M) float32
 
 
 def _stack_to_cpu(tensors: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray:
@@ -173,10 +181,17 @@ def _stack_to_cpu(tensors: list[torch.Tensor], dtype: torch.dtype) -> np.ndarray
 class _RouterHooks:
     """Forward hooks on every router (and selection method) of a model; collects one forward at a time."""
 
-    def __init__(self, model: nn.Module, sites: list[RouterSite], record_logits: bool) -> None:
+    def __init__(
+        self, model: nn.Module, sites: list[RouterSite], record_logits: bool, speculate: int = 0, speculate_top: int = 8
+    ) -> None:
         self.model = model
         self.sites = sites
         self.record_logits = record_logits
+        self.speculate = speculate
+        self.speculate_top = speculate_top
+        # per site: (D, T, M) ids and probabilities of the later routers applied to this site's input
+        self._spec: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in sites]
+        self._suspended = False  # set while a later router runs on an earlier layer's hidden state
         self.config = text_config(model)
         self._captured: list[list[Any]] = [[] for _ in sites]
         self._selected: list[list[Any]] = [[] for _ in sites]
@@ -211,14 +226,49 @@ class _RouterHooks:
         has_selection_method = callable(getattr(site.block, "route_tokens_to_experts", None))
 
         def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if self._suspended:
+                return
             output = _detach(output)
             self._captured[i].append(output)
+            if self.speculate:
+                self._spec[i].append(self._speculate(i, args))
             if self._rule is None and not has_selection_method and not _holds_ids(output):
                 # Logits only: choose the recompute rule now, so that a selection that must never be
                 # recomputed (DeepSeek-V3 style) stops the forward pass with a clear error.
                 self._rule = routing_rule_for(self.config, module)
 
         return hook
+
+    def _speculate(self, i: int, args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the routers of layers i+1..i+D to the hidden state router i was just given.
+
+        That input is known when the layer starts, before its experts run, which is when the simulator's
+        predictor is asked (docs/recording.md). Returns (D, T, M) ids and softmax probabilities; distances that
+        run past the last layer are zeros.
+        """
+        hidden = args[0] if isinstance(args, tuple) and args else None
+        if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point():
+            raise RouterError(f"router {self.sites[i].name} was not called with a hidden-state tensor; cannot speculate")
+        num_tokens = hidden.numel() // hidden.shape[-1]
+        m = self.speculate_top
+        ids = torch.zeros((self.speculate, num_tokens, m), dtype=torch.int64, device=hidden.device)
+        probs = torch.zeros((self.speculate, num_tokens, m), dtype=torch.float32, device=hidden.device)
+        self._suspended = True
+        try:
+            for d in range(1, self.speculate + 1):
+                if i + d >= len(self.sites):
+                    break
+                later = self.sites[i + d]
+                out = later.module(hidden)
+                logits = decode_router_output(_detach(out), num_tokens, later.num_experts, later.logits_index).logits
+                if logits is None:
+                    raise RouterError(f"router {later.name} does not expose its logits; record without --speculate")
+                p = torch.softmax(logits.reshape(num_tokens, -1).float(), dim=-1)
+                top = torch.topk(p, m, dim=-1)  # sorted: rank 0 is the most probable
+                ids[d - 1], probs[d - 1] = top.indices, top.values
+        finally:
+            self._suspended = False
+        return ids, probs
 
     def _selection_wrapper(self, i: int, route: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -245,11 +295,20 @@ class _RouterHooks:
             raise RouterError(f"MoE layers select different numbers of experts {sorted(ks)}; format v1 needs one top-k")
         weights = [r.weights for r in rows]
         logits = [r.logits for r in rows]
+        spec_ids = spec_probs = None
+        if self.speculate:
+            spec = [self._spec[i].pop() for i in range(len(self.sites))]
+            self._spec = [[] for _ in self.sites]
+            # (D, T, M) per layer -> (T, L, D, M)
+            spec_ids = torch.stack([s[0] for s in spec], dim=0).permute(2, 0, 1, 3).cpu().numpy()
+            spec_probs = torch.stack([s[1] for s in spec], dim=0).permute(2, 0, 1, 3).cpu().numpy()
         return _ForwardRows(
             ids=_stack_to_cpu([r.ids for r in rows], torch.int64),
             weights=_stack_to_cpu(weights, torch.float32) if all(w is not None for w in weights) else None,
             logits=_stack_to_cpu(logits, torch.float32) if all(x is not None for x in logits) else None,
             selection={r.selection for r in rows},
+            spec_ids=spec_ids,
+            spec_probs=spec_probs,
         )
 
     def _resolve(self, site: RouterSite, output: Any, selected: list[Any], num_tokens: int) -> _LayerRows:
@@ -384,8 +443,13 @@ class _PhaseBuffer:
         self.sequence: list[np.ndarray] = []
         self.sequence_order: list[int] = []
         self.selection: set[str] = set()
+        self.spec_ids: list[np.ndarray] = []
+        self.spec_probs: list[np.ndarray] = []
 
     def add(self, seq_id: int, rows: _ForwardRows) -> None:
+        if rows.spec_ids is not None:
+            self.spec_ids.append(rows.spec_ids)
+            self.spec_probs.append(rows.spec_probs)  # type: ignore[arg-type]
         self.ids.append(rows.ids)
         self.weights.append(rows.weights)
         self.logits.append(rows.logits)
@@ -440,6 +504,17 @@ def _build_trace(
     if record_logits:
         logits = np.concatenate(buffer.logits, axis=0).astype(np.float32)  # type: ignore[arg-type]
     kept_domains = None if domains is None else [domains[i] for i in buffer.sequence_order]
+    spec_ids = spec_probs = None
+    if buffer.spec_ids:
+        spec_ids = np.concatenate(buffer.spec_ids, axis=0).astype(ids_dtype(num_experts))
+        spec_probs = np.concatenate(buffer.spec_probs, axis=0).astype(np.float16)
+        meta_extra["format"] = FORMAT_ID_SPECULATIVE
+        meta_extra["speculation"] = {
+            "depth": int(spec_ids.shape[2]),
+            "top_m": int(spec_ids.shape[3]),
+            "rule": "the routers of layers l+1..l+depth applied to the input of layer l's router; top_m experts "
+            "by softmax probability of their logits, descending",
+        }
     meta = make_meta(
         model=base_meta["model"],
         num_experts=num_experts,
@@ -457,6 +532,8 @@ def _build_trace(
         meta=meta,
         weights=weights,
         router_logits=logits,
+        speculative_experts=spec_ids,
+        speculative_weights=spec_probs,
     )
 
 
@@ -473,6 +550,8 @@ def record_routing(
     device: Any = None,
     stop_at_eos: bool = True,
     prompts_file: str | None = None,
+    speculate: int = 0,
+    speculate_top: int = DEFAULT_SPECULATE_TOP,
 ) -> dict[str, RecordedTrace]:
     """Run ``model`` over token sequences and return their routing as v1 traces.
 
@@ -488,6 +567,10 @@ def record_routing(
         device: where to run; the model is moved there if it is elsewhere. Default: the model's device.
         stop_at_eos: end a sequence's decoding when the model emits an end-of-sequence token.
         prompts_file: the file the prompts came from, for the provenance.
+        speculate: also record, for each token and layer l, what the routers of layers l+1..l+speculate pick
+            from layer l's router input (their ``speculate_top`` most probable experts and probabilities): the
+            traces become format 1.1 with ``speculative_experts`` / ``speculative_weights``. 0: not recorded.
+        speculate_top: experts kept per speculative prediction (at most the model's expert count).
 
     Returns:
         ``{"prefill": trace}`` plus ``"decode"`` when ``max_new_tokens > 0``. Each trace's ``sequence`` value is
@@ -498,7 +581,14 @@ def record_routing(
     vocab = getattr(config, "vocab_size", None)
     sequences = _as_token_lists(sequences, vocab if isinstance(vocab, int) else None)
     _check_options(len(sequences), domains, max_new_tokens)
+    for key, value in (("speculate", speculate), ("speculate_top", speculate_top)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "speculate" else 1):
+            raise ValueError(f"{key} must be a {'non-negative' if key == 'speculate' else 'positive'} integer, "
+                             f"got {value!r}")
     sites = find_router_sites(model)
+    if speculate >= len(sites):
+        raise ValueError(f"speculate={speculate} reaches past the model's {len(sites)} MoE layers; "
+                         f"use at most {len(sites) - 1}")
     num_experts_set = {site.num_experts for site in sites}
     if None in num_experts_set or len(num_experts_set) != 1:
         raise RouterError(f"MoE layers disagree on or hide their expert count: {sorted(map(str, num_experts_set))}")
@@ -508,6 +598,8 @@ def record_routing(
         if len(sizes) != 1:
             raise RouterError(f"expert sizes differ across MoE layers {sorted(sizes)}; pass expert_bytes")
         expert_bytes = sizes.pop()
+    if speculate_top > num_experts:
+        raise ValueError(f"speculate_top={speculate_top} exceeds the model's {num_experts} experts per layer")
     if isinstance(expert_bytes, bool) or not isinstance(expert_bytes, int) or expert_bytes < 1:
         raise ValueError(f"expert_bytes must be a positive integer, got {expert_bytes!r}")
 
@@ -557,7 +649,7 @@ def record_routing(
     was_training = model.training
     model.eval()  # training mode adds router jitter and (Phi-MoE) samples experts
     try:
-        with torch.inference_mode(), _RouterHooks(model, sites, record_logits) as hooks:
+        with torch.inference_mode(), _RouterHooks(model, sites, record_logits, speculate, speculate_top) as hooks:
             for seq_id, tokens in enumerate(sequences):
                 input_ids = torch.tensor([tokens], dtype=torch.long, device=run_device)
                 out = model(input_ids=input_ids, use_cache=max_new_tokens > 0, **last_only)

@@ -89,5 +89,5 @@ def split_trace(trace: Trace, fractions: Sequence[float] = DEFAULT_FRACTIONS, se
         part = trace.select_sequences(ids)
         meta = dict(part.meta)
         meta["name"] = f"{trace.name}#{name}"
-        out[name] = Trace(experts=part.experts, sequence=part.sequence, meta=meta, weights=part.weights, path=part.path)
+        out[name] = part.take_rows(np.arange(part.num_tokens), meta)
     return out

@@ -40,19 +40,21 @@ def _paths_in(record: dict) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo,env_id,n_envs", [
-    ("ppo", "MoECache-v0", 2),  # on-policy, environments in subprocesses
-    ("dqn", "moe_cache_env:MoECache-Discrete-v0", 1),  # off-policy: the replay buffer and exploration
-    ("sac", "MoECache-v0", 1),
+@pytest.mark.parametrize("algo,env_id,n_envs,backend", [
+    ("ppo", "MoECache-v0", 2, "subproc"),  # on-policy, environments in subprocesses
+    ("ppo", "MoECache-v0", 2, "native"),  # the native vector environment, its VecMonitor mid-episode
+    ("dqn", "moe_cache_env:MoECache-Discrete-v0", 1, "native"),  # off-policy: the replay buffer and exploration
+    ("sac", "MoECache-v0", 1, "dummy"),
 ])
-def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, algo, env_id, n_envs):
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path, algo, env_id, n_envs, backend):
     from moe_cache_env.agents.sb3 import _algo_class, resume, train
 
     hp = tmp_path / f"{algo}.yml"
     hp.write_text(HYPERPARAMS[algo])
     kwargs = dict(n_envs=n_envs, eval_freq=16, eval_episodes=1, checkpoint_freq=32, hyperparams_path=hp,
-                  overrides=SMALL, progress_bar=False)
+                  overrides=SMALL, progress_bar=False, vec_backend=backend)
     full = train(algo, env_id, 64, 3, tmp_path / "full", **kwargs)
+    assert full["vec_backend"] == backend
     assert full["timesteps_done"] >= 64 and not full["interrupted"]
     # the end of a finished run is a checkpoint too, so that it can go on with a larger total
     assert full["resume_checkpoint"].endswith(f"{algo}_{full['timesteps_done']}_steps.resume.pkl")

@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--speculate", type=int, default=0, metavar="D",
+                        help="record speculative routing D layers ahead (record --speculate; 0: off)")
+    parser.add_argument("--speculate-top", type=int, default=8, metavar="M")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         "byte-level LM trained from scratch on code, English prose and structured text (traces/learned/), "
         "recorded on held-out documents"
     )
-    common = dict(expert_bytes=expert_bytes, model_name=args.model_name, source=source, device=device)
+    common = dict(expert_bytes=expert_bytes, model_name=args.model_name, source=source, device=device,
+                  speculate=args.speculate, speculate_top=args.speculate_top)
 
     started = time.perf_counter()
     prefill = record_routing(model, sequences, max_new_tokens=0, domains=domains, **common)["prefill"]
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out_dir)
     for phase, recorded in (("prefill", prefill), ("decode", decode)):
         meta = dict(recorded.meta, name=f"{args.name}-{phase}", training=training)
-        trace = Trace(experts=recorded.experts, sequence=recorded.sequence, meta=meta, weights=recorded.weights)
+        trace = Trace(experts=recorded.experts, sequence=recorded.sequence, meta=meta, weights=recorded.weights,
+                      speculative_experts=recorded.speculative_experts,
+                      speculative_weights=recorded.speculative_weights)
         path = save_trace(trace, out_dir / f"{args.name}-{phase}.npz")
         card = build_card(
             trace, phase, run_record, args, path=path, record_seconds=prefill_s if phase == "prefill" else decode_s

@@ -28,4 +28,4 @@ $PY traces/learned/train_moe.py --corpus "$CORPUS" --out-dir "$RUN_DIR" --steps 
     ${TRAIN_ARGS:-} 2>&1 | tee -a "$OUT/train.log"
 cp "$RUN_DIR/loss.csv" "$RUN_DIR/train_run.json" "$OUT/"
 $PY traces/learned/record_traces.py --run-dir "$RUN_DIR" --corpus "$CORPUS" --out-dir "$OUT/traces" \
-    --prefill-per-domain "$PREFILL_PER_DOMAIN" --decode-per-domain "$DECODE_PER_DOMAIN" 2>&1 | tee -a "$OUT/train.log"
+    --prefill-per-domain "$PREFILL_PER_DOMAIN" --decode-per-domain "$DECODE_PER_DOMAIN" ${RECORD_ARGS:-} 2>&1 | tee -a "$OUT/train.log"
