@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "clairvoyant; the zoo (docs/policies.md): fifo, lfu, lfru, least-stale, mrs, hot-set, "
                              "layer-alloc, activation-aware (the last three fit on --fit-trace, else on the trace's "
                              "first quarter of sequences); agents conservative, aggressive, balanced, dynamic, "
-                             "random, or ALGO:PATH (a saved SB3 model)")
+                             "random, or ALGO:PATH (a saved SB3 model); learned:PATH, a learned eviction rule "
+                             "(experiments/eviction/), replayed on lru's cache with its decision time")
     parser.add_argument("--env", default="MoECache-v0",
                         help="environment whose actions and windows agents use (default: %(default)s)")
     parser.add_argument("--predictor", default="cross-layer",
@@ -127,6 +128,19 @@ def evaluate_agent(spec: str, trace_name: str, trace, config, env_id: str, seed:
     return evaluate_agent_on_trace(spec, trace_name, trace.num_tokens, config, resolve_env_id(env_id), seed)
 
 
+#: ``learned:PATH``: a learned eviction rule saved by ``agents.eviction`` (``sim/evict.py``)
+LEARNED_PREFIX = "learned:"
+
+
+def evaluate_learned_policy(spec: str, trace, config, seed: int) -> dict[str, Any]:
+    """A saved learned eviction rule replayed on the ``lru``/``belady`` cache and schedule, its measured decision
+    time added to every layer (``SimConfig.decision_ms``)."""
+    from moe_cache_env.sim.evict import EvictionModel, evaluate_learned
+
+    model = EvictionModel.load(spec[len(LEARNED_PREFIX):])
+    return evaluate_learned(trace, config, model, seed=seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from moe_cache_env._io import atomic_write_json, check_output_not_input
     from moe_cache_env.sim.config import Controls, SimConfig, WorkloadConfig, default_capacity, split_capacity
@@ -134,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
     from moe_cache_env.sim.simulator import check_geometry
     from moe_cache_env.cli._common import load_named_trace
 
-    check_output_not_input(args.json, args.trace, args.fit_trace, args.profile)
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    models = [p[len(LEARNED_PREFIX):] for p in policies if p.startswith(LEARNED_PREFIX)]
+    check_output_not_input(args.json, args.trace, args.fit_trace, args.profile, *models)
     unknown = [p for p in policies if p not in POLICIES and p not in AGENT_POLICIES and ":" not in p]
     if unknown:
         raise CommandError(
@@ -191,16 +206,20 @@ def run(args: argparse.Namespace) -> int:
                 from moe_cache_env.gpu.decision_log import save_log
 
                 save_log(result["decision_log"], log_paths[policy])
+        elif policy.startswith(LEARNED_PREFIX):
+            result = {"metrics": evaluate_learned_policy(policy, trace, config, args.seed)}
         else:
             result = {"metrics": evaluate_agent(policy, args.trace, trace, config, args.env, args.seed)}
         progress.update(1, policy)
         entry = dict(result["metrics"])
-        entry["kind"] = POLICY_KINDS.get(policy, "agent")
+        entry["kind"] = POLICY_KINDS.get(policy, "policy" if policy.startswith(LEARNED_PREFIX) else "agent")
         if policy in POLICIES:
             used, _ = policy_setup(trace, policy, config, controls)
             predictor = None if used.predictor == "none" else used.predictor
             tiers = [used.cache.l1_slots, used.cache.l2_slots, used.cache.l3_slots]
             eviction = used.eviction
+        elif policy.startswith(LEARNED_PREFIX):
+            predictor, tiers, eviction = None, [cache.total_slots, 0, 0], "learned"
         else:
             predictor, tiers, eviction = args.predictor, [cache.l1_slots, cache.l2_slots, cache.l3_slots], "weighted"
         entry["config"] = {

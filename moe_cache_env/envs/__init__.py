@@ -18,7 +18,10 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
   (``traces/learned/``: 12 layers, 64 experts, top-8, three text domains), replayed with OLMoE-1B-7B's expert
   size (3 x 2048 x 1024 bf16 = 12,582,912 bytes) and tiers 8 / 10 / 20 of 64 experts per layer.
 
-Every id also has a native vector environment (``moe_cache_env/envs/vector.py``):
+Another class, :class:`moe_cache_env.envs.evict.MoECacheEvictEnv`, is registered as ``MoECache-Evict-v0``: one
+decision per eviction of a one-tier demand-only cache (``docs/environment.md``).
+
+Every id above also has a native vector environment (``moe_cache_env/envs/vector.py``):
 ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``.
 
 Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`` merges onto them) and
@@ -35,6 +38,9 @@ import gymnasium
 
 
 ENTRY_POINT = "moe_cache_env.envs.moe_cache:MoECacheEnv"
+#: the eviction environment: another class, its own config (``moe_cache_env.envs.evict``)
+EVICT_ID = "MoECache-Evict-v0"
+
 #: ``gymnasium.make_vec(id, num_envs=N, vectorization_mode="vector_entry_point")``: one compiled call per step
 VECTOR_ENTRY_POINT = "moe_cache_env.envs.vector:MoECacheVectorEnv"
 
@@ -111,6 +117,9 @@ def register_envs() -> None:
             id=env_id, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT, max_episode_steps=steps,
             kwargs={"base_config": copy.deepcopy(overrides)},
         )
+    if EVICT_ID not in gymnasium.registry:
+        # one decision per eviction (moe_cache_env/envs/evict.py); episodes end with their replay
+        gymnasium.register(id=EVICT_ID, entry_point="moe_cache_env.envs.evict:MoECacheEvictEnv")
 
 
 def _is_cache_env(spec: Any) -> bool:
