@@ -83,7 +83,10 @@ def make_env(env_id: str, split: str = "test", overrides: dict[str, Any] | None 
         config[key] = value
     steps = config.get("max_episode_steps")
     kwargs.setdefault("max_episode_steps", int(steps) if isinstance(steps, int) and steps > 0 else None)
-    return gym.make(canonical, config=config, **kwargs)
+    from moe_cache_env.envs import kept_versions_quiet
+
+    with kept_versions_quiet():
+        return gym.make(canonical, config=config, **kwargs)
 
 
 def run_episode(env: gym.Env, agent: Agent, seed: int, episode: int = 0,

@@ -38,9 +38,12 @@ def make_native_vec_env(env_id: str, split: str, n_envs: int,
     config["split"] = split
     config.update(overrides or {})
     steps = config.get("max_episode_steps")
-    venv = gym.make_vec(canonical, num_envs=int(n_envs), vectorization_mode="vector_entry_point", config=config,
-                        max_episode_steps=int(steps) if isinstance(steps, int) and steps > 0 else None,
-                        autoreset_mode=AutoresetMode.SAME_STEP)
+    from moe_cache_env.envs import kept_versions_quiet
+
+    with kept_versions_quiet():
+        venv = gym.make_vec(canonical, num_envs=int(n_envs), vectorization_mode="vector_entry_point", config=config,
+                            max_episode_steps=int(steps) if isinstance(steps, int) and steps > 0 else None,
+                            autoreset_mode=AutoresetMode.SAME_STEP)
     return NativeVecEnv(venv.unwrapped)
 
 

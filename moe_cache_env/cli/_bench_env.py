@@ -58,7 +58,8 @@ def _native_env_run(env_id: str, num_envs: int, windows: int, seed: int) -> dict
     import moe_cache_env.envs  # noqa: F401
 
     start = time.perf_counter()
-    venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+    with moe_cache_env.envs.kept_versions_quiet():
+        venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     inner = venv.unwrapped
     venv.action_space.seed(seed)
     venv.reset(seed=seed)

@@ -31,8 +31,10 @@ Each id registers its settings as ``base_config`` (``gym.make(id, config={...})`
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import gymnasium
 
@@ -120,6 +122,18 @@ def register_envs() -> None:
     if EVICT_ID not in gymnasium.registry:
         # one decision per eviction (moe_cache_env/envs/evict.py); episodes end with their replay
         gymnasium.register(id=EVICT_ID, entry_point="moe_cache_env.envs.evict:MoECacheEvictEnv")
+
+
+@contextlib.contextmanager
+def kept_versions_quiet() -> Iterator[None]:
+    """Silence Gymnasium's "environment X-v0 is out of date" warning inside the block.
+
+    ``MoECache-v0`` stays registered beside ``MoECache-v1`` on purpose (results quoted on v0 reproduce), so the
+    command line, which makes the id the user named, does not warn about it; ``gymnasium.make`` called directly
+    still does, as Gymnasium does for every older version."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is out of date\. You should consider upgrading")
+        yield
 
 
 def _is_cache_env(spec: Any) -> bool:

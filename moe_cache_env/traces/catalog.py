@@ -82,7 +82,7 @@ def list_bundled_traces() -> dict[str, Path]:
     return dict(sorted(found.items()))
 
 
-#: short names of bundled traces that the docs and the issue tracker use; a full or file name works as well
+#: short names of bundled traces that the docs and the issues use; a full or file name works as well
 ALIASES = {
     "learned-decode": "learned/tiny-olmoe-12L-64E-decode",
     "learned-prefill": "learned/tiny-olmoe-12L-64E-prefill",
