@@ -167,7 +167,8 @@ def run(args: argparse.Namespace) -> int:
     unloggable = [p for p in log_paths if p not in POLICIES or p == "clairvoyant"]
     if unloggable:
         raise CommandError(f"--decision-log logs the simulator's own policies; {unloggable} cannot be logged "
-                           "(agents act through the environment; clairvoyant keeps the better of two replays)")
+                           "(learned:PATH rules run in the eviction replay, sim/evict.py, which writes no log; "
+                           "clairvoyant keeps the better of two replays)")
     fit_trace = load_named_trace(args.fit_trace) if args.fit_trace else None
     capacity = args.capacity
     if capacity is None:
