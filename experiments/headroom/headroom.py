@@ -39,11 +39,10 @@ import numpy as np
 
 from moe_cache_env._io import atomic_write, atomic_write_json, atomic_write_text
 from moe_cache_env.agents.baselines import StaticAgent
+from moe_cache_env.agents.compare import bounds_for_episode
 from moe_cache_env.agents.evaluation import make_env, run_episode, threshold_grid
-from moe_cache_env.envs.moe_cache import episode_trace
 from moe_cache_env.envs.reward import reward_terms
 from moe_cache_env.sim.config import Controls
-from moe_cache_env.sim.evaluate import EvaluationRequest, evaluate
 
 #: the extended controls tried: thresholds x lookahead x prefetch budget x eviction weights (recency,
 #: frequency, confidence); every other control at its default
@@ -182,15 +181,8 @@ def check_replay_matches_env(env, seed: int) -> None:
 def eviction_row(env, seed: int) -> dict[str, float]:
     """ms/token of the demand-only caches on the episode's trace and schedule (the whole episode, warm-up
     included: these replays have no agent)."""
-    _, info = env.reset(seed=seed)
-    spec = info["episode_spec"]
-    config = env.unwrapped.config
-    trace = episode_trace(config, spec)
-    out = {}
-    for policy in EVICTION_POLICIES:
-        request = EvaluationRequest(policy=policy, config=config.sim, seed=int(spec["sim_seed"]))
-        out[policy] = evaluate(trace, request)["metrics"]["mean_latency_ms"]
-    return out
+    metrics = bounds_for_episode(env, seed, EVICTION_POLICIES)
+    return {policy: m["mean_latency_ms"] for policy, m in metrics.items()}
 
 
 def run_scenario(s: dict[str, Any], episodes: int) -> dict[str, Any]:

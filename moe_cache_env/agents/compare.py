@@ -33,9 +33,10 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(a.mean()), "std": float(a.std())}
 
 
-def bounds_for_episode(env, seed: int) -> dict[str, dict[str, Any]]:
-    """Reference metrics on the episode ``env.reset(seed=seed)`` plays: the same trace, the same workload
-    schedule (the simulator's seed), through the environment's public ``info["episode_spec"]`` record."""
+def bounds_for_episode(env, seed: int, policies: Sequence[str] = BOUNDS) -> dict[str, dict[str, Any]]:
+    """Reference metrics of ``policies`` (default: the bounds) on the episode ``env.reset(seed=seed)`` plays: the
+    same trace, the same workload schedule (the simulator's seed), through the environment's public
+    ``info["episode_spec"]`` record."""
     from moe_cache_env.envs.moe_cache import episode_trace
     from moe_cache_env.sim.evaluate import EvaluationRequest, evaluate
 
@@ -44,7 +45,7 @@ def bounds_for_episode(env, seed: int) -> dict[str, dict[str, Any]]:
     config = env.unwrapped.config
     trace = episode_trace(config, episode)
     out = {}
-    for policy in BOUNDS:
+    for policy in policies:
         request = EvaluationRequest(policy=policy, config=config.sim, seed=int(episode["sim_seed"]))
         out[policy] = evaluate(trace, request)["metrics"]
     return out

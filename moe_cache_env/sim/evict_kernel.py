@@ -24,7 +24,9 @@ import numpy as np
 from numba import njit
 
 from moe_cache_env.sim import kernel as K
-from moe_cache_env.sim.timing import per_expert_finish_ms, seed_compute_ms, seed_layer_ms, timeline_layer_ms
+from moe_cache_env.sim.timing import (
+    per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
+)
 
 # ---- who picks the victim --------------------------------------------------------------------------------------
 POL_AGENT = 0  # stop and return: the caller picks (the environment)
@@ -319,17 +321,7 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
             now = link[1]
             pool = 0 if is_global else l
             dur = transfer_ms / link_share[s]
-            nneed = 0
-            for b in range(nt):
-                t = sched_tokens[s, b]
-                for k in range(Kk):
-                    e = experts[t, l, k]
-                    if mark[e] != event:
-                        mark[e] = event
-                        ntok[e] = 0
-                        needed[nneed] = e
-                        nneed += 1
-                    ntok[e] += 1
+            nneed = step_layer_experts(sched_tokens, s, nt, experts, l, Kk, event, mark, ntok, needed)
             covered = 0
             ready = now
             nmiss = 0

@@ -18,7 +18,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit
 
-from moe_cache_env.sim.timing import NUM_SEED, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, timeline_layer_ms
+from moe_cache_env.sim.timing import (
+    NUM_SEED, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
+)
 
 # error_model="numpy": divisions follow IEEE rules instead of checking for zero and raising, which keeps
 # branches out of the per-event loop (every division here has a nonzero divisor by construction).
@@ -632,17 +634,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
             if layer_caps_on:
                 caps[0] = layer_caps[s, l]  # this layer's share of the global budget (one tier)
             # ---- 1. the step's experts at this layer, deduplicated over the batch ----------------------------
-            nneed = 0
-            for b in range(nt):
-                t = step_tokens[s, b]
-                for k in range(K):
-                    e = experts[t, l, k]
-                    if mark[e] != event:
-                        mark[e] = event
-                        ntok[e] = 0
-                        needed[nneed] = e
-                        nneed += 1
-                    ntok[e] += 1
+            nneed = step_layer_experts(step_tokens, s, nt, experts, l, K, event, mark, ntok, needed)
             # ---- 2. what is already on the GPU ----------------------------------------------------------------
             if not seed_timing:
                 _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)

@@ -102,6 +102,25 @@ def per_expert_finish_ms(now, arrival, compute, n, order):
     return t
 
 
+@njit(cache=True, inline="always")
+def step_layer_experts(step_tokens, s, nt, experts, l, K, event, mark, ntok, needed):
+    """The distinct experts that the ``nt`` tokens of step ``s`` need at layer ``l``: written to ``needed[:n]``
+    (``n`` returned) in first-use order, with ``ntok[e]`` the tokens that need expert ``e``. ``mark[e] == event``
+    flags the experts already counted for ``event``, so ``mark`` is never cleared between events."""
+    n = 0
+    for b in range(nt):
+        t = step_tokens[s, b]
+        for k in range(K):
+            e = experts[t, l, k]
+            if mark[e] != event:
+                mark[e] = event
+                ntok[e] = 0
+                needed[n] = e
+                n += 1
+            ntok[e] += 1
+    return n
+
+
 @njit(cache=True, error_model="numpy")
 def demand_all_step_latency(step_tokens, step_ntokens, experts, num_experts, ctab, transfer_ms, link_share,
                             layer_overhead_ms, seed_timing, seed_tab, s0, s1, out):
@@ -116,18 +135,7 @@ def demand_all_step_latency(step_tokens, step_ntokens, experts, num_experts, cta
         nt = step_ntokens[s]
         total = 0.0
         for l in range(L):
-            ev = s * L + l
-            nneed = 0
-            for b in range(nt):
-                t = step_tokens[s, b]
-                for k in range(K):
-                    e = experts[t, l, k]
-                    if mark[e] != ev:
-                        mark[e] = ev
-                        ntok[e] = 0
-                        needed[nneed] = e
-                        nneed += 1
-                    ntok[e] += 1
+            nneed = step_layer_experts(step_tokens, s, nt, experts, l, K, s * L + l, mark, ntok, needed)
             if seed_timing:
                 total += seed_layer_ms(0, 0, nneed, nneed, seed_tab)
             else:
