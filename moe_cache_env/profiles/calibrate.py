@@ -1082,6 +1082,7 @@ def build_profile(
         compute_at_batch = float(np.interp(batch, [c["tokens"] for c in compute], graph_ms))
         profile["host"] = summarize_host(host, profile["non_expert"]["default_ms"], compute_at_batch)
         profile["host_decision_ms"] = profile["host"]["decision_ms"]
+        profile["expert_launch_ms"] = profile["host"]["expert_launch_ms"]
     if checks:
         profile["checks"] = dict(checks)
     return profile

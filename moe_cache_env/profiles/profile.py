@@ -86,6 +86,10 @@ class HardwareProfile:
             measured one (see :meth:`non_expert_ms` for other batches and contexts).
         host_decision_ms: the host's per-layer decision cost (router sync, copy issue, expert launches beyond
             their device time), measured by ``calibrate`` (``host.decision_ms``); 0 where not measured.
+        expert_launch_ms: the host's time to launch one expert's kernels (an expert cannot start before its
+            launch, so a layer of resident experts is launch-bound), measured by ``calibrate``
+            (``host.expert_launch_ms``); 0 where not measured, and for an engine that launches a layer's experts
+            as one grouped kernel or CUDA graph.
         seed_table: the seed's table-driven latencies (only in seed-style profiles), used by ``timing="seed"``.
         raw: everything else in the file (measurements, provenance), kept verbatim.
     """
@@ -100,6 +104,7 @@ class HardwareProfile:
     seed_table: Mapping[str, float] | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     host_decision_ms: float = 0.0
+    expert_launch_ms: float = 0.0
 
     def non_expert_ms(self, batch: int | None = None, context: int | None = None) -> float:
         """Non-expert time per layer at ``batch`` tokens of ``context`` context (ms).
@@ -165,6 +170,8 @@ class HardwareProfile:
         )
         if self.host_decision_ms or "host_decision_ms" in self.raw:
             data["host_decision_ms"] = self.host_decision_ms
+        if self.expert_launch_ms or "expert_launch_ms" in self.raw:
+            data["expert_launch_ms"] = self.expert_launch_ms
         if self.seed_table is not None:
             data["seed_table"] = dict(self.seed_table)
         return data
@@ -323,6 +330,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
         raise ProfileError(f"{where}: compute.ms must be positive finite times, got {ms}")
     layer_overhead = _number(data, "layer_overhead_ms", where) if "layer_overhead_ms" in data else 0.0
     host_decision = _number(data, "host_decision_ms", where) if "host_decision_ms" in data else 0.0
+    expert_launch = _number(data, "expert_launch_ms", where) if "expert_launch_ms" in data else 0.0
     _check_optional_sections(data, where)
     seed_table = data.get("seed_table")
     if seed_table is not None:
@@ -340,6 +348,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
         seed_table=seed_table,
         raw=dict(data),
         host_decision_ms=host_decision,
+        expert_launch_ms=expert_launch,
     )
 
 

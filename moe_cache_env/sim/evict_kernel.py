@@ -25,7 +25,7 @@ from numba import njit
 
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.timing import (
-    per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
+    launch_wait_ms, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
 )
 
 # ---- who picks the victim --------------------------------------------------------------------------------------
@@ -280,6 +280,7 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
     host_ms = fconf[2]
     decay = fconf[3]
     max_cap = fconf[4]
+    launch_ms = fconf[5]
     S = sched_tokens.shape[0]
     P = cnt.shape[0]
     M = mem.shape[1]
@@ -428,10 +429,18 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
                 stall = finish - now - compute_ms
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
+                if launch_ms > 0.0:
+                    layer_ms += launch_wait_ms(now, finish, x_arrival, x_compute, nneed, x_order, launch_ms)
             else:
                 stall = ready - now
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
+                if launch_ms > 0.0:
+                    for n in range(nneed):  # a fused layer's experts all wait for its last copy
+                        x_arrival[n] = ready
+                        x_compute[n] = ctab[ntok[needed[n]]]
+                    layer_ms += launch_wait_ms(now, now + stall + compute_ms, x_arrival, x_compute, nneed, x_order,
+                                               launch_ms)
             counters[K.C_COMPUTE_MS] += compute_ms
             link[1] = now + layer_ms
             step_latency_ms[s] += layer_ms

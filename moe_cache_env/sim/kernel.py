@@ -19,7 +19,8 @@ import numpy as np
 from numba import njit
 
 from moe_cache_env.sim.timing import (
-    NUM_SEED, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
+    NUM_SEED, launch_wait_ms, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts,
+    timeline_layer_ms,
 )
 
 # error_model="numpy": divisions follow IEEE rules instead of checking for zero and raising, which keeps
@@ -117,7 +118,8 @@ F_ORACLE_ACC = 3
 F_SEED_H2D_1 = 4  # the seed table, NUM_SEED values in timing.SEED_* order
 F_MRS_ALPHA = F_SEED_H2D_1 + NUM_SEED  # EV_MRS: weight of the previous score per step
 F_HOST_MS = F_MRS_ALPHA + 1  # the host's per-layer decision time (profile) plus the policy's own
-NUM_FCONF = F_HOST_MS + 1
+F_LAUNCH_MS = F_HOST_MS + 1  # the host's time to launch one expert (profile; 0: launches are free)
+NUM_FCONF = F_LAUNCH_MS + 1
 
 # ---- link scalars ----------------------------------------------------------------------------------------------
 L_BUSY_UNTIL = 0
@@ -597,6 +599,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
     pmark = scratch.pmark  # experts of the target layer pinned by this event's prediction pass
     per_expert = iconf[I_PER_EXPERT] == 1
     host_ms = fconf[F_HOST_MS]
+    launch_ms = fconf[F_LAUNCH_MS]
     x_arrival, x_compute, x_order = scratch.x_arrival, scratch.x_compute, scratch.x_order
     cand, top, cal_table, caps, n_admitted, route_sum = scratch.cand, scratch.top, scratch.cal_table, scratch.caps, \
         scratch.n_admitted, scratch.route_sum
@@ -952,10 +955,18 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 stall = finish - now - compute_ms
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
+                if launch_ms > 0.0:
+                    layer_ms += launch_wait_ms(now, finish, x_arrival, x_compute, nneed, x_order, launch_ms)
             else:
                 stall = ready - now
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
+                if launch_ms > 0.0:
+                    for n in range(nneed):  # a fused layer's experts all wait for its last copy
+                        x_arrival[n] = ready
+                        x_compute[n] = ctab[ntok[needed[n]]]
+                    layer_ms += launch_wait_ms(now, now + stall + compute_ms, x_arrival, x_compute, nneed, x_order,
+                                               launch_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
             # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back;

@@ -81,10 +81,12 @@ def timeline_layer_ms(stall_ms, compute_ms, layer_overhead_ms):
 
 
 @njit(cache=True, error_model="numpy")
-def per_expert_finish_ms(now, arrival, compute, n, order):
+def per_expert_finish_ms(now, arrival, compute, n, order, launch_ms=0.0):
     """When a layer whose experts each compute as soon as their own copy has landed finishes (``per-expert``
     execution): experts run one after another on the GPU, in order of arrival (resident ones first, arrival
-    ``now``), each starting at ``max(previous finish, its arrival)``. ``order`` is scratch space of size n."""
+    ``now``), each starting at ``max(previous finish, its arrival)``. With ``launch_ms`` > 0 the host launches
+    them one by one from ``now``, ``launch_ms`` each, and the i-th to run cannot start before its launch
+    (``now + (i + 1) * launch_ms``). ``order`` is scratch space of size n."""
     for i in range(n):
         order[i] = i
     # insertion sort by arrival (a layer has at most a few dozen experts); ties keep the request order
@@ -98,8 +100,22 @@ def per_expert_finish_ms(now, arrival, compute, n, order):
         k = order[i]
         if arrival[k] > t:
             t = arrival[k]
+        launched = now + (i + 1) * launch_ms
+        if launched > t:
+            t = launched
         t += compute[k]
     return t
+
+
+@njit(cache=True, error_model="numpy")
+def launch_wait_ms(now, finish, arrival, compute, n, order, launch_ms):
+    """How much later than ``finish`` (its end with free launches) a layer ends when the host launches its
+    experts one by one, ``launch_ms`` each from ``now`` (an engine that runs each expert as its own kernels from
+    Python; a grouped kernel or a CUDA graph has ``launch_ms`` = 0). ``arrival[i]`` is when expert i may start
+    (its copy's landing, or the whole layer's ready time under ``fused`` execution). Where copies are slower
+    than launches the launches hide under them and the wait is 0; with every expert resident the layer is
+    launch-bound."""
+    return per_expert_finish_ms(now, arrival, compute, n, order, launch_ms) - finish
 
 
 @njit(cache=True, inline="always")

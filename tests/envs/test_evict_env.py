@@ -160,10 +160,12 @@ def test_choices_reproduce_the_simulators_lru_and_belady(name, rule):
 
 
 @pytest.mark.slow
-def test_seed_timing_and_global_pools_reproduce_too():
+def test_seed_timing_global_pools_and_launch_costs_reproduce_too():
     trace = load_suite_trace("learned/tiny-olmoe-12L-64E-decode").select_sequences(list(range(3)))
     for config in (SimConfig(timing="seed", profile="rtx3090-seed"),
-                   SimConfig(cache=split_capacity(26 * 12, 8, "global"))):
+                   SimConfig(cache=split_capacity(26 * 12, 8, "global")),
+                   # a profile with a host cost per expert launch, in both execution orders
+                   SimConfig(profile="h200"), SimConfig(profile="h200", execution_order="per-expert")):
         for rule in ("lru", "belady"):
             want = evaluate(trace, EvaluationRequest(policy=rule, config=config, seed=1))["metrics"]
             got = _env_replay(trace, config, 1, rule)

@@ -271,6 +271,7 @@ def test_non_expert_grid_sets_layer_overhead_and_host_cost(tmp_path):
     loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
     assert loaded.layer_overhead_ms == pytest.approx(NON_EXPERT_B1_MS)
     assert loaded.host_decision_ms == pytest.approx(HOST_DECISION_MS)
+    assert loaded.expert_launch_ms == pytest.approx(0.03)  # the slope above, which the simulator reads
     assert loaded.non_expert_ms() == loaded.layer_overhead_ms
     at_8 = next(r["ms"] for r in table["rows"] if r["batch"] == 8)
     assert loaded.non_expert_ms(8, 512) == pytest.approx(at_8)
@@ -301,6 +302,7 @@ def test_profiles_without_the_new_sections_read_as_before():
     assert loaded.host_decision_ms == 0.0
     assert loaded.non_expert_ms(8, 2048) == 0.0
     assert "host_decision_ms" not in loaded.to_dict()
+    assert loaded.expert_launch_ms == 0.0 and "expert_launch_ms" not in loaded.to_dict()
 
 
 @pytest.mark.parametrize(
@@ -310,6 +312,7 @@ def test_profiles_without_the_new_sections_read_as_before():
         (lambda d: d["non_expert"].update(rows=[]), "non_expert"),
         (lambda d: d["host"].pop("decision_ms"), "decision_ms"),
         (lambda d: d.update(host_decision_ms=-0.5), "host_decision_ms"),
+        (lambda d: d.update(expert_launch_ms=float("nan")), "expert_launch_ms"),
         (lambda d: d["compute_scaling"]["rows"][0].update(measured_ms=0), "measured_ms"),
     ],
 )

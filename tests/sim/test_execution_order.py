@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -20,10 +22,11 @@ def two_step_trace() -> Trace:
     return Trace(experts=experts, sequence=np.zeros(2, dtype=np.int32), meta=meta)
 
 
-def latencies(**settings) -> list[float]:
+def latencies(launch_ms: float = 0.0, **settings) -> list[float]:
     # a demand-only LRU cache of 2 slots: step 0 misses both, step 1 hits 0 and misses 2
     config = SimConfig(cache=CacheConfig(2, 0, 0), predictor="none", eviction="lru", **settings)
-    sim = Simulator(two_step_trace(), config, rng=np.random.default_rng(0), profile=EXAMPLE_PROFILE)
+    profile = dataclasses.replace(EXAMPLE_PROFILE, expert_launch_ms=launch_ms)
+    sim = Simulator(two_step_trace(), config, rng=np.random.default_rng(0), profile=profile)
     sim.run(None, Controls())
     return sim.step_latency_ms.tolist()
 
@@ -42,6 +45,23 @@ def test_per_expert_computes_each_expert_when_it_lands():
 def test_the_decision_time_adds_to_every_layer():
     assert latencies(decision_ms=0.25) == [3.25, 2.25]
     assert latencies(execution_order="per-expert", decision_ms=0.25) == [2.75, 1.75]
+
+
+def test_launches_hide_under_copies_and_bound_resident_layers():
+    # the host launches the experts one by one from the layer's start, 0.75 ms each: expert i cannot start
+    # before (i + 1) x 0.75. Fused: step 0's experts wait for the copy landing at 2.0 anyway (3.0, as without
+    # launches); step 1: expert 0 waits for expert 2's copy (1.0) -> 1.5; expert 2 launched at 1.5 -> 2.0
+    assert latencies(launch_ms=0.75) == [3.0, 2.0]
+    # per-expert: step 0: expert 0 lands at 1.0 (launched at 0.75) -> 1.5; expert 1 lands at 2.0 -> 2.5;
+    # step 1: resident expert 0 launched at 0.75 -> 1.25; expert 2 landed at 1.0, launched at 1.5 -> 2.0
+    assert latencies(launch_ms=0.75, execution_order="per-expert") == [2.5, 2.0]
+    # launches slower than copies: 1.25 each. Fused step 0: 2.0 -> 2.5, then expert 1 (launched 2.5) -> 3.0;
+    # step 1: expert 0 launched at 1.25 -> 1.75, expert 2 launched at 2.5 -> 3.0
+    assert latencies(launch_ms=1.25) == [3.0, 3.0]
+    # per-expert step 0: expert 0 launched at 1.25 -> 1.75, expert 1 launched at 2.5 -> 3.0; step 1 likewise
+    assert latencies(launch_ms=1.25, execution_order="per-expert") == [3.0, 3.0]
+    # the host's decision time still adds to every layer
+    assert latencies(launch_ms=1.25, decision_ms=0.25) == [3.25, 3.25]
 
 
 def test_bad_settings_are_named():
