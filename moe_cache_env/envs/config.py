@@ -37,6 +37,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "predictor_fit_tokens": 4096,  # cross-layer predictor pre-fitted on this many train tokens (0 = none)
     # replay every trace as if its experts had this many bytes (0 = each trace's own meta.expert_bytes)
     "expert_bytes": 0,
+    # charge the profile's host time per expert launch (profiles with expert_launch_ms, e.g. h200); false: an
+    # engine that launches a layer's experts as one grouped kernel
+    "launch_cost": True,
     "cache": {"l1_slots": 4, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
     # non-stationary serving: batch size, KV-cache share of memory and background link traffic change in
     # segments of ~segment_steps steps; sequences come in blocks of one domain
@@ -191,6 +194,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, base: Mapping[str, A
             predictor=raw["predictor"],
             oracle_accuracy=raw["oracle_accuracy"],
             expert_bytes=int(raw["expert_bytes"]),
+            launch_cost=raw["launch_cost"],
         )
     except TypeError as exc:  # a wrongly typed section
         raise ConfigError(f"env config: {exc}") from None

@@ -256,6 +256,9 @@ class SimConfig:
     #: the policy's own decision time per layer (ms), added to the profile's host decision cost (a learned
     #: eviction model that takes 0.2 ms per decision costs that time on the critical path)
     decision_ms: float = 0.0
+    #: charge the profile's host time per expert launch (``expert_launch_ms``); False models an engine that runs
+    #: a layer's experts as one grouped kernel or CUDA graph, whose launches cost nothing per expert
+    launch_cost: bool = True
     #: the noisy-oracle's top-1 accuracy (the seed's 0.4755): one number for every lookahead, or one per lookahead
     #: distance (``(acc_1, acc_2)``). :data:`MEASURED_ORACLE_ACCURACY` holds what hidden-state speculation reached on
     #: the learned decode trace (docs/traces.md).
@@ -299,6 +302,8 @@ class SimConfig:
         _check_range("sim", "mrs_alpha", self.mrs_alpha, 0.0, 1.0)
         _check_choice("sim", "layer_slots", self.layer_slots, LAYER_SLOTS)
         _check_range("sim", "expert_bytes", self.expert_bytes, 0, 10**12, integer=True)
+        if not isinstance(self.launch_cost, bool):
+            raise ConfigError(f"sim.launch_cost must be a bool, got {self.launch_cost!r}")
         if not isinstance(self.calibrate_confidence, bool):
             raise ConfigError(f"sim.calibrate_confidence must be a bool, got {self.calibrate_confidence!r}")
         if not isinstance(self.profile, str) or not self.profile:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 import moe_cache_env.envs  # noqa: F401
@@ -21,7 +22,7 @@ ENV_IDS = sorted(VARIANTS)
     ("moe_cache_env.envs:MoECache-Seed-v0", "MoECache-Seed-v0"),
     ("  MoECache-Learned-v0 ", "MoECache-Learned-v0"),
     ("MoECache-Extended", "MoECache-Extended-v0"),  # unversioned: the latest version, as gym.make does
-    ("MoECache", "MoECache-v1"),
+    ("MoECache", "MoECache-v2"),
 ])
 def test_resolve_every_form(form, expected):
     assert resolve_env_id(form) == expected
@@ -130,9 +131,24 @@ def test_bad_configs_raise_config_error(config, words):
         gym.make("moe_cache_env:MoECache-v0", config=config)
 
 
-def test_v1_is_v0_on_the_measured_h200_profile_and_v0_is_kept():
+def test_v1_is_v0_on_the_measured_h200_profile_and_v2_adds_its_launch_cost():
     from moe_cache_env.envs import variant_config
 
-    v0, v1 = variant_config("MoECache-v0"), variant_config("MoECache-v1")
-    assert v0["profile"] == "h100" and v1["profile"] == "h200"
-    assert {k: v for k, v in v0.items() if k != "profile"} == {k: v for k, v in v1.items() if k != "profile"}
+    v0, v1, v2 = (variant_config(f"MoECache-v{i}") for i in range(3))
+    assert v0["profile"] == "h100" and v1["profile"] == "h200" and v2["profile"] == "h200"
+    assert v0["launch_cost"] and not v1["launch_cost"] and v2["launch_cost"]
+    rest = {"profile", "launch_cost"}
+    assert {k: v for k, v in v0.items() if k not in rest} == {k: v for k, v in v1.items() if k not in rest} \
+        == {k: v for k, v in v2.items() if k not in rest}
+
+
+def test_v2_pays_the_launches_that_v1_does_not():
+    # same episode, same actions: the h200 engine's launches (0.095 ms per expert) only add time, never remove it
+    envs = [gym.make(f"moe_cache_env:MoECache-v{i}", config={"episode_tokens": 256}) for i in (1, 2)]
+    ms = []
+    for env in envs:
+        env.reset(seed=3)
+        _, _, _, _, info = env.step(np.array([0.7, 0.3], dtype=np.float32))
+        ms.append(info["metrics"]["mean_latency_ms"])
+        env.close()
+    assert ms[1] > ms[0]
