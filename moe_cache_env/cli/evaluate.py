@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "computes when its copy lands (default: %(default)s)")
     parser.add_argument("--decision-ms", type=float, default=0.0,
                         help="the policy's own decision time per layer, added to the profile's host cost")
+    parser.add_argument("--no-launch-cost", dest="launch_cost", action="store_false",
+                        help="do not charge the profile's host time per expert launch (expert_launch_ms): an "
+                             "engine that runs a layer's experts as one grouped kernel")
     parser.add_argument("--capacity", type=int, default=None,
                         help="total expert slots (per layer, or in all with --scope global), split L1 = top_k, "
                              "L2 : L3 = 1 : 2; default: 40%% of the experts (at least top_k + 2)")
@@ -182,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         timing=args.timing,
         execution_order=args.execution_order,
         decision_ms=args.decision_ms,
+        launch_cost=args.launch_cost,
         profile=args.profile,
         predictor=args.predictor,
         oracle_accuracy=args.oracle_accuracy,
@@ -231,6 +235,9 @@ def run(args: argparse.Namespace) -> int:
             "env": args.env if policy not in POLICIES else None,
             "profile": args.profile,
             "timing": args.timing,
+            "execution_order": args.execution_order,
+            "decision_ms": args.decision_ms,
+            "launch_cost": args.launch_cost,
             "capacity": cache.total_slots,
             "tiers": tiers,
             "scope": args.scope,
