@@ -54,18 +54,18 @@ ALGOS: dict[str, tuple[str, ...]] = {"ppo": ("box", "discrete", "mask"), "a2c": 
                                      "recurrentppo": ("box", "discrete", "mask"), "maskableppo": ("mask",)}
 #: the action space of each environment the leaderboard knows
 ACTION_KIND = {"MoECache-v0": "box", "MoECache-v1": "box", "MoECache-Extended-v0": "box", EVICT: "mask"}
-#: the eviction environment's episodes: the first 512 decisions of one sequence (the default 8 sequences are
-#: 10,000-20,000 decisions, one sequence still thousands: too long to evaluate often at this budget). Every
-#: agent plays the same truncated episodes, so the paired differences compare like with like
-EVICT_OVERRIDES: dict[str, Any] = {"episode_sequences": 1, "max_episode_steps": 512}
+#: the eviction environment's episodes: one whole sequence each (1,000-3,000 decisions; the default 8 sequences
+#: are 10,000-20,000, too long to evaluate often at this budget). Whole sequences, not a number of decisions: a
+#: policy that misses less decides less often, so a cut after N decisions would charge it more of the trace
+EVICT_OVERRIDES: dict[str, Any] = {"episode_sequences": 1}
 #: training steps per (environment, algorithm) at the default budget, chosen from RATE so that the whole board
-#: (77 cells, about 11,300 core-seconds by the estimates) fits two runs of 9 minutes on 16 cores, each cell well
+#: (77 cells, about 12,000 core-seconds by the estimates; 2 x 16 x 420 = 13,440 available) fits two runs of 9 minutes on 16 cores, each cell well
 #: inside one run (the longest, PPO on MoECache-v1, about 350 s); PPO on MoECache-v1 gets the most
 BUDGET: dict[str, dict[str, int]] = {
-    "MoECache-v1": {"ppo": 40_000, "a2c": 15_000, "sac": 5_000, "recurrentppo": 10_000},
-    "MoECache-v0": {"ppo": 40_000, "a2c": 15_000, "sac": 5_000, "recurrentppo": 10_000},
-    "MoECache-Extended-v0": {"ppo": 20_000, "a2c": 15_000, "sac": 5_000, "recurrentppo": 10_000},
-    EVICT: {"ppo": 40_000, "a2c": 40_000, "dqn": 20_000, "recurrentppo": 15_000, "maskableppo": 40_000},
+    "MoECache-v1": {"ppo": 40_000, "a2c": 12_000, "sac": 4_000, "recurrentppo": 8_000},
+    "MoECache-v0": {"ppo": 40_000, "a2c": 12_000, "sac": 4_000, "recurrentppo": 8_000},
+    "MoECache-Extended-v0": {"ppo": 15_000, "a2c": 10_000, "sac": 4_000, "recurrentppo": 8_000},
+    EVICT: {"ppo": 25_000, "a2c": 25_000, "dqn": 15_000, "recurrentppo": 10_000, "maskableppo": 25_000},
 }
 #: one-thread training rates (steps/s, no evaluation) measured with rates.py on a loaded 2-core machine (two
 #: measurements at a time, load average about 4.5: each got well under a core), in ``rates.jsonl``:
@@ -80,9 +80,9 @@ MEASURED_RATE: dict[str, dict[str, float]] = {
 RATE: dict[str, dict[str, float]] = {env: {a: 2.0 * r for a, r in algos.items()} for env, algos in MEASURED_RATE.items()}
 RATE["MoECache-v0"] = RATE["MoECache-v1"]
 #: estimated seconds of one evaluation episode (one environment, one core): 250 windows at the single-environment
-#: rate measured (54 windows/s on MoECache-v1, 70 on Extended, under load) x 2 for a core of one's own; the
-#: eviction env's 512 decisions cost the policy's forward passes
-WINDOW_S: dict[str, float] = {"MoECache-v0": 2.4, "MoECache-v1": 2.4, "MoECache-Extended-v0": 1.8, EVICT: 0.4}
+#: rate measured (54 windows/s on MoECache-v1, 70 on Extended, under load) x 2 for a core of one's own; an
+#: eviction episode's 1,000-3,000 decisions cost the policy's forward passes (the replay runs 9,000 a second)
+WINDOW_S: dict[str, float] = {"MoECache-v0": 2.4, "MoECache-v1": 2.4, "MoECache-Extended-v0": 1.8, EVICT: 3.0}
 #: points of the validation curve, validation episodes per point, train-split episodes per grid point of the
 #: static-tuned search (29 threshold pairs)
 EVAL_POINTS, EVAL_EPISODES, TUNE_EPISODES = 5, 2, 2
@@ -160,7 +160,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         train_ov, test_ov = workload_overrides(ov, GEN_TRAIN), workload_overrides(ov, GEN_TEST)
         steps = args.timesteps or BUDGET[GEN_ENV][GEN_ALGO]
         for regime, tune_ov in (("test", test_ov), ("train", train_ov)):
-            cells.append({"kind": "gen_tuned", "key": f"gen:static-tuned@{regime}", "file": f"gen_static-tuned@{regime}.json",
+            cells.append({"kind": "gen_tuned", "key": f"gen:static-tuned@{regime}", "file": f"gen_static-tuned_{regime}.json",
                           "env": GEN_ENV, "config": {**common, "tune_overrides": tune_ov, "test_overrides": test_ov,
                                                       "tune_episodes": TUNE_EPISODES},
                           "cost_s": (29 * TUNE_EPISODES + args.episodes) * WINDOW_S[GEN_ENV]})
@@ -264,6 +264,28 @@ def _gen_tuned(env_id: str, cfg: dict[str, Any]) -> dict[str, Any]:
     rewards = [r.reward for r in run_agent(env, StaticAgent(*tuned), cfg["episodes"], cfg["eval_seed"])]
     env.close()
     return {"rewards": rewards, "thresholds": list(tuned)}
+
+
+def warm_kernels(envs: Sequence[str]) -> float:
+    """Compile (or load from numba's cache) the simulator's kernels in this process before workers start: each
+    spawned worker then loads them from the cache instead of compiling its own copy at the same time. Returns
+    the seconds it took."""
+    from moe_cache_env.agents.evaluation import make_env
+    from moe_cache_env.agents.vec_adapter import make_native_vec_env
+
+    start = time.time()
+    for env_id in envs:
+        env = make_env(env_id, "test", env_overrides(env_id, {}))
+        _, info = env.reset(seed=0)
+        env.step(info["lru_action"] if "lru_action" in info else env.action_space.sample())
+        env.close()
+        if env_id != EVICT:  # training steps threshold envs through the native vector form
+            venv = make_native_vec_env(env_id, "train", 2, {})
+            venv.reset()
+            venv.step_async(np.stack([venv.action_space.sample()] * 2))
+            venv.step_wait()
+            venv.close()
+    return time.time() - start
 
 
 # ---- the pool -------------------------------------------------------------------------------------------------
@@ -396,7 +418,13 @@ def markdown(board: dict[str, Any], budget_rows: list[str]) -> str:
              "Paired difference: an agent's episode reward minus the reference's on the same episode (`static-tuned`, "
              "fixed thresholds tuned on the train split; on `MoECache-Evict-v0` fixed thresholds have no meaning and "
              "the reference is `lru`). The 95% interval is a t-interval over episodes for a strategy and over training "
-             "seeds (each seed's mean over the episodes) for a trained algorithm.", ""]
+             "seeds (each seed's mean over the episodes) for a trained algorithm. `train wall s` and `steps/s` "
+             "include the validation evaluations. Learning curves: the validation "
+             "split's mean episode reward during training (mean ± 95% CI over seeds).", "",
+             "Regenerate: `python experiments/leaderboard/leaderboard.py --jobs N` (resumable; `--only ENV:ALGO:SEED` "
+             "reruns one cell and says whether it reproduces), or on a 16-core machine without the RL packages "
+             "`OUT=... experiments/leaderboard/device.sh` (twice: each call stops before 9 minutes and packs its cells "
+             "into `leaderboard-cells.tgz`; unpack them here and call again), then `--report-only`.", ""]
     if board["missing_cells"]:
         lines += [f"**Incomplete:** {len(board['missing_cells'])} cell(s) not computed yet "
                   f"({', '.join(board['missing_cells'][:12])}{' ...' if len(board['missing_cells']) > 12 else ''}); "
@@ -411,6 +439,10 @@ def markdown(board: dict[str, Any], budget_rows: list[str]) -> str:
                       f"point): {env['static_tuned_thresholds']}.", ""]
         lines += [f"| agent | kind | episode reward | minus {ref} (95% CI) | CI excludes 0 | seeds | steps "
                   "| train wall s | steps/s |", "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+        if env_id == EVICT:
+            lines[-2:-2] = ["`belady` evicts the resident expert used farthest in the future (the hit-rate bound of "
+                            "this cache, not a latency bound); MaskablePPO's validation curve is measured without "
+                            "masks (an invalid slot falls back to LRU's choice), its held-out episodes with them.", ""]
         for name, r in env["rows"].items():
             diff, excl = _ci_cell(r["minus_ref"])
             if name == ref:

@@ -79,13 +79,10 @@ def make_env(env_id: str, split: str = "test", overrides: dict[str, Any] | None 
     from moe_cache_env.envs import EVICT_ID
 
     if env_id.split(":")[-1] == EVICT_ID:
-        # the eviction environment: its own config keys (envs/evict.py), episodes end with their replay, or after
-        # "max_episode_steps" decisions when the overrides give one (gym.make's TimeLimit: a truncation)
-        config = {**(overrides or {}), "split": split}
-        limit = config.pop("max_episode_steps", None)
-        if limit is not None:
-            kwargs.setdefault("max_episode_steps", int(limit))
-        return gym.make(EVICT_ID, config=config, **kwargs)
+        # the eviction environment: its own config keys (envs/evict.py); episodes end with their replay. (Not cut
+        # after a number of decisions: a policy that misses less decides less often, so the same number of
+        # decisions would cover more of the trace and cost it more milliseconds.)
+        return gym.make(EVICT_ID, config={**(overrides or {}), "split": split}, **kwargs)
     canonical = resolve_env_id(env_id)
     config = variant_config(canonical)
     config["split"] = split

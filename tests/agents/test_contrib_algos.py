@@ -14,7 +14,7 @@ from moe_cache_env.agents.sb3 import SB3Agent, _check_algo_fits, load_hyperparam
 
 SMALL = {"traces": ["synth:qwen1.5-moe:2048:0"], "episode_tokens": 384, "predictor_fit_tokens": 512}
 EVICT = "MoECache-Evict-v0"
-EVICT_SMALL = {"episode_sequences": 1, "max_episode_steps": 64}
+EVICT_SMALL = {"episode_sequences": 1}
 
 
 def _train(algo: str, env_id: str, overrides: dict, tmp_path, steps: int = 256) -> dict:
@@ -70,7 +70,12 @@ def test_maskableppo_on_the_eviction_env_uses_the_masks(tmp_path):
     result = compare(EVICT, ["lru", "belady", f"maskableppo:{model}"], 2, 100, overrides=EVICT_SMALL)
     rows = result["episodes_detail"]
     assert result["reference_agent"] == "lru"
-    assert all(r["decisions"] == 64 for r in rows)  # max_episode_steps truncates every episode alike
+    # whole episodes: the same per episode for every rule and agent (the replay of one sequence)
+    assert all(r["decisions"] > 0 for r in rows)
+    # Belady's choices are the hit-rate bound of this cache: no agent hits more on the same episode
+    for i in range(2):
+        hits = {r["agent"]: r["hit_rate"] for r in rows if r["episode"] == i}
+        assert hits["belady"] >= max(hits.values())
     assert all(r["invalid_actions"] == 0 for r in rows if r["agent"] == "maskableppo")
     # the lru rule through the environment: the same rewards as a hand-written loop taking info["lru_action"]
     env = make_env(EVICT, "test", EVICT_SMALL)
@@ -93,4 +98,4 @@ def test_discrete_algorithms_train_and_play_on_the_eviction_env(algo, tmp_path):
     agent = SB3Agent(algo, tmp_path / algo / "model.zip")
     env = make_env(EVICT, "test", EVICT_SMALL)
     row = evict_episode(env, 5, agent=agent)
-    assert row["decisions"] == 64 and np.isfinite(row["reward"]) and row["reward"] < 0
+    assert row["decisions"] > 0 and np.isfinite(row["reward"]) and row["reward"] < 0
