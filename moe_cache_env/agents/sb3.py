@@ -358,7 +358,7 @@ class _Trainer:
         self.venv.seed(seed)
         eval_env = Monitor(make_env(s["env"], "validation", s["overrides"]))
         self.eval_callback = SeededEvalCallback(
-            seed + 1_000_000,
+            s.get("eval_seed") if s.get("eval_seed") is not None else seed + 1_000_000,
             eval_env,
             n_eval_episodes=s["eval_episodes"],
             eval_freq=max(1, s["eval_freq"] // n_envs),
@@ -545,6 +545,7 @@ def train(
     progress_bar: bool = True,
     verbose: int = 0,
     vec_backend: str = "native",
+    eval_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train ``algo`` on ``env_id``; write model.zip, best/best_model.zip, checkpoints, tb logs, run.json.
 
@@ -554,6 +555,9 @@ def train(
         eval_freq: evaluate on the validation split every this many total steps.
         checkpoint_freq: write a resumable checkpoint every this many total steps (see the module docstring).
         overrides: env config keys replacing the registered variant's (e.g. a smaller ``traces`` suite).
+        eval_seed: the validation episodes' seed (``reset(seed=eval_seed + i)`` at every evaluation); None =
+            ``seed + 1_000_000``. A fixed one makes runs of different seeds score the same validation episodes, so
+            their learning curves are paired.
         vec_backend: ``"native"`` (default: ``agents/vec_adapter.py``, every environment's window in one compiled
             call), ``"subproc"`` (a ``SubprocVecEnv`` worker per environment when ``n_envs`` > 1) or ``"dummy"``
             (SB3's ``DummyVecEnv``, one environment after another in this process).
@@ -588,6 +592,7 @@ def train(
         "vec_backend": "dummy" if vec_backend == "native" and is_evict_env(env_id) else vec_backend,
         "eval_freq": int(eval_freq),
         "eval_episodes": int(eval_episodes),
+        "eval_seed": None if eval_seed is None else int(eval_seed),
         "checkpoint_freq": int(checkpoint_freq),
         "hyperparams": params,
         "policy": params.get("policy", "MlpPolicy"),
