@@ -16,7 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 : "${OUT:?set OUT to the folder the tar file goes to}"
-JOBS=${JOBS:-$(nproc)}
+CORES=$(nproc)  # before OMP_NUM_THREADS is set: nproc honours it
+JOBS=${JOBS:-$CORES}
 WALL_S=${WALL_S:-530}
 START=$(date +%s)
 LOG=experiments/leaderboard/device-log.txt
@@ -24,7 +25,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 export PYTHONPATH=/tmp/site:$PWD
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
 {
-  echo "device.sh: $(date -u +%FT%TZ) $(nproc) cores, JOBS=$JOBS WALL_S=$WALL_S"
+  echo "device.sh: $(date -u +%FT%TZ) $CORES cores, JOBS=$JOBS WALL_S=$WALL_S"
   python3 -c 'import platform, torch, numba, gymnasium, stable_baselines3, sb3_contrib; print("python", platform.python_version(), "torch", torch.__version__, "numba", numba.__version__, "gymnasium", gymnasium.__version__, "sb3", stable_baselines3.__version__, "sb3-contrib", sb3_contrib.__version__)'
 } | tee -a "$LOG"
 # the pool's own budget: what is left of WALL_S, less a margin for stopping the workers and packing
