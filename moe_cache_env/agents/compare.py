@@ -76,6 +76,15 @@ def compare(
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     if not agent_specs:
         raise ValueError("no agents given")
+    from moe_cache_env.agents.sb3 import is_evict_env
+
+    if is_evict_env(env_id):
+        result = compare_evict(env_id, agent_specs, episodes, seed, split=split, overrides=overrides,
+                               progress=progress)
+        if out_dir is not None:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_json(Path(out_dir) / "compare.json", result)
+        return result
     env_id = resolve_env_id(env_id)
     tick = progress or (lambda n, what: None)
     env = make_env(env_id, split, overrides)
@@ -152,6 +161,92 @@ def compare(
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result
+
+
+#: the eviction environment's built-in rules (``info["lru_action"]``, ``info["belady_action"]``)
+EVICT_RULES = {"lru": "reference", "belady": "hit-rate bound (clairvoyant)"}
+
+
+def evict_episode(env, seed: int, agent: Any = None, rule: str | None = None) -> dict[str, Any]:
+    """One episode of the eviction environment on ``env.reset(seed=seed)``, played by ``agent`` (``reset``/``act``)
+    or by a built-in ``rule`` (``"lru"``, ``"belady"``); its summed reward and the episode's metrics."""
+    obs, info = env.reset(seed=seed)
+    if agent is not None:
+        agent.reset(env, seed)
+    total = 0.0
+    decisions = invalid = 0
+    while True:
+        action = info[f"{rule}_action"] if rule is not None else agent.act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        decisions += 1
+        invalid += int(info["invalid_action"])
+        if terminated or truncated:
+            break
+    metrics = info.get("episode_metrics", {})
+    return {"reward": total, "decisions": decisions, "invalid_actions": invalid,
+            "mean_latency_ms": float(metrics.get("mean_latency_ms", float("nan"))),
+            "hit_rate": float(metrics.get("hit_rate", float("nan")))}
+
+
+def compare_evict(env_id: str, agent_specs: Sequence[str], episodes: int, seed: int, *, split: str = "test",
+                  overrides: dict[str, Any] | None = None,
+                  progress: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+    """:func:`compare` on ``MoECache-Evict-v0``: agents are the built-in rules ``lru`` and ``belady``, ``random``
+    (a uniformly drawn valid slot) or ``ALGO:PATH`` (a saved SB3 model; MaskablePPO is given the action masks).
+    Every agent plays episodes ``reset(seed=seed + i)``; the paired reference is ``lru`` when it is played
+    (fixed thresholds have no meaning for eviction)."""
+    from moe_cache_env.agents.sb3 import SB3Agent
+
+    tick = progress or (lambda n, what: None)
+    env = make_env(env_id, split, overrides)
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    timing: dict[str, float] = {}
+    for spec in agent_specs:
+        start = time.time()
+        agent: Any = None
+        rule = spec if spec in EVICT_RULES else None
+        if spec == "random":
+            agent = _RandomValid(seed)
+        elif rule is None:
+            if ":" not in spec:
+                raise ValueError(f"unknown agent {spec!r} for {env_id}; use lru, belady, random or ALGO:PATH")
+            algo, path = spec.split(":", 1)
+            agent = SB3Agent(algo, path)
+        name = rule or agent.name
+        for i in range(episodes):
+            row = evict_episode(env, seed + i, agent=agent, rule=rule)
+            rows.append({"agent": name, "episode": i, "seed": seed + i, **row})
+            tick(1, f"{name} episode {i + 1}/{episodes}")
+        timing[name] = round(time.time() - start, 2)
+        mine = [r for r in rows if r["agent"] == name]
+        summary[name] = {key: _mean_std([r[key] for r in mine]) for key in ("reward", "mean_latency_ms", "hit_rate")}
+    env.close()
+    reference = "lru" if "lru" in summary else next(iter(summary))
+    reference_reward = {r["episode"]: r["reward"] for r in rows if r["agent"] == reference}
+    for name in summary:
+        deltas = [r["reward"] - reference_reward[r["episode"]] for r in rows if r["agent"] == name]
+        summary[name]["reward_minus_" + reference] = _mean_std(deltas)
+    return {"env": env_id, "split": split, "episodes": episodes, "seed": seed, "env_overrides": overrides or {},
+            "reference_agent": reference, "agent_order": list(summary), "agents": summary, "bounds": {},
+            "bound_kinds": {}, "static_tuned": None, "wall_s": timing, "episodes_detail": rows}
+
+
+class _RandomValid:
+    """A uniformly drawn valid slot of the eviction environment, from its own generator (seeded per episode)."""
+
+    name = "random"
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        self.env = env.unwrapped
+        self.rng = np.random.default_rng(seed)
+
+    def act(self, obs: np.ndarray) -> int:
+        return int(self.rng.choice(np.flatnonzero(self.env.action_masks())))
 
 
 def work_units(agent_specs: Sequence[str], episodes: int, *, with_bounds: bool = True, oracle: bool = False,

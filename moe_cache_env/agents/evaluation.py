@@ -76,6 +76,13 @@ def make_env(env_id: str, split: str = "test", overrides: dict[str, Any] | None 
     ``overrides`` replace the variant's keys. The ``TimeLimit`` that ``gymnasium.make`` adds is set to the
     config's ``max_episode_steps``, so the environment's own truncation and the wrapper's agree.
     """
+    from moe_cache_env.envs import EVICT_ID
+
+    if env_id.split(":")[-1] == EVICT_ID:
+        # the eviction environment: its own config keys (envs/evict.py); episodes end with their replay. (Not cut
+        # after a number of decisions: a policy that misses less decides less often, so the same number of
+        # decisions would cover more of the trace and cost it more milliseconds.)
+        return gym.make(EVICT_ID, config={**(overrides or {}), "split": split}, **kwargs)
     canonical = resolve_env_id(env_id)
     config = variant_config(canonical)
     config["split"] = split

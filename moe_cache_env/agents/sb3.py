@@ -60,7 +60,11 @@ from moe_cache_env._io import atomic_write, atomic_write_json
 from moe_cache_env.agents.baselines import Agent
 from moe_cache_env.agents.tb_metrics import EnvMetricsCallback
 
-ALGOS = ("ppo", "a2c", "sac", "dqn")
+ALGOS = ("ppo", "a2c", "sac", "dqn", "recurrentppo", "maskableppo")
+#: algorithms from sb3-contrib (the ``rl`` extra): an LSTM policy, and PPO that reads ``action_masks()``
+CONTRIB_ALGOS = ("recurrentppo", "maskableppo")
+#: on-policy algorithms whose rollout (``n_steps``) is shortened to fit a tiny budget
+ON_POLICY = ("ppo", "a2c", "recurrentppo", "maskableppo")
 #: how the training environments are stepped (``train(vec_backend=...)``, ``train --vec-backend``)
 VEC_BACKENDS = ("native", "subproc", "dummy")
 OFF_POLICY = ("sac", "dqn")
@@ -182,7 +186,27 @@ def _algo_class(algo: str):
 
     if algo not in ALGOS:
         raise ValueError(f"unknown algorithm {algo!r}; use one of {list(ALGOS)}")
+    if algo in CONTRIB_ALGOS:
+        try:
+            import sb3_contrib
+        except ImportError:
+            raise ValueError(f"{algo} needs sb3-contrib: pip install 'moe-cache-env[rl]'") from None
+        return {"recurrentppo": sb3_contrib.RecurrentPPO, "maskableppo": sb3_contrib.MaskablePPO}[algo]
     return {"ppo": sb3.PPO, "a2c": sb3.A2C, "sac": sb3.SAC, "dqn": sb3.DQN}[algo]
+
+
+def is_evict_env(env_id: str) -> bool:
+    """True for the eviction environment (``MoECache-Evict-v0``, another class with its own config)."""
+    from moe_cache_env.envs import EVICT_ID
+
+    return env_id.split(":")[-1] == EVICT_ID
+
+
+def resolve_any_env(env_id: str) -> str:
+    """The registered id of a threshold environment (``resolve_env_id``) or of the eviction environment."""
+    from moe_cache_env.envs import EVICT_ID, resolve_env_id
+
+    return EVICT_ID if is_evict_env(env_id) else resolve_env_id(env_id)
 
 
 def _parse_policy_kwargs(text: str) -> dict[str, Any]:
@@ -210,6 +234,13 @@ def load_hyperparams(algo: str, env_id: str, path: str | Path | None = None) -> 
 def _check_algo_fits(algo: str, env_id: str, overrides: dict[str, Any] | None = None) -> None:
     from moe_cache_env.envs import variant_config
 
+    if is_evict_env(env_id):
+        # Discrete(max_slots) with action_masks(): every discrete-action algorithm fits, SAC does not
+        if algo == "sac":
+            raise ValueError(f"sac needs continuous actions; {env_id} has discrete actions (the slot to evict)")
+        return
+    if algo == "maskableppo":
+        raise ValueError(f"maskableppo needs an environment with action_masks(): use MoECache-Evict-v0, not {env_id}")
     action_type = {**variant_config(env_id), **(overrides or {})}["action_type"]
     if algo == "dqn" and action_type != "discrete":
         raise ValueError(f"dqn needs discrete actions; {env_id} has {action_type} actions: use MoECache-Discrete-v0")
@@ -303,14 +334,17 @@ class _Trainer:
 
         s = self.settings
         torch.set_num_threads(1)
-        # resolve the suite's splits once in this process; forked workers inherit the cache instead of re-reading
-        cfg = make_config(s["overrides"], variant_config(s["env"]))
-        for name in cfg["traces"]:
-            for split in ("train", "validation"):
-                load_split(name, split, tuple(cfg["split_fractions"]), int(cfg["split_seed"]))
+        evict = is_evict_env(s["env"])
+        if not evict:
+            # resolve the suite's splits once in this process; forked workers inherit the cache instead of
+            # re-reading
+            cfg = make_config(s["overrides"], variant_config(s["env"]))
+            for name in cfg["traces"]:
+                for split in ("train", "validation"):
+                    load_split(name, split, tuple(cfg["split_fractions"]), int(cfg["split_seed"]))
         n_envs, seed = s["n_envs"], s["seed"]
         backend = s.get("vec_backend", "subproc")  # runs checkpointed before the native backend existed
-        if backend == "native":
+        if backend == "native" and not evict:  # the eviction environment has no native vector form
             from stable_baselines3.common.vec_env import VecMonitor
 
             from moe_cache_env.agents.vec_adapter import make_native_vec_env
@@ -324,7 +358,7 @@ class _Trainer:
         self.venv.seed(seed)
         eval_env = Monitor(make_env(s["env"], "validation", s["overrides"]))
         self.eval_callback = SeededEvalCallback(
-            seed + 1_000_000,
+            s.get("eval_seed") if s.get("eval_seed") is not None else seed + 1_000_000,
             eval_env,
             n_eval_episodes=s["eval_episodes"],
             eval_freq=max(1, s["eval_freq"] // n_envs),
@@ -511,6 +545,7 @@ def train(
     progress_bar: bool = True,
     verbose: int = 0,
     vec_backend: str = "native",
+    eval_seed: int | None = None,
 ) -> dict[str, Any]:
     """Train ``algo`` on ``env_id``; write model.zip, best/best_model.zip, checkpoints, tb logs, run.json.
 
@@ -520,15 +555,16 @@ def train(
         eval_freq: evaluate on the validation split every this many total steps.
         checkpoint_freq: write a resumable checkpoint every this many total steps (see the module docstring).
         overrides: env config keys replacing the registered variant's (e.g. a smaller ``traces`` suite).
+        eval_seed: the validation episodes' seed (``reset(seed=eval_seed + i)`` at every evaluation); None =
+            ``seed + 1_000_000``. A fixed one makes runs of different seeds score the same validation episodes, so
+            their learning curves are paired.
         vec_backend: ``"native"`` (default: ``agents/vec_adapter.py``, every environment's window in one compiled
             call), ``"subproc"`` (a ``SubprocVecEnv`` worker per environment when ``n_envs`` > 1) or ``"dummy"``
             (SB3's ``DummyVecEnv``, one environment after another in this process).
     Returns:
         The run record also written to ``run.json`` (``"interrupted": true`` after a Ctrl-C).
     """
-    from moe_cache_env.envs import resolve_env_id
-
-    env_id = resolve_env_id(env_id)
+    env_id = resolve_any_env(env_id)
     overrides = dict(overrides or {})
     _check_algo_fits(algo, env_id, overrides)
     _algo_class(algo)
@@ -540,7 +576,7 @@ def train(
     if vec_backend not in VEC_BACKENDS:
         raise ValueError(f"unknown vec_backend {vec_backend!r}; use one of {list(VEC_BACKENDS)}")
     algo_kwargs = {k: v for k, v in params.items() if k not in _NON_ALGO_KEYS}
-    if algo in ("ppo", "a2c") and "n_steps" in algo_kwargs:
+    if algo in ON_POLICY and "n_steps" in algo_kwargs:
         # a tiny budget still completes one rollout
         algo_kwargs["n_steps"] = max(8, min(int(algo_kwargs["n_steps"]), total // n_envs))
         if "batch_size" in algo_kwargs:
@@ -552,9 +588,11 @@ def train(
         "timesteps": total,
         "seed": int(seed),
         "n_envs": n_envs,
-        "vec_backend": vec_backend,
+        # the eviction environment has no native vector form: SB3's own vector environments instead
+        "vec_backend": "dummy" if vec_backend == "native" and is_evict_env(env_id) else vec_backend,
         "eval_freq": int(eval_freq),
         "eval_episodes": int(eval_episodes),
+        "eval_seed": None if eval_seed is None else int(eval_seed),
         "checkpoint_freq": int(checkpoint_freq),
         "hyperparams": params,
         "policy": params.get("policy", "MlpPolicy"),
@@ -602,7 +640,10 @@ def resume(out_dir: str | Path, *, timesteps: int | None = None, progress_bar: b
 
 
 class SB3Agent(Agent):
-    """A saved SB3 model acting deterministically (``compare --agents ppo:PATH``)."""
+    """A saved SB3 model acting deterministically (``compare --agents ppo:PATH``).
+
+    RecurrentPPO's LSTM state is carried from step to step and cleared at each episode start; MaskablePPO is
+    given the environment's ``action_masks()`` at every step (the eviction environment's valid slots)."""
 
     def __init__(self, algo: str, path: str | Path) -> None:
         cls = _algo_class(algo)
@@ -615,7 +656,22 @@ class SB3Agent(Agent):
         self.model = cls.load(str(file), device="cpu")
         self.name = f"{algo}:{file.name}" if file.stem not in ("model", "best_model") else f"{algo}"
         self.algo = algo
+        self._state: Any = None
+        self._episode_start = np.ones((1,), dtype=bool)
+
+    def reset(self, env: Any, seed: int | None = None) -> None:
+        super().reset(env, seed)
+        self._state = None  # a fresh LSTM state: the episode starts
+        self._episode_start = np.ones((1,), dtype=bool)
 
     def act(self, obs: np.ndarray) -> Any:
+        if self.algo == "recurrentppo":
+            action, self._state = self.model.predict(obs, state=self._state, episode_start=self._episode_start,
+                                                     deterministic=True)
+            self._episode_start = np.zeros((1,), dtype=bool)
+            return action
+        if self.algo == "maskableppo":
+            action, _ = self.model.predict(obs, deterministic=True, action_masks=self.env.action_masks())
+            return action
         action, _ = self.model.predict(obs, deterministic=True)
         return action

@@ -45,7 +45,8 @@ def parse_env_config(text: str | None) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--algo", default=None, choices=["ppo", "a2c", "sac", "dqn"], help="SB3 algorithm (default: ppo)")
+    parser.add_argument("--algo", default=None, choices=["ppo", "a2c", "sac", "dqn", "recurrentppo", "maskableppo"],
+                        help="SB3 algorithm (default: ppo); recurrentppo and maskableppo (MoECache-Evict-v0) from sb3-contrib")
     parser.add_argument("--env", default=None,
                         help="environment id in any form gym.make accepts, e.g. MoECache-v0 or "
                              "moe_cache_env:MoECache-v0 (default: MoECache-v0)")
@@ -86,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                         verbose=args.verbose)
     else:
         algo = args.algo or "ppo"
-        env_id = resolve_env_id(args.env or "MoECache-v0")
+        from moe_cache_env.agents.sb3 import resolve_any_env
+
+        env_id = resolve_any_env(args.env or "MoECache-v0")  # the threshold envs or MoECache-Evict-v0
         out = args.out or f"runs/{algo}-{env_id}-s{args.seed}"
         record = train(
             algo,
