@@ -3,7 +3,7 @@
 Run (the budget each table was made with is written into it):
   python experiments/leaderboard/leaderboard.py --jobs 16          # the default budget (BUDGET below)
   python experiments/leaderboard/leaderboard.py --report-only      # README, leaderboard.json and plots from cells/
-  python experiments/leaderboard/leaderboard.py --only MoECache-v1:ppo:3   # one cell again: reproduces its row
+  python experiments/leaderboard/leaderboard.py --only MoECache-v2:ppo:3   # one cell again: reproduces its row
   python experiments/leaderboard/leaderboard.py --tiny --jobs 2    # a smoke budget, written under tiny/
 
 For each environment, the strategies (the hand-written ones and ``static-tuned``, fixed thresholds tuned on the
@@ -47,7 +47,7 @@ EVAL_SEED = 1_000
 #: the validation episodes of every run's learning curve (the same for all seeds: the curves are paired)
 VALIDATION_SEED = 500_000
 EVICT = "MoECache-Evict-v0"
-ENVS = ("MoECache-v1", "MoECache-Extended-v0", EVICT)
+ENVS = ("MoECache-v2", "MoECache-Extended-v0", EVICT)
 STRATEGIES = ("static", "conservative", "aggressive", "balanced", "dynamic")
 EVICT_STRATEGIES = ("lru", "belady", "random")
 #: algorithm -> the action spaces it fits ("box", "discrete"; "mask": needs action_masks(), the eviction env)
@@ -55,16 +55,16 @@ ALGOS: dict[str, tuple[str, ...]] = {"ppo": ("box", "discrete", "mask"), "a2c": 
                                      "sac": ("box",), "dqn": ("discrete", "mask"),
                                      "recurrentppo": ("box", "discrete", "mask"), "maskableppo": ("mask",)}
 #: the action space of each environment the leaderboard knows
-ACTION_KIND = {"MoECache-v0": "box", "MoECache-v1": "box", "MoECache-Extended-v0": "box", EVICT: "mask"}
+ACTION_KIND = {"MoECache-v0": "box", "MoECache-v2": "box", "MoECache-Extended-v0": "box", EVICT: "mask"}
 #: the eviction environment's episodes: one whole sequence each (1,000-3,000 decisions; the default 8 sequences
 #: are 10,000-20,000, too long to evaluate often at this budget). Whole sequences, not a number of decisions: a
 #: policy that misses less decides less often, so a cut after N decisions would charge it more of the trace
 EVICT_OVERRIDES: dict[str, Any] = {"episode_sequences": 1}
 #: training steps per (environment, algorithm) at the default budget, chosen from RATE so that the whole board
 #: (77 cells, about 12,000 core-seconds by the estimates; 2 x 16 x 420 = 13,440 available) fits two runs of 9 minutes on 16 cores, each cell well
-#: inside one run (the longest, PPO on MoECache-v1, about 350 s); PPO on MoECache-v1 gets the most
+#: inside one run (the longest, PPO on MoECache-v2, about 350 s); PPO on MoECache-v2 gets the most
 BUDGET: dict[str, dict[str, int]] = {
-    "MoECache-v1": {"ppo": 40_000, "a2c": 12_000, "sac": 4_000, "recurrentppo": 8_000},
+    "MoECache-v2": {"ppo": 40_000, "a2c": 12_000, "sac": 4_000, "recurrentppo": 8_000},
     "MoECache-v0": {"ppo": 40_000, "a2c": 12_000, "sac": 4_000, "recurrentppo": 8_000},
     "MoECache-Extended-v0": {"ppo": 15_000, "a2c": 10_000, "sac": 4_000, "recurrentppo": 8_000},
     EVICT: {"ppo": 25_000, "a2c": 25_000, "dqn": 15_000, "recurrentppo": 10_000, "maskableppo": 25_000},
@@ -75,21 +75,21 @@ BUDGET: dict[str, dict[str, int]] = {
 #: recurrentppo 101, maskableppo 175. A core of one's own is assumed twice as fast (RATE below); the estimates
 #: order the cells (longest first) and keep a run from starting a cell it cannot finish inside --budget-s
 MEASURED_RATE: dict[str, dict[str, float]] = {
-    "MoECache-v1": {"ppo": 71.7, "a2c": 74.1, "sac": 23.9, "recurrentppo": 41.1},
+    "MoECache-v2": {"ppo": 71.7, "a2c": 74.1, "sac": 23.9, "recurrentppo": 41.1},
     "MoECache-Extended-v0": {"ppo": 70.6, "a2c": 82.3, "sac": 32.2, "recurrentppo": 57.8},
     EVICT: {"ppo": 234.4, "a2c": 299.2, "dqn": 138.0, "recurrentppo": 100.9, "maskableppo": 175.3},
 }
 RATE: dict[str, dict[str, float]] = {env: {a: 2.0 * r for a, r in algos.items()} for env, algos in MEASURED_RATE.items()}
-RATE["MoECache-v0"] = RATE["MoECache-v1"]
+RATE["MoECache-v0"] = RATE["MoECache-v2"]
 #: estimated seconds of one evaluation episode (one environment, one core): 250 windows at the single-environment
-#: rate measured (54 windows/s on MoECache-v1, 70 on Extended, under load) x 2 for a core of one's own; an
+#: rate measured (54 windows/s on MoECache-v2, 70 on Extended, under load) x 2 for a core of one's own; an
 #: eviction episode's 1,000-3,000 decisions cost the policy's forward passes (the replay runs 9,000 a second)
-WINDOW_S: dict[str, float] = {"MoECache-v0": 2.4, "MoECache-v1": 2.4, "MoECache-Extended-v0": 1.8, EVICT: 1.5}
+WINDOW_S: dict[str, float] = {"MoECache-v0": 2.4, "MoECache-v2": 2.4, "MoECache-Extended-v0": 1.8, EVICT: 1.5}
 #: points of the validation curve, validation episodes per point, train-split episodes per grid point of the
 #: static-tuned search (29 threshold pairs)
 EVAL_POINTS, EVAL_EPISODES, TUNE_EPISODES = 5, 2, 2
-#: generalisation: PPO trained at batch 1 and tested at batch 8 (the other serving conditions as MoECache-v1's)
-GEN_ENV, GEN_ALGO = "MoECache-v1", "ppo"
+#: generalisation: PPO trained at batch 1 and tested at batch 8 (the other serving conditions as MoECache-v2's)
+GEN_ENV, GEN_ALGO = "MoECache-v2", "ppo"
 GEN_TRAIN, GEN_TEST = {"batch_min": 1, "batch_max": 1}, {"batch_min": 8, "batch_max": 8}
 #: two-sided 95% t quantiles by degrees of freedom (Student's t table); beyond 30 the normal 1.96
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -124,7 +124,7 @@ def env_overrides(env_id: str, user: dict[str, Any]) -> dict[str, Any]:
 
 
 def workload_overrides(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with its ``workload`` replaced by MoECache-v1's whole workload with ``change`` applied (a config
+    """``base`` with its ``workload`` replaced by MoECache-v2's whole workload with ``change`` applied (a config
     override replaces the workload block as a whole, so it must carry every field)."""
     from moe_cache_env.envs import variant_config
 
@@ -148,8 +148,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         for algo in args.algos:
             if ACTION_KIND.get(env_id, "box") not in ALGOS[algo]:
                 continue
-            steps = args.timesteps or BUDGET.get(env_id, BUDGET["MoECache-v1"]).get(algo, 20_000)
-            rate = RATE.get(env_id, RATE["MoECache-v1"]).get(algo, 100.0)
+            steps = args.timesteps or BUDGET.get(env_id, BUDGET["MoECache-v2"]).get(algo, 20_000)
+            rate = RATE.get(env_id, RATE["MoECache-v2"]).get(algo, 100.0)
             gen_test = workload_overrides(ov, GEN_TEST) if (env_id == GEN_ENV and algo == GEN_ALGO
                                                               and args.generalisation) else None
             for seed in args.seeds:
@@ -181,7 +181,7 @@ def _eval_cost(env_id: str, episodes: int, gen_test: bool, algo: str = "ppo") ->
     # an eviction episode is thousands of forward passes: the LSTM's cost about three times the MLP's (measured
     # in the tiny run: 7 s per episode under load)
     slower = 3.0 if env_id == EVICT and algo == "recurrentppo" else 1.0
-    return 10.0 + n * slower * WINDOW_S.get(env_id, WINDOW_S["MoECache-v1"])
+    return 10.0 + n * slower * WINDOW_S.get(env_id, WINDOW_S["MoECache-v2"])
 
 
 def cell_done(out: Path, cell: dict[str, Any]) -> dict[str, Any] | None:

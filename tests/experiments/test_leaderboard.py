@@ -39,10 +39,10 @@ def test_the_plan_has_a_cell_per_env_algo_seed_where_the_algo_fits(lb):
     # v1 and Extended: ppo, a2c, sac, recurrentppo; Evict: ppo, a2c, dqn, recurrentppo, maskableppo; 5 seeds;
     # 3 strategy cells and 2 static-tuned ones; generalisation: static-tuned in each regime and 5 PPO seeds
     assert len(cells) == (4 + 4 + 5) * 5 + 3 + 2 + 2 + 5
-    assert "MoECache-Evict-v0:sac:0" not in keys and "MoECache-v1:dqn:0" not in keys
-    assert "MoECache-Evict-v0:maskableppo:4" in keys and "MoECache-v1:maskableppo:0" not in keys
-    v1_ppo = next(c for c in cells if c["key"] == "MoECache-v1:ppo:0")
-    assert v1_ppo["config"]["timesteps"] == lb.BUDGET["MoECache-v1"]["ppo"]
+    assert "MoECache-Evict-v0:sac:0" not in keys and "MoECache-v2:dqn:0" not in keys
+    assert "MoECache-Evict-v0:maskableppo:4" in keys and "MoECache-v2:maskableppo:0" not in keys
+    v1_ppo = next(c for c in cells if c["key"] == "MoECache-v2:ppo:0")
+    assert v1_ppo["config"]["timesteps"] == lb.BUDGET["MoECache-v2"]["ppo"]
     assert v1_ppo["config"]["gen_test"]["workload"]["batch_min"] == 8  # the generalisation test, on v1's models
     gen = next(c for c in cells if c["key"] == "gen:ppo:0")
     assert gen["config"]["overrides"]["workload"]["batch_max"] == 1
@@ -58,11 +58,11 @@ def test_a_cell_counts_as_done_only_under_the_same_configuration(lb, tmp_path):
 
 
 def test_the_board_pairs_trained_seeds_against_the_reference(lb, tmp_path):
-    args = lb.parse(["--envs", "MoECache-v1", "--algos", "ppo", "--seeds", "0,1", "--episodes", "3",
+    args = lb.parse(["--envs", "MoECache-v2", "--algos", "ppo", "--seeds", "0,1", "--episodes", "3",
                      "--no-generalisation", "--out", str(tmp_path)])
     cells = lb.plan(args)
     (tmp_path / "cells").mkdir()
-    rewards = {"MoECache-v1:ppo:0": [1.0, 1.0, 1.0], "MoECache-v1:ppo:1": [3.0, 4.0, 2.0]}
+    rewards = {"MoECache-v2:ppo:0": [1.0, 1.0, 1.0], "MoECache-v2:ppo:1": [3.0, 4.0, 2.0]}
     for c in cells:
         if c["kind"] == "strategies":
             record = {"config": c["config"], "rewards": {"static": [1.0, 1.0, 1.0]}}
@@ -74,7 +74,7 @@ def test_the_board_pairs_trained_seeds_against_the_reference(lb, tmp_path):
                       "steps_per_s": 10.0, "curve": {"timesteps": [50, 100], "mean_reward": [0.0, 1.0]}}
         (tmp_path / "cells" / c["file"]).write_text(json.dumps(record))
     board = lb.board_from_cells(tmp_path, args, cells)
-    rows = board["envs"]["MoECache-v1"]["rows"]
+    rows = board["envs"]["MoECache-v2"]["rows"]
     # static minus static-tuned per episode: 1, 0, 2 -> mean 1, sd 1
     assert rows["static"]["minus_ref"]["mean"] == pytest.approx(1.0)
     assert rows["static"]["minus_ref"]["ci95"] == pytest.approx(4.303 / math.sqrt(3))
@@ -86,7 +86,7 @@ def test_the_board_pairs_trained_seeds_against_the_reference(lb, tmp_path):
     text = lb.markdown(board, lb.budget_text())
     assert "| ppo | trained | 2.00 | +2.000 ± 12.706 | no | 2 | 100 |" in text
     written = lb.plots(board, tmp_path)
-    assert [p.name for p in written] == ["v1_curves.png", "v1_paired.png"] and all(p.stat().st_size > 0 for p in written)
+    assert [p.name for p in written] == ["v2_curves.png", "v2_paired.png"] and all(p.stat().st_size > 0 for p in written)
 
 
 def test_bad_arguments_are_one_line_exit_2(tmp_path):
