@@ -108,6 +108,33 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def repeat_lines(table: list[dict[str, Any]], results: Path) -> list[str]:
+    """Rows measured again in a later GPU call (``kernel-<trace>-b<batch>-repeat.json``): both measurements and
+    the kernel's error against each and against their mean."""
+    lines: list[str] = []
+    for name, label in TRACES.items():
+        for batch in (1, 8):
+            path = results / f"kernel-{name}-b{batch}-repeat.json"
+            if not path.exists():
+                continue
+            data = json.loads(path.read_text())
+            again = {(r["policy"], r["slots_per_layer"], r["order"]): r["measured"]["mean_ms"] for r in data["runs"]}
+            if not lines:
+                lines = ["| trace | batch | policy | slots/layer | order | sim mean | GPU run 1 | GPU run 2 | runs differ "
+                         "| err run 1 | err run 2 | err vs mean of runs |",
+                         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            for r in table:
+                key = (r["policy"], r["slots"], r["order"])
+                if r["trace"] != label or r["batch"] != batch or key not in again:
+                    continue
+                second = again[key]
+                both = (r["gpu_mean"] + second) / 2
+                lines.append(f"| {label} | {batch} | {r['policy']} | {r['slots']} | {r['order']} | {r['sim_mean']:.2f} | "
+                             f"{r['gpu_mean']:.2f} | {second:.2f} | {second / r['gpu_mean'] - 1:+.1%} | "
+                             f"{r['err_mean']:+.1%} | {r['sim_mean'] / second - 1:+.1%} | {r['sim_mean'] / both - 1:+.1%} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default=str(RESULTS))
@@ -120,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_json(Path(args.json), {"rows": table, "mean_target": MEAN_TARGET, "p95_target": P95_TARGET})
     print(markdown(table))
+    again = repeat_lines(table, Path(args.results))
+    if again:
+        print("\nMeasured again in a later call:\n")
+        print("\n".join(again))
     return 0
 
 

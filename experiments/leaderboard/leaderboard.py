@@ -434,6 +434,7 @@ def markdown(board: dict[str, Any], budget_rows: list[str]) -> str:
         lines += [f"**Incomplete:** {len(board['missing_cells'])} cell(s) not computed yet "
                   f"({', '.join(board['missing_cells'][:12])}{' ...' if len(board['missing_cells']) > 12 else ''}); "
                   "rerun the script to continue.", ""]
+    lines += target_lines(board)
     for env_id, env in board["envs"].items():
         ref = env["reference"]
         lines += [f"## {env_id}", ""]
@@ -477,6 +478,42 @@ def markdown(board: dict[str, Any], budget_rows: list[str]) -> str:
         lines.append("")
     lines += ["## Budget", ""] + budget_rows + [""]
     return "\n".join(lines)
+
+
+def target_lines(board: dict[str, Any]) -> list[str]:
+    """The summary against the targets: per environment, the best trained agent's paired difference to the
+    reference and, where the table has a bound (Belady on the eviction environment), the share of the
+    reference-to-bound gap it closes; plus the longer PPO run of ``long/`` where one was made."""
+    lines = ["## Against the targets", ""]
+    for env_id, env in board["envs"].items():
+        trained = {n: r for n, r in env["rows"].items() if r["kind"] == "trained"}
+        if not trained:
+            continue
+        name, best = max(trained.items(), key=lambda kv: kv[1]["minus_ref"]["mean"])
+        d = best["minus_ref"]
+        beats = d["ci95"] is not None and d["mean"] > d["ci95"]
+        text = (f"- `{env_id}`: the best trained agent is {name}, {d['mean']:+.3f}"
+                + (f" ± {d['ci95']:.3f}" if d["ci95"] is not None else "")
+                + f" against `{env['reference']}` per episode: "
+                + ("it beats the reference (the 95% CI excludes 0)" if beats else "it does **not** beat the reference"))
+        bounds = [r for r in env["rows"].values() if r["kind"] == "clairvoyant bound"]
+        if bounds and bounds[0]["minus_ref"]["mean"] > 0:
+            share = d["mean"] / bounds[0]["minus_ref"]["mean"]
+            text += f"; it closes {share:+.1%} of the gap to the bound ({bounds[0]['minus_ref']['mean']:+.3f})"
+        lines.append(text + ".")
+    long_board = HERE / "long" / "leaderboard.json"
+    if long_board.exists() and board.get("out") != str(long_board.parent):
+        extra = json.loads(long_board.read_text())
+        for env_id, env in extra.get("envs", {}).items():
+            for name, r in env["rows"].items():
+                if r["kind"] != "trained":
+                    continue
+                d = r["minus_ref"]
+                ci = f" ± {d['ci95']:.3f}" if d["ci95"] is not None else ""
+                lines.append(f"- Longer run ([`long/`](long/README.md), `leaderboard.py --envs {env_id} --algos {name} "
+                             f"--timesteps {extra['budget'].split()[0]} --out experiments/leaderboard/long`): {name} on "
+                             f"`{env_id}` at {r['steps']} steps, {d['mean']:+.3f}{ci} against `{env['reference']}`.")
+    return lines + [""]
 
 
 def budget_text() -> list[str]:
@@ -641,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     board = board_from_cells(out, args, cells)
     board["wall_s"] = round(time.time() - start, 1)
     atomic_write_json(out / "leaderboard.json", board)
-    text = markdown(board, budget_text())
+    text = markdown({**board, "out": str(out.resolve())}, budget_text())
     atomic_write_text(out / "README.md", text)
     plots(board, out)
     print(text)
