@@ -199,6 +199,9 @@ def compare_evict(env_id: str, agent_specs: Sequence[str], episodes: int, seed: 
     from moe_cache_env.agents.sb3 import SB3Agent
 
     tick = progress or (lambda n, what: None)
+    for spec in agent_specs:  # every name checked before any episode runs
+        if spec not in EVICT_RULES and spec != "random" and ":" not in spec:
+            raise ValueError(f"unknown agent {spec!r} for {env_id}; use lru, belady, random or ALGO:PATH")
     env = make_env(env_id, split, overrides)
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -294,6 +297,23 @@ def format_table(result: dict[str, Any]) -> str:
             f"{cell(s.get('mean_latency_ms'), '{:.2f}'):>16} {cell(s.get('p95_latency_ms'), '{:.2f}'):>16} "
             f"{cell(s.get('wasted_prefetch_bytes'), '{:.2f}', 1e9):>14}"
         )
+    return "\n".join(lines)
+
+
+def format_evict_table(result: dict[str, Any]) -> str:
+    """:func:`compare_evict`'s result: mean ± std per agent of episode reward, the paired difference to the
+    reference, latency and hit rate."""
+    reference = result["reference_agent"]
+    delta_key = "reward_minus_" + reference
+    delta_title = f"vs {reference} (paired)"
+    header = f"{'agent':<24} {'episode reward':>18} {delta_title:>22} {'mean ms/tok':>16} {'hit rate':>16}"
+    lines = [header, "-" * len(header)]
+    for name in result["agent_order"]:
+        s = result["agents"][name]
+        cells = [f"{s[key]['mean']:{fmt}} ± {s[key]['std']:{fmt.lstrip('+')}}" for key, fmt in
+                 (("reward", ".2f"), (delta_key, "+.3f"), ("mean_latency_ms", ".2f"), ("hit_rate", ".4f"))]
+        label = f"{name} (bound)" if name == "belady" else name
+        lines.append(f"{label:<24} {cells[0]:>18} {cells[1]:>22} {cells[2]:>16} {cells[3]:>16}")
     return "\n".join(lines)
 
 

@@ -47,6 +47,21 @@ def test_compare_rejects_unknown_agent(tmp_path: Path):
     assert "clairvoyant" in result.stderr
 
 
+def test_compare_on_the_eviction_env_pairs_against_lru(tmp_path: Path):
+    out = tmp_path / "evict"
+    result = run_cli("compare", "--env", "MoECache-Evict-v0", "--episodes", "1", "--out", str(out), "--quiet",
+                     "--env-config", json.dumps({"episode_sequences": 1}))
+    data = json.loads((out / "compare.json").read_text())
+    assert data["agent_order"] == ["lru", "belady", "random"] and data["reference_agent"] == "lru"
+    # Belady's eviction misses least of all demand-only caches of the same slots on the same episode
+    hits = {name: data["agents"][name]["hit_rate"]["mean"] for name in data["agent_order"]}
+    assert hits["belady"] >= hits["lru"] and hits["belady"] >= hits["random"]
+    assert "belady (bound)" in result.stdout and "vs lru (paired)" in result.stdout
+    bad = subprocess.run([sys.executable, "-m", "moe_cache_env", "compare", "--env", "MoECache-Evict-v0", "--agents",
+                          "lru,static", "--episodes", "1"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown agent 'static'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_train_ppo_then_compare_the_saved_model(tmp_path: Path):
     out = tmp_path / "ppo"
     run_cli("train", "--algo", "ppo", "--env", "moe_cache_env:MoECache-v0", "--timesteps", "64", "--seed", "1", "--n-envs", "1",
