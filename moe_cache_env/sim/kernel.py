@@ -368,6 +368,33 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
                             ev.k_ins, ev.k_static, k_tier, E, decay)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _lowest_weighted(pool, tier, m, event, clock, u, mem, cnt, k_last, k_ufrac, k_conf, k_pin, vkey, vscore):
+    """The (up to) ``m`` unpinned keys of ``tier`` with the lowest weighted eviction score, lowest first (ties:
+    the lower key), into ``vkey``; returns how many. The order in which repeated :func:`_pick_victim` calls
+    would take them, with each score computed once, by the same expression."""
+    w_recency, w_frequency, w_confidence = u[U_W_RECENCY], u[U_W_FREQUENCY], u[U_W_CONFIDENCE]
+    nv = 0
+    for i in range(cnt[pool, tier - 1]):
+        key = mem[pool, tier - 1, i]
+        if k_pin[key] == event:
+            continue
+        age = clock - k_last[key]
+        s = w_recency / (1.0 + age) + w_frequency * k_ufrac[key] + w_confidence * k_conf[key]
+        if nv == m and not (s < vscore[m - 1] or (s == vscore[m - 1] and key < vkey[m - 1])):
+            continue
+        pos = nv if nv < m else m - 1
+        while pos > 0 and (s < vscore[pos - 1] or (s == vscore[pos - 1] and key < vkey[pos - 1])):
+            vscore[pos] = vscore[pos - 1]
+            vkey[pos] = vkey[pos - 1]
+            pos -= 1
+        vscore[pos] = s
+        vkey[pos] = key
+        if nv < m:
+            nv += 1
+    return nv
+
+
 @njit(cache=True, error_model="numpy")
 def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k_pin, k_freq, k_ftime, k_ins,
                      k_static, k_tier, E, decay):
@@ -388,7 +415,7 @@ def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
+               k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay, vkey, vscore):
     """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
 
     An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
@@ -396,14 +423,30 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
     (in use, or just predicted) are never shed: if they alone overfill a tier, it overflows until the next
     event, and the pool's other tiers give up slots instead, so a pool never holds more than its total slots
     beyond what the event pins.
+
+    ``vkey``, ``vscore``: scratch of a pool's slots (3 x the widest tier).
     """
     for t in range(tier, 4):
+        dest = 0
+        for t2 in range(t + 1, 4):
+            if caps[t2 - 1] > 0:
+                dest = t2
+                break
+        if mode == EV_WEIGHTED and cnt[pool, t - 1] - caps[t - 1] > 1:
+            # several victims from one tier: while they leave, no other key's score changes and no key joins
+            # the tier, so they are its lowest-scored unpinned keys in order; one scan finds them all (the
+            # loop below takes over if too few keys are unpinned)
+            nv = _lowest_weighted(pool, t, cnt[pool, t - 1] - caps[t - 1], event, clock, u, mem, cnt, k_last,
+                                  k_ufrac, k_conf, k_pin, vkey, vscore)
+            for j in range(nv):
+                victim = vkey[j]
+                if dest > 0:
+                    _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
+                    _tier_add(pool, dest, victim, mem, cnt, k_tier, k_pos)
+                else:
+                    _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos,
+                           q_key, counters)
         while cnt[pool, t - 1] > caps[t - 1]:
-            dest = 0
-            for t2 in range(t + 1, 4):
-                if caps[t2 - 1] > 0:
-                    dest = t2
-                    break
             victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev,
                                   k_tier, E, decay)
             if victim < 0 and t >= 2 and dest > 0:
@@ -505,7 +548,7 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
 Scratch = namedtuple(
     "Scratch",
     "mark ntok needed conf prod truth pmark x_arrival x_compute x_order cand top cal_table caps n_admitted route_sum "
-    "need_src snap cal_hist sel bin_val bin_cnt",
+    "need_src snap cal_hist sel bin_val bin_cnt vkey vscore",
 )
 
 
@@ -530,6 +573,8 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         # list, and the occupied bins' values and counts
         np.zeros(CAL_LANES * NUM_CAL_BINS, dtype=np.int64), np.empty(E, dtype=np.int64),
         np.empty(NUM_CAL_BINS, dtype=np.float64), np.empty(NUM_CAL_BINS, dtype=np.int64),
+        # the victim scan's: a tier's lowest-scored keys and their scores (_make_room)
+        np.empty(3 * state.tiers.mem.shape[2], dtype=np.int64), np.empty(3 * state.tiers.mem.shape[2]),
     )
     _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch)
 
@@ -607,6 +652,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
         scratch.n_admitted, scratch.route_sum
     need_src, snap = scratch.need_src, scratch.snap  # the decision log's (empty unless it is on)
     cal_hist, sel, bin_val, bin_cnt = scratch.cal_hist, scratch.sel, scratch.bin_val, scratch.bin_cnt
+    vkey, vscore = scratch.vkey, scratch.vscore
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
@@ -628,7 +674,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay, vkey, vscore)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
         latency = 0.0
@@ -740,7 +786,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
             if log_on:
                 nsnap = _log_snapshot(pool, mem, cnt, snap)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                       k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay, vkey, vscore)
             if log_on:
                 # the slots these evictions free are the ones this layer's demand loads fill
                 _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
@@ -935,7 +981,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         nsnap = _log_snapshot(tpool, mem, cnt, snap)
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
                                k_prefetched, k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
-                               ev_decay)
+                               ev_decay, vkey, vscore)
                     if log_on:
                         _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
                         if issued:  # after its evictions: the prefetch takes a slot one of them freed
@@ -977,7 +1023,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay, vkey, vscore)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
             latency += layer_ms
