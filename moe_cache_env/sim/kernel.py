@@ -16,10 +16,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
 
 from moe_cache_env.sim.timing import (
     NUM_SEED, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
@@ -193,60 +190,6 @@ ANY_KEY = -2
 ST_NONE = 0
 ST_READY = 1  # transfer committed: arrival time known (maybe in the future)
 ST_QUEUED = 2  # prefetch waiting in the link queue, not started
-
-
-@intrinsic
-def _prefetch(typingctx, arr, index, write):
-    """Ask the CPU to bring element ``index`` (flat, C order) of the C-contiguous ``arr`` into its caches; ``write``
-    (a literal 0 or 1): the line will be written. A hint only: nothing is read or written, no number changes."""
-    if (not isinstance(arr, types.Array) or not isinstance(index, types.Integer)
-            or not isinstance(write, types.IntegerLiteral)):
-        return None
-
-    def codegen(context, builder, signature, args):
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        ptr = builder.gep(ary.data, [args[1]])
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [cgutils.voidptr_t, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
-        # (address, write, locality 3 = keep in every cache level, 1 = data)
-        builder.call(fn, [builder.bitcast(ptr, cgutils.voidptr_t), ir.Constant(i32, write.literal_value),
-                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return types.void(arr, index, write), codegen
-
-
-@njit(cache=True, inline="always", error_model="numpy")
-def _prefetch_cooccurrence(s, l, nt, step_tokens, experts, K, E, L, pair, lookahead):
-    """Bring into the CPU caches the co-occurrence counts that event ``(s, l + 1)`` will read and write, while
-    this event's other work hides the wait. ``pair`` (2 x 24 x 60 x 60 int32 for the default trace, 0.7 MB) is
-    larger than a core's L2 and a row is reused only every ~E/K tokens, so without this the prediction's row
-    reads and the learning's increments each wait on L3 or memory."""
-    D = pair.shape[0]
-    ln = l + 1
-    if ln >= L:
-        return
-    d = lookahead - 1
-    if ln + lookahead < L and 0 <= d < D:
-        # the next event predicts within this step from the rows of its own experts at layer ln
-        for b in range(nt):
-            t = step_tokens[s, b]
-            for k in range(K):
-                row = ((d * L + ln) * E + experts[t, ln, k]) * E
-                for e in range(0, E, 16):  # 16 int32 = one 64-byte line
-                    _prefetch(pair, row + e, 0)
-                _prefetch(pair, row + E - 1, 0)
-    # its learning adds the pairs (layer ln - dd -> ln) into table dd - 1 (_observe)
-    for dd in range(1, D + 1):
-        if ln - dd < 0:
-            break
-        for b in range(nt):
-            t = step_tokens[s, b]
-            for k in range(K):
-                row = (((dd - 1) * L + ln - dd) * E + experts[t, ln - dd, k]) * E
-                for j in range(K):
-                    _prefetch(pair, row + experts[t, ln, j], 1)
 
 
 @njit(cache=True, inline="always", error_model="numpy")
@@ -1044,9 +987,6 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         if issued:  # after its evictions: the prefetch takes a slot one of them freed
                             _log_row(log, log_pos, LOG_PREFETCH, s, lt, e, 0, 0)
                     k_last[key] = clock
-            # ---- 5b. warm the CPU caches for the next event's co-occurrence reads and writes --------------------
-            if predictor == P_CROSS_LAYER:
-                _prefetch_cooccurrence(s, l, nt, step_tokens, experts, K, E, L, pair, lookahead)
             # ---- 6. learn from this layer's routing -----------------------------------------------------------
             if predictor != P_NONE and predictor != P_EXTERNAL:
                 _observe(s, l, nt, step_tokens, prev_token, experts, E, K, decay, pop_cnt, pop_obs, pop_weight,
