@@ -674,7 +674,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay, vkey, vscore)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay,
+                           vkey, vscore)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
         latency = 0.0
@@ -1023,7 +1024,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay, vkey, vscore)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay,
+                           vkey, vscore)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
             latency += layer_ms
