@@ -109,6 +109,7 @@ NEVER = 1 << 62  # next use of a key that is never needed again
 # ---- confidence calibration: raw scores are binned; a bin answers its observed hit frequency -------------------
 NUM_CAL_BINS = 20
 CAL_PRIOR = 4.0  # pseudo-observations at the bin's midpoint: an unvisited bin answers the raw score
+CAL_LANES = 4  # the binning counts into this many interleaved histograms (see _bin_scores)
 
 # ---- float configuration indices -------------------------------------------------------------------------------
 F_TRANSFER_MS = 0
@@ -369,6 +370,33 @@ def _pick_victim(pool, tier, event, mode, clock, u, mem, cnt, k_last, k_uses, k_
                             ev.k_ins, ev.k_static, k_tier, E, decay)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _lowest_weighted(pool, tier, m, event, clock, u, mem, cnt, k_last, k_ufrac, k_conf, k_pin, vkey, vscore):
+    """The (up to) ``m`` unpinned keys of ``tier`` with the lowest weighted eviction score, lowest first (ties:
+    the lower key), into ``vkey``; returns how many. The order in which repeated :func:`_pick_victim` calls
+    would take them, with each score computed once, by the same expression."""
+    w_recency, w_frequency, w_confidence = u[U_W_RECENCY], u[U_W_FREQUENCY], u[U_W_CONFIDENCE]
+    nv = 0
+    for i in range(cnt[pool, tier - 1]):
+        key = mem[pool, tier - 1, i]
+        if k_pin[key] == event:
+            continue
+        age = clock - k_last[key]
+        s = w_recency / (1.0 + age) + w_frequency * k_ufrac[key] + w_confidence * k_conf[key]
+        if nv == m and not (s < vscore[m - 1] or (s == vscore[m - 1] and key < vkey[m - 1])):
+            continue
+        pos = nv if nv < m else m - 1
+        while pos > 0 and (s < vscore[pos - 1] or (s == vscore[pos - 1] and key < vkey[pos - 1])):
+            vscore[pos] = vscore[pos - 1]
+            vkey[pos] = vkey[pos - 1]
+            pos -= 1
+        vscore[pos] = s
+        vkey[pos] = key
+        if nv < m:
+            nv += 1
+    return nv
+
+
 @njit(cache=True, error_model="numpy")
 def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k_pin, k_freq, k_ftime, k_ins,
                      k_static, k_tier, E, decay):
@@ -389,7 +417,7 @@ def _pick_zoo_victim(pool, tier, event, mode, clock, mem, cnt, k_last, k_uses, k
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses,
-               k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay):
+               k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, decay, vkey, vscore):
     """Shed entries from ``tier`` down until every tier and the pool as a whole fit their slots.
 
     An over-full tier demotes its lowest-score unpinned entry to the next tier that has slots (L1 -> L2 -> L3,
@@ -397,14 +425,30 @@ def _make_room(pool, tier, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos,
     (in use, or just predicted) are never shed: if they alone overfill a tier, it overflows until the next
     event, and the pool's other tiers give up slots instead, so a pool never holds more than its total slots
     beyond what the event pins.
+
+    ``vkey``, ``vscore``: scratch of a pool's slots (3 x the widest tier).
     """
     for t in range(tier, 4):
+        dest = 0
+        for t2 in range(t + 1, 4):
+            if caps[t2 - 1] > 0:
+                dest = t2
+                break
+        if mode == EV_WEIGHTED and cnt[pool, t - 1] - caps[t - 1] > 1:
+            # several victims from one tier: while they leave, no other key's score changes and no key joins
+            # the tier, so they are its lowest-scored unpinned keys in order; one scan finds them all (the
+            # loop below takes over if too few keys are unpinned)
+            nv = _lowest_weighted(pool, t, cnt[pool, t - 1] - caps[t - 1], event, clock, u, mem, cnt, k_last,
+                                  k_ufrac, k_conf, k_pin, vkey, vscore)
+            for j in range(nv):
+                victim = vkey[j]
+                if dest > 0:
+                    _tier_remove(pool, victim, mem, cnt, k_tier, k_pos)
+                    _tier_add(pool, dest, victim, mem, cnt, k_tier, k_pos)
+                else:
+                    _evict(pool, victim, mem, cnt, k_tier, k_pos, k_state, k_prefetched, k_uses, k_ufrac, k_qpos,
+                           q_key, counters)
         while cnt[pool, t - 1] > caps[t - 1]:
-            dest = 0
-            for t2 in range(t + 1, 4):
-                if caps[t2 - 1] > 0:
-                    dest = t2
-                    break
             victim = _pick_victim(pool, t, event, mode, clock, u, mem, cnt, k_last, k_uses, k_ufrac, k_conf, k_pin, ev,
                                   k_tier, E, decay)
             if victim < 0 and t >= 2 and dest > 0:
@@ -506,7 +550,7 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
 Scratch = namedtuple(
     "Scratch",
     "mark ntok needed conf prod truth pmark x_arrival x_compute x_order cand top cal_table caps n_admitted route_sum "
-    "need_src snap",
+    "need_src snap cal_hist sel bin_val bin_cnt vkey vscore",
 )
 
 
@@ -527,6 +571,12 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         # the decision log's: each need's source, and a snapshot of a pool's keys around an eviction
         np.zeros(E, dtype=np.int64),
         np.empty(3 * state.tiers.mem.shape[2] + 1 if out.log.shape[0] > 0 else 0, dtype=np.int64),
+        # the calibrated selection's: per-bin counts (CAL_LANES interleaved copies), the experts that can enter a
+        # list, and the occupied bins' values and counts
+        np.zeros(CAL_LANES * NUM_CAL_BINS, dtype=np.int64), np.empty(E, dtype=np.int64),
+        np.empty(NUM_CAL_BINS, dtype=np.float64), np.empty(NUM_CAL_BINS, dtype=np.int64),
+        # the victim scan's: a tier's lowest-scored keys and their scores (_make_room)
+        np.empty(3 * state.tiers.mem.shape[2], dtype=np.int64), np.empty(3 * state.tiers.mem.shape[2]),
     )
     _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch)
 
@@ -604,6 +654,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
     cand, top, cal_table, caps, n_admitted, route_sum = scratch.cand, scratch.top, scratch.cal_table, scratch.caps, \
         scratch.n_admitted, scratch.route_sum
     need_src, snap = scratch.need_src, scratch.snap  # the decision log's (empty unless it is on)
+    cal_hist, sel, bin_val, bin_cnt = scratch.cal_hist, scratch.sel, scratch.bin_val, scratch.bin_cnt
+    vkey, vscore = scratch.vkey, scratch.vscore
 
     for s in range(s0, s1):
         nt = step_ntokens[s]
@@ -625,7 +677,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, -1, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay,
+                           vkey, vscore)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
         latency = 0.0
@@ -737,7 +790,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
             if log_on:
                 nsnap = _log_snapshot(pool, mem, cnt, snap)
             _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                       k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                       k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay, vkey, vscore)
             if log_on:
                 # the slots these evictions free are the ones this layer's demand loads fill
                 _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
@@ -782,15 +835,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                     target = st * L + lt
                     slot = target % 3
                     pend_target[slot] = target
-                    for b in range(NUM_CAL_BINS):
-                        pend_hist[slot, b] = 0.0
-                    for e in range(E):
-                        b = int(conf[e] * NUM_CAL_BINS)
-                        if b >= NUM_CAL_BINS:
-                            b = NUM_CAL_BINS - 1
-                        pend_bin[slot, e] = b
-                        pend_hist[slot, b] += 1.0
-                        conf[e] = cal_table[b]
+                    _bin_scores(conf, E, slot, pend_bin, pend_hist, cal_hist)
                 nst = step_ntokens[st]
                 # accuracy against the truth (the simulator knows it; the predictor did not read it)
                 ntruth = 0
@@ -806,15 +851,26 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 # lower expert id.
                 # The confidences of the current best and of the last of the top list are kept in registers:
                 # the compares are on every expert, the updates rare.
-                best = 0
-                best_c = conf[0]
+                base_key = lt * E
+                if calibrate:
+                    # calibrated confidences take one value per bin: only the experts at or above the lower of
+                    # the L3 threshold and the |truth|-th highest value can enter any list; the pass below runs
+                    # over those alone (in expert order, so its lists come out the same)
+                    nsel = _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth, l3_thr,
+                                                  k_conf, base_key, sel, bin_val, bin_cnt)
+                else:
+                    for e in range(E):
+                        k_conf[base_key + e] = conf[e]
+                        sel[e] = e
+                    nsel = E
+                best = sel[0]
+                best_c = conf[best]
                 ntop = 0
                 top_last_c = 0.0  # conf[top[ntop - 1]], read only once the list holds ntruth experts
                 ncand = 0
-                base_key = lt * E
-                for e in range(E):
+                for j in range(nsel):
+                    e = sel[j]
                     c = conf[e]
-                    k_conf[base_key + e] = c
                     if c > best_c:
                         best = e
                         best_c = c
@@ -929,7 +985,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         nsnap = _log_snapshot(tpool, mem, cnt, snap)
                     _make_room(tpool, target, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state,
                                k_prefetched, k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E,
-                               ev_decay)
+                               ev_decay, vkey, vscore)
                     if log_on:
                         _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
                         if issued:  # after its evictions: the prefetch takes a slot one of them freed
@@ -979,7 +1035,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if log_on:
                     nsnap = _log_snapshot(pool, mem, cnt, snap)
                 _make_room(pool, 1, caps, event, mode, clock, u, mem, cnt, k_tier, k_pos, k_state, k_prefetched,
-                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay)
+                           k_uses, k_ufrac, k_last, k_conf, k_pin, k_qpos, q_key, ev, counters, E, ev_decay,
+                           vkey, vscore)
                 if log_on:
                     _log_evictions(snap, nsnap, k_tier, log, log_pos, s, E)
             latency += layer_ms
@@ -1026,6 +1083,79 @@ def _preload_static(caps, layer_caps_on, layer_caps, E, k_static, mem, cnt, k_ti
             _tier_add(pool, tier, best, mem, cnt, k_tier, k_pos)
             k_state[best] = ST_READY
             k_arrival[best] = 0.0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _bin_scores(conf, E, slot, pend_bin, pend_hist, cal_hist):
+    """Calibration's binning of a prediction: each expert's raw score bin into ``pend_bin[slot]`` and the count
+    of experts per bin into ``pend_hist[slot]`` (``conf`` keeps the raw scores).
+
+    Most experts share the lowest bins, so one histogram would make every increment wait for the previous one
+    through memory; CAL_LANES interleaved integer histograms break that chain. The sums are counts, exact in a
+    float64, so ``pend_hist`` holds the same values as adding 1.0 per expert."""
+    for e in range(E):
+        b = int(conf[e] * NUM_CAL_BINS)
+        if b >= NUM_CAL_BINS:
+            b = NUM_CAL_BINS - 1
+        pend_bin[slot, e] = b
+    for i in range(CAL_LANES * NUM_CAL_BINS):
+        cal_hist[i] = 0
+    e0 = 0
+    while e0 + CAL_LANES <= E:
+        for j in range(CAL_LANES):
+            cal_hist[j * NUM_CAL_BINS + pend_bin[slot, e0 + j]] += 1
+        e0 += CAL_LANES
+    for e in range(e0, E):
+        cal_hist[pend_bin[slot, e]] += 1
+    for b in range(NUM_CAL_BINS):
+        n = 0
+        for j in range(CAL_LANES):
+            n += cal_hist[j * NUM_CAL_BINS + b]
+        pend_hist[slot, b] = float(n)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth, l3_thr, k_conf, base_key, sel,
+                           bin_val, bin_cnt):
+    """Answer each expert's calibrated confidence (its bin's value) into ``conf`` and ``k_conf[base_key:]``, and
+    list in ``sel`` (in expert order) the experts the selection pass must see; returns how many.
+
+    A calibrated confidence is one of NUM_CAL_BINS values, and the bins' counts are known (``pend_hist``), so the
+    |truth|-th highest confidence ``v`` is found from the occupied bins alone. Only an expert with a confidence
+    >= min(v, l3_thr) can be the top-1, among the |truth| most confident, or an admission candidate; the others
+    would be compared and skipped. The calibration table need not be monotone in the bin, so bins are ordered by
+    their values, not their indices."""
+    # the occupied bins by value, highest first (insertion: at most NUM_CAL_BINS, usually a handful)
+    nb = 0
+    for b in range(NUM_CAL_BINS):
+        if pend_hist[slot, b] > 0.0:
+            v = cal_table[b]
+            pos = nb
+            while pos > 0 and bin_val[pos - 1] < v:
+                bin_val[pos] = bin_val[pos - 1]
+                bin_cnt[pos] = bin_cnt[pos - 1]
+                pos -= 1
+            bin_val[pos] = v
+            bin_cnt[pos] = int(pend_hist[slot, b])
+            nb += 1
+    cut = bin_val[nb - 1]
+    acc = 0
+    for j in range(nb):
+        acc += bin_cnt[j]
+        if acc >= ntruth:
+            cut = bin_val[j]
+            break
+    if l3_thr < cut:
+        cut = l3_thr
+    # branch-free compaction: which experts pass is data, not a pattern a branch predictor learns
+    nsel = 0
+    for e in range(E):
+        c = cal_table[pend_bin[slot, e]]
+        conf[e] = c
+        k_conf[base_key + e] = c
+        sel[nsel] = e
+        nsel += 1 if c >= cut else 0
+    return nsel
 
 
 @njit(cache=True, inline="always", error_model="numpy")

@@ -1,0 +1,106 @@
+"""Compare kernels from several source trees on a shared, noisy machine: alternating replays, chunked timings.
+
+Each tree (a checkout or ``git archive`` of the package, given by its root directory) gets a worker process
+that imports *its* ``moe_cache_env`` and replays the bundled default trace (``qwen1.5-moe``, default cache, as
+``moe-cache-env bench``) on request. The driver asks the workers in turn (order reversed every other round), so
+load from other jobs falls on every tree alike. Each replay is timed (CPU time) in chunks of ``--chunk`` steps;
+besides the best and median whole replay, the sum over chunks of each chunk's minimum across runs estimates the
+replay's cost on a quiet machine: short chunks often fall between other jobs' bursts when whole replays do not.
+
+  python experiments/perf/ab.py --runs 20 /tmp/kernel-before .
+
+prints one JSON line per tree: ns per routing event (chunk minima, best run, median run). Numba compiles each
+tree's kernel on its first use (its cache lives in that tree), before timing starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+VARIANTS = {"cross-layer": {}, "uncalibrated": {"calibrate_confidence": False}, "none": {"predictor": "none"}}
+
+
+def worker(variant: str, chunk: int) -> None:
+    """Replay on each line read from stdin; answer with the chunks' CPU seconds as a JSON list."""
+    from moe_cache_env.cli._common import load_named_trace
+    from moe_cache_env.sim.config import Controls, SimConfig
+    from moe_cache_env.sim.evaluate import default_capacity, split_capacity
+    from moe_cache_env.sim.simulator import Simulator
+
+    trace = load_named_trace("qwen1.5-moe")
+    cache = split_capacity(default_capacity(trace.num_experts, trace.top_k), trace.top_k)
+    config = SimConfig(cache=cache, **VARIANTS[variant])
+    Simulator(trace, config, rng=np.random.default_rng(0)).run(None, Controls())  # warm-up (and compile)
+    print(json.dumps({"events": trace.num_tokens * trace.num_layers}), flush=True)
+    for _ in sys.stdin:
+        sim = Simulator(trace, config, rng=np.random.default_rng(0))
+        controls = Controls()
+        times = []
+        while not sim.done:
+            start = time.process_time()
+            sim.run(chunk, controls)
+            times.append(time.process_time() - start)
+        print(json.dumps(times), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs="+", help="root directories of the package sources to compare")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--chunk", type=int, default=500, help="steps per timed chunk")
+    parser.add_argument("--variant", default="cross-layer", choices=sorted(VARIANTS))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.runs < 1 or args.chunk < 1:
+        print("ab: --runs and --chunk must be >= 1", file=sys.stderr)
+        return 2
+    if args.worker:
+        worker(args.variant, args.chunk)
+        return 0
+    missing = [t for t in args.trees if not os.path.isdir(os.path.join(t, "moe_cache_env"))]
+    if missing:
+        print(f"ab: no moe_cache_env package under {', '.join(missing)}; give the root of a source tree",
+              file=sys.stderr)
+        return 2
+    procs = []
+    for tree in args.trees:
+        root = os.path.abspath(tree)
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--worker", "--variant", args.variant, "--chunk",
+             str(args.chunk), root], cwd=root, env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True))
+    events = [json.loads(p.stdout.readline())["events"] for p in procs]
+    runs: list[list[list[float]]] = [[] for _ in procs]
+    for r in range(args.runs):
+        order = list(range(len(procs)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            procs[i].stdin.write("go\n")
+            procs[i].stdin.flush()
+            runs[i].append(json.loads(procs[i].stdout.readline()))
+    for p in procs:
+        p.stdin.close()
+        p.wait()
+    for tree, n_events, times in zip(args.trees, events, runs):
+        a = np.array(times)  # runs x chunks
+        per_event = 1e9 / n_events
+        print(json.dumps({
+            "tree": tree, "variant": args.variant, "runs": args.runs, "chunk_steps": args.chunk,
+            "cpu_count": os.cpu_count(),
+            "ns_per_event_chunk_minima": round(float(a.min(axis=0).sum()) * per_event, 1),
+            "ns_per_event_best": round(float(a.sum(axis=1).min()) * per_event, 1),
+            "ns_per_event_median": round(float(np.median(a.sum(axis=1))) * per_event, 1),
+        }, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
