@@ -25,7 +25,8 @@ from numba import njit
 
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.timing import (
-    launch_wait_ms, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts, timeline_layer_ms,
+    fused_launch_wait_ms, launch_wait_ms, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts,
+    timeline_layer_ms,
 )
 
 # ---- who picks the victim --------------------------------------------------------------------------------------
@@ -436,11 +437,8 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
                 if launch_ms > 0.0:
-                    for n in range(nneed):  # a fused layer's experts all wait for its last copy
-                        x_arrival[n] = ready
-                        x_compute[n] = ctab[ntok[needed[n]]]
-                    layer_ms += launch_wait_ms(now, now + stall + compute_ms, x_arrival, x_compute, nneed, x_order,
-                                               launch_ms)
+                    layer_ms += fused_launch_wait_ms(now, ready, now + stall + compute_ms, needed, nneed, ntok, ctab,
+                                                     x_arrival, x_compute, x_order, launch_ms)
             counters[K.C_COMPUTE_MS] += compute_ms
             link[1] = now + layer_ms
             step_latency_ms[s] += layer_ms

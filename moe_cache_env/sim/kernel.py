@@ -19,8 +19,8 @@ import numpy as np
 from numba import njit
 
 from moe_cache_env.sim.timing import (
-    NUM_SEED, launch_wait_ms, per_expert_finish_ms, seed_compute_ms, seed_layer_ms, step_layer_experts,
-    timeline_layer_ms,
+    NUM_SEED, fused_launch_wait_ms, launch_wait_ms, per_expert_finish_ms, seed_compute_ms, seed_layer_ms,
+    step_layer_experts, timeline_layer_ms,
 )
 
 # error_model="numpy": divisions follow IEEE rules instead of checking for zero and raising, which keeps
@@ -1018,11 +1018,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
                 if launch_ms > 0.0:
-                    for n in range(nneed):  # a fused layer's experts all wait for its last copy
-                        x_arrival[n] = ready
-                        x_compute[n] = ctab[ntok[needed[n]]]
-                    layer_ms += launch_wait_ms(now, now + stall + compute_ms, x_arrival, x_compute, nneed, x_order,
-                                               launch_ms)
+                    layer_ms += fused_launch_wait_ms(now, ready, now + stall + compute_ms, needed, nneed, ntok, ctab,
+                                                     x_arrival, x_compute, x_order, launch_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
             # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back;

@@ -118,6 +118,17 @@ def launch_wait_ms(now, finish, arrival, compute, n, order, launch_ms):
     return per_expert_finish_ms(now, arrival, compute, n, order, launch_ms) - finish
 
 
+@njit(cache=True, error_model="numpy")
+def fused_launch_wait_ms(now, ready, finish, needed, nneed, ntok, ctab, arrival, compute, order, launch_ms):
+    """:func:`launch_wait_ms` of a ``fused`` layer: its ``nneed`` experts (``needed``, ``ntok`` tokens each, compute
+    ``ctab[tokens]``) all wait for the layer's last copy (``ready``); ``arrival``, ``compute`` and ``order`` are
+    scratch space."""
+    for n in range(nneed):
+        arrival[n] = ready
+        compute[n] = ctab[ntok[needed[n]]]
+    return launch_wait_ms(now, finish, arrival, compute, nneed, order, launch_ms)
+
+
 @njit(cache=True, inline="always")
 def step_layer_experts(step_tokens, s, nt, experts, l, K, event, mark, ntok, needed):
     """The distinct experts that the ``nt`` tokens of step ``s`` need at layer ``l``: written to ``needed[:n]``
