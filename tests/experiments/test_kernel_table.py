@@ -133,3 +133,19 @@ def test_the_committed_results_make_the_table(tmp_path):
         assert r["runs"] == len(means) >= 3
         assert r["gpu_mean"] == pytest.approx(sum(means) / len(means))
         assert r["err_mean"] == pytest.approx(r["sim_mean"] / r["gpu_mean"] - 1)
+
+
+def test_the_per_layer_split_recovers_hand_set_costs():
+    spec = importlib.util.spec_from_file_location("kernel_layers_script", SCRIPT.parent / "kernel_layers.py")
+    kl = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kl)
+    import numpy as np
+
+    # 4 steps of 4 layers: (0 loads, 1 load, 2 loads, 3+ loads) layers each; 0.1 ms too much per quiet layer,
+    # 0.05 per one-load layer, nothing on the others
+    kinds = np.array([[2, 1, 1, 0], [1, 2, 0, 1], [0, 1, 2, 1], [1, 1, 1, 1]], dtype=float)
+    error = kinds @ np.array([0.1, 0.05, 0.0, 0.0])
+    assert kl.split_error(error, kinds, min_per_step=0.0) == pytest.approx([0.1, 0.05, 0.0, 0.0], abs=1e-12)
+    # a kind under half a layer per step is left out of the fit
+    rare = np.array([[3, 1, 0, 0], [3, 1, 0, 0], [2, 2, 0, 0], [4, 0, 0, 1]], dtype=float)
+    assert kl.split_error(rare @ np.array([0.1, 0.05, 0, 0]), rare)[2:] == [None, None]
