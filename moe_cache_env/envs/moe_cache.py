@@ -28,7 +28,7 @@ from moe_cache_env.envs.render import HISTORY_WINDOWS, draw_state
 from moe_cache_env.envs.reward import DemandAllReference, reward_terms
 from moe_cache_env.envs.suite import load_split
 from moe_cache_env.sim.config import Controls
-from moe_cache_env.sim.metrics import weighted_mean
+from moe_cache_env.sim.metrics import plain_mean, weighted_mean
 from moe_cache_env.sim.simulator import Simulator, WindowResult, holds_every_expert
 from moe_cache_env.traces.format import Trace
 
@@ -194,6 +194,9 @@ class MoECacheEnv(gym.Env):
         self.reference = DemandAllReference(
             self.episode_trace, self.sim.profile, self.sim.expert_bytes, self.config["timing"], schedule.step_tokens.shape[1]
         )
+        # every step's reference latency, in one compiled call per episode instead of one per window (each step's
+        # value depends on that step alone)
+        self._reference_step_ms = self.reference.step_latency_ms(schedule.step_tokens, schedule.link_share)
         self.controls = self.initial_controls
         self.elapsed_steps = 0
         self._previous_shares: np.ndarray | None = None
@@ -234,7 +237,7 @@ class MoECacheEnv(gym.Env):
         schedule = sim.schedule
         step_tokens = schedule.step_tokens[s0:s1]
         link_share = schedule.link_share[s0:s1]
-        reference_ms = self.reference.mean_latency_ms(step_tokens, schedule.step_ntokens[s0:s1], link_share)
+        reference_ms = weighted_mean(self._reference_step_ms[s0:s1], schedule.step_ntokens[s0:s1].astype(np.float64))
         terms = reward_terms(m, reference_ms, **self.config["reward"])
         tokens = step_tokens[step_tokens >= 0]
         shares = expert_shares(self.episode_trace.experts[tokens], self.episode_trace.num_experts)
@@ -258,7 +261,7 @@ class MoECacheEnv(gym.Env):
             "memory_pressure": m["memory_pressure"],
             "expert_memory_share": float(sim.current_capacities().sum() / sim.config.cache.total_slots),
             "bandwidth_share": weighted_mean(link_share, token_weights),
-            "batch_share": float(token_weights.mean() / step_tokens.shape[1]),
+            "batch_share": plain_mean(token_weights) / step_tokens.shape[1],
             "prefetch_precision": m["prefetch_precision"],
             "wasted_share": m["wasted_prefetch_bytes"] / copied,
             "prefetch_share": m["prefetch_bytes"] / copied,
@@ -286,9 +289,9 @@ class MoECacheEnv(gym.Env):
             "metrics": m,
             "controls": self.controls.to_dict(),
             "workload": {
-                "batch": float(schedule.batch[s0:s1].mean()),
-                "kv_fraction": float(schedule.kv_fraction[s0:s1].mean()),
-                "link_share": float(link_share.mean()),
+                "batch": plain_mean(schedule.batch[s0:s1]),
+                "kv_fraction": plain_mean(schedule.kv_fraction[s0:s1]),
+                "link_share": plain_mean(link_share),
             },
             "trace": self.trace_name,
             "start_sequence": self.start_sequence,

@@ -9,10 +9,13 @@ hand-written strategies in ``agents/`` read the observation through it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
 from gymnasium import spaces
+
+from moe_cache_env.sim.metrics import plain_mean
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ def encode_observation(raw: Mapping[str, float]) -> np.ndarray:
     if missing:
         raise KeyError(f"observation is missing feature(s) {missing}")
     values = np.array([float(raw[name]) for name in FEATURE_NAMES], dtype=np.float64) / _SCALE
-    values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=-1.0)
+    if not np.isfinite(values).all():  # rare: nan_to_num costs more than the rest of the encoding
+        values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(values, _LOW, _HIGH).astype(np.float32)
 
 
@@ -95,24 +99,33 @@ def decode_observation(obs: np.ndarray) -> dict[str, float]:
 def expert_shares(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """(L, E) share of each expert among the top-k choices at each layer, for tokens ``experts`` (n, L, K)."""
     n, num_layers, _ = experts.shape
-    shares = np.zeros((num_layers, num_experts), dtype=np.float64)
     if n == 0:
-        return shares
-    flat = (np.arange(num_layers)[None, :, None] * num_experts + experts.astype(np.int64)).ravel()
-    shares += np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
+        return np.zeros((num_layers, num_experts), dtype=np.float64)
+    flat = (_layer_offsets(num_layers, num_experts) + experts).ravel()
+    counts = np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
+    shares = counts.astype(np.float64)
     return shares / shares.sum(axis=1, keepdims=True)
+
+
+@lru_cache(maxsize=16)
+def _layer_offsets(num_layers: int, num_experts: int) -> np.ndarray:
+    """(1, L, 1) int64 ``layer * num_experts``: added to (n, L, K) expert ids, the flat (layer, expert) keys."""
+    offsets = np.arange(num_layers, dtype=np.int64)[None, :, None] * num_experts
+    offsets.flags.writeable = False
+    return offsets
 
 
 def popularity_entropy(shares: np.ndarray) -> float:
     """Mean over layers of the normalised entropy (0 = one expert, 1 = uniform) of the expert shares."""
     num_experts = shares.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        h = -np.where(shares > 0, shares * np.log(shares), 0.0).sum(axis=1)
-    return float(h.mean() / np.log(num_experts)) if num_experts > 1 else 0.0
+    # log only where a share is positive (a zero share adds 0): no errstate, no -inf to mask afterwards
+    logs = np.log(shares, out=np.zeros_like(shares), where=shares > 0)
+    h = -(shares * logs).sum(axis=1)
+    return float(plain_mean(h) / np.log(num_experts)) if num_experts > 1 else 0.0
 
 
 def popularity_shift(shares: np.ndarray, previous: np.ndarray | None) -> float:
     """Mean over layers of the total-variation distance between two windows' expert shares."""
     if previous is None:
         return 0.0
-    return float(0.5 * np.abs(shares - previous).sum(axis=1).mean())
+    return float(0.5 * plain_mean(np.abs(shares - previous).sum(axis=1)))
