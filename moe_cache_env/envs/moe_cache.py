@@ -138,6 +138,7 @@ class MoECacheEnv(gym.Env):
         self._last_info: dict[str, Any] | None = None
         #: (latency_ratio, perfect_coverage) of recent windows, for the rgb_array picture
         self._history: deque[tuple[float, float]] = deque(maxlen=HISTORY_WINDOWS)
+        self._fit_traces: dict[str, Trace | None] = {}  # by trace name (_fit_trace)
 
     # ---- episodes ------------------------------------------------------------------------------------------
     def _split(self, name: str, split: str) -> Trace:
@@ -147,7 +148,13 @@ class MoECacheEnv(gym.Env):
         return episode_window(trace, start, int(self.config["episode_tokens"]))
 
     def _fit_trace(self, name: str) -> Trace | None:
-        """The cross-layer predictor's offline data: the first ``predictor_fit_tokens`` train-split tokens."""
+        """The cross-layer predictor's offline data: the first ``predictor_fit_tokens`` train-split tokens (built
+        once per trace name: the same Trace object lets the simulator reuse its fitted table at every reset)."""
+        if name not in self._fit_traces:
+            self._fit_traces[name] = self._build_fit_trace(name)
+        return self._fit_traces[name]
+
+    def _build_fit_trace(self, name: str) -> Trace | None:
         tokens = int(self.config["predictor_fit_tokens"])
         if self.config["predictor"] != "cross-layer" or tokens == 0:
             return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from moe_cache_env.sim.config import CacheConfig, WorkloadConfig
 from moe_cache_env.traces.format import Trace
@@ -95,6 +96,56 @@ def chunk_tokens(trace: Trace, workload: WorkloadConfig) -> int:
     return 1
 
 
+@njit(cache=True)
+def _lay_out_steps(bounds, order, batch_series, lanes, chunk, num_tokens):
+    """The steps' token rows (-1 padded) and each step's active lanes: sequences in ``order`` fill lanes, a lane
+    takes up to ``chunk`` tokens of its sequence per step, and step ``s`` runs ``batch_series[s]`` lanes.
+
+    Compiled: a Python loop over steps cost ~60 ms per schedule (thousands of steps), paid at every reset."""
+    width = lanes * chunk
+    max_steps = num_tokens  # an upper bound: every step serves at least one token while any is left
+    lane_pos = np.full(lanes, -1, dtype=np.int64)  # next token of the lane's sequence
+    lane_end = np.full(lanes, -1, dtype=np.int64)
+    capacity = 64
+    rows = np.full((capacity, width), -1, dtype=np.int64)
+    batch_used = np.zeros(capacity, dtype=np.int64)
+    next_seq = 0
+    remaining = num_tokens
+    step = 0
+    while remaining > 0:
+        active = int(batch_series[step]) if step < max_steps else lanes
+        if step == capacity:  # grow by doubling
+            capacity *= 2
+            grown = np.full((capacity, width), -1, dtype=np.int64)
+            grown[:step] = rows[:step]
+            rows = grown
+            grown_batch = np.zeros(capacity, dtype=np.int64)
+            grown_batch[:step] = batch_used[:step]
+            batch_used = grown_batch
+        filled = 0
+        for lane in range(active):
+            if lane_pos[lane] < 0 or lane_pos[lane] >= lane_end[lane]:
+                if next_seq >= len(order):
+                    lane_pos[lane] = -1
+                    continue
+                lane_pos[lane] = bounds[order[next_seq], 0]
+                lane_end[lane] = bounds[order[next_seq], 1]
+                next_seq += 1
+            take = min(chunk, lane_end[lane] - lane_pos[lane])
+            for j in range(take):
+                rows[step, filled + j] = lane_pos[lane] + j
+            filled += take
+            lane_pos[lane] += take
+        if filled == 0:
+            # the active lanes ran dry while paused lanes still hold tokens: let every lane run
+            batch_series[step] = lanes
+            continue
+        remaining -= filled
+        batch_used[step] = active
+        step += 1
+    return rows[:step].copy(), batch_used[:step].copy()
+
+
 def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, rng: np.random.Generator) -> Schedule:
     """Lay the trace's tokens out into steps under ``workload``."""
     bounds = trace.sequence_bounds()
@@ -107,39 +158,8 @@ def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, r
     max_steps = T
     batch_series = _segments(max_steps, workload.segment_steps, workload.batch_min, workload.batch_max, rng, True)
 
-    lane_pos = np.full(lanes, -1, dtype=np.int64)  # next token of the lane's sequence
-    lane_end = np.full(lanes, -1, dtype=np.int64)
-    next_seq = 0
-    rows: list[np.ndarray] = []
-    batch_used: list[int] = []
-    remaining = T
-    step = 0
-    while remaining > 0:
-        active = int(batch_series[step]) if step < max_steps else lanes
-        row = np.full(width, -1, dtype=np.int64)
-        filled = 0
-        for lane in range(active):
-            if lane_pos[lane] < 0 or lane_pos[lane] >= lane_end[lane]:
-                if next_seq >= len(order):
-                    lane_pos[lane] = -1
-                    continue
-                start, end = bounds[order[next_seq]]
-                next_seq += 1
-                lane_pos[lane], lane_end[lane] = start, end
-            take = min(chunk, int(lane_end[lane] - lane_pos[lane]))
-            row[filled : filled + take] = np.arange(lane_pos[lane], lane_pos[lane] + take)
-            filled += take
-            lane_pos[lane] += take
-        if filled == 0:
-            # the active lanes ran dry while paused lanes still hold tokens: let every lane run
-            batch_series[step] = lanes
-            continue
-        remaining -= filled
-        rows.append(row)
-        batch_used.append(active)
-        step += 1
-
-    step_tokens = np.stack(rows)
+    step_tokens, batch_used = _lay_out_steps(np.asarray(bounds, dtype=np.int64), np.asarray(order, dtype=np.int64),
+                                             batch_series, lanes, chunk, T)
     num_steps = step_tokens.shape[0]
     step_ntokens = (step_tokens >= 0).sum(axis=1).astype(np.int64)
     step_of_token = np.full(T, -1, dtype=np.int64)
@@ -162,7 +182,7 @@ def build_schedule(trace: Trace, workload: WorkloadConfig, cache: CacheConfig, r
         tier_caps=tier_capacities(cache, kv_fraction, trace.top_k),
         link_share=1.0 - background,
         kv_fraction=kv_fraction,
-        batch=np.asarray(batch_used, dtype=np.int64),
+        batch=batch_used,
         sequence_order=order,
     )
 

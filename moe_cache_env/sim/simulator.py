@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
@@ -40,6 +41,25 @@ class WindowResult:
     def metrics(self) -> dict[str, Any]:
         """The window's named metrics (the keys of ``evaluate --json``)."""
         return metrics_from_counters(self.counters, self.step_latency_ms, self.step_tokens, self.expert_bytes)
+
+
+#: fitted co-occurrence tables by the id of the Trace they were fitted on (with a weak reference to that Trace,
+#: which removes the entry when the Trace goes): an environment passes the same fit trace at every reset
+_FITTED: dict[int, tuple[weakref.ref, int, tuple[np.ndarray, np.ndarray]]] = {}
+
+
+def fitted_cooccurrence(fit_trace: Trace, num_experts: int) -> tuple[np.ndarray, np.ndarray]:
+    """``fit_cooccurrence(fit_trace.experts, num_experts)``, computed once per Trace object and kept read-only
+    (a simulator copies the tables into its state before learning online)."""
+    key = id(fit_trace)
+    hit = _FITTED.get(key)
+    if hit is not None and hit[0]() is fit_trace and hit[1] == num_experts:
+        return hit[2]
+    pair, src = fit_cooccurrence(fit_trace.experts, num_experts)
+    pair.flags.writeable = False
+    src.flags.writeable = False
+    _FITTED[key] = (weakref.ref(fit_trace, lambda _ref, key=key: _FITTED.pop(key, None)), num_experts, (pair, src))
+    return pair, src
 
 
 class Simulator:
@@ -157,7 +177,7 @@ class Simulator:
         fitted = None
         if self._fit_trace is not None:
             if self._fitted is None:
-                self._fitted = fit_cooccurrence(self._fit_trace.experts, self.trace.num_experts)
+                self._fitted = fitted_cooccurrence(self._fit_trace, self.trace.num_experts)
             fitted = self._fitted
         self.state: K.KernelState = allocate_state(
             self.trace.num_layers, self.trace.num_experts, self.trace.top_k, self.cache,

@@ -112,3 +112,21 @@ def test_noisy_oracle_accuracies_are_ordered_on_the_same_replay():
         sim.run()
         got.append(sim.metrics()["predictor_top1_accuracy"])
     assert got[0] < got[1] < got[2]
+
+
+def test_fitted_tables_are_computed_once_per_trace_object_and_read_only():
+    from moe_cache_env.sim.simulator import fitted_cooccurrence
+
+    rng = np.random.default_rng(9)
+    meta = make_meta(model="fit-cache", num_experts=6, top_k=2, num_layers=3, expert_bytes=1000, phase="decode",
+                     source="tests")
+    first = Trace(experts=random_routing(rng, 40, 3, 6, 2), sequence=np.zeros(40, dtype=np.int32), meta=meta)
+    second = Trace(experts=random_routing(rng, 40, 3, 6, 2), sequence=np.zeros(40, dtype=np.int32), meta=meta)
+    pair, src = fitted_cooccurrence(first, 6)
+    again = fitted_cooccurrence(first, 6)
+    assert again[0] is pair and again[1] is src  # the same Trace: no refit
+    assert not pair.flags.writeable and not src.flags.writeable  # simulators copy before learning online
+    for trace, (p, s) in ((first, (pair, src)), (second, fitted_cooccurrence(second, 6))):
+        want_pair, want_src = plain_cooccurrence(trace.experts, 6)
+        np.testing.assert_array_equal(p, want_pair)
+        np.testing.assert_array_equal(s, want_src)

@@ -209,3 +209,12 @@ def test_every_schedule_serves_every_token_once_in_sequence_order(seed, lengths,
     assert first_step == sorted(first_step)
     assert sch.tier_caps.shape == (sch.num_steps, 3)
     assert ((0.0 <= sch.kv_fraction) & (sch.kv_fraction <= 0.5)).all()
+
+
+def test_long_schedules_grow_past_the_first_buffer():
+    # the compiled layout starts with room for 64 steps and doubles it: 3 sequences of 100 tokens at batch 1 take
+    # 300 steps, one token each, in file order
+    schedule = schedule_of(trace_of([100, 100, 100]), WorkloadConfig(batch_min=1, batch_max=1))
+    assert schedule.step_tokens.shape == (300, 1)
+    np.testing.assert_array_equal(schedule.step_tokens[:, 0], np.arange(300))
+    np.testing.assert_array_equal(schedule.batch, np.ones(300, dtype=np.int64))
