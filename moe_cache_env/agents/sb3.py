@@ -350,7 +350,8 @@ class _Trainer:
             from moe_cache_env.agents.vec_adapter import make_native_vec_env
 
             # all environments in this process, their windows replayed in one compiled call per step
-            self.venv = VecMonitor(make_native_vec_env(s["env"], "train", n_envs, s["overrides"]))
+            self.venv = VecMonitor(make_native_vec_env(s["env"], "train", n_envs, s["overrides"],
+                                                       threads=int(s.get("env_threads", 1))))
         else:
             fns = [_make_env_fn(s["env"], "train", i, seed, s["overrides"], os.getpid()) for i in range(n_envs)]
             subproc = backend == "subproc" and n_envs > 1
@@ -546,6 +547,7 @@ def train(
     verbose: int = 0,
     vec_backend: str = "native",
     eval_seed: int | None = None,
+    env_threads: int = 1,
 ) -> dict[str, Any]:
     """Train ``algo`` on ``env_id``; write model.zip, best/best_model.zip, checkpoints, tb logs, run.json.
 
@@ -561,6 +563,8 @@ def train(
         vec_backend: ``"native"`` (default: ``agents/vec_adapter.py``, every environment's window in one compiled
             call), ``"subproc"`` (a ``SubprocVecEnv`` worker per environment when ``n_envs`` > 1) or ``"dummy"``
             (SB3's ``DummyVecEnv``, one environment after another in this process).
+        env_threads: with the native backend, how many numba threads replay the environments' windows (the
+            same numbers for any count; the policy update between rollouts keeps one torch thread).
     Returns:
         The run record also written to ``run.json`` (``"interrupted": true`` after a Ctrl-C).
     """
@@ -590,6 +594,7 @@ def train(
         "n_envs": n_envs,
         # the eviction environment has no native vector form: SB3's own vector environments instead
         "vec_backend": "dummy" if vec_backend == "native" and is_evict_env(env_id) else vec_backend,
+        "env_threads": int(env_threads),
         "eval_freq": int(eval_freq),
         "eval_episodes": int(eval_episodes),
         "eval_seed": None if eval_seed is None else int(eval_seed),

@@ -28,9 +28,10 @@ from moe_cache_env.envs.vector import MoECacheVectorEnv
 
 
 def make_native_vec_env(env_id: str, split: str, n_envs: int,
-                        overrides: dict[str, Any] | None = None) -> "NativeVecEnv":
+                        overrides: dict[str, Any] | None = None, threads: int = 1) -> "NativeVecEnv":
     """``n_envs`` environments of ``env_id`` replaying ``split``, with the registered config and ``overrides``
-    (as ``agents.evaluation.make_env`` builds one), behind SB3's ``VecEnv`` interface."""
+    (as ``agents.evaluation.make_env`` builds one), behind SB3's ``VecEnv`` interface; ``threads``: numba threads
+    replaying the windows (``MoECacheVectorEnv``)."""
     from moe_cache_env.envs import resolve_env_id, variant_config
 
     canonical = resolve_env_id(env_id)
@@ -43,7 +44,7 @@ def make_native_vec_env(env_id: str, split: str, n_envs: int,
     with kept_versions_quiet():
         venv = gym.make_vec(canonical, num_envs=int(n_envs), vectorization_mode="vector_entry_point", config=config,
                             max_episode_steps=int(steps) if isinstance(steps, int) and steps > 0 else None,
-                            autoreset_mode=AutoresetMode.SAME_STEP)
+                            autoreset_mode=AutoresetMode.SAME_STEP, threads=threads)
     return NativeVecEnv(venv.unwrapped)
 
 

@@ -52,14 +52,14 @@ def _rates(prefix: str, timing: dict[str, Any], scale: float = 1.0) -> dict[str,
 
 
 # ---- bench --env -------------------------------------------------------------------------------------------------
-def _native_env_run(env_id: str, num_envs: int, windows: int, seed: int) -> dict[str, Any]:
+def _native_env_run(env_id: str, num_envs: int, windows: int, seed: int, threads: int = 1) -> dict[str, Any]:
     import gymnasium as gym
 
     import moe_cache_env.envs  # noqa: F401
 
     start = time.perf_counter()
     with moe_cache_env.envs.kept_versions_quiet():
-        venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
+        venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", threads=threads)
     inner = venv.unwrapped
     venv.action_space.seed(seed)
     venv.reset(seed=seed)
@@ -93,7 +93,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
         raise CommandError(f"--num-envs and --windows must be >= 1, got {sizes} and {args.windows}")
     results = []
     for n in sizes:
-        bench = _native_env_run(env_id, n, args.windows, seed=0)
+        bench = _native_env_run(env_id, n, args.windows, seed=0, threads=args.threads)
         timing = _timed(bench["run"], args.repeats)
         counts = bench["counts"]  # of the last timed run
         windows = timing["units_per_run"]
@@ -118,6 +118,7 @@ def bench_env(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "env-throughput",
         "env": env_id,
         "actions": "random (action_space.sample, seeded)",
+        "threads": args.threads,
         "repeats": args.repeats,
         "cpu_count": os.cpu_count(),
         "results": results,
@@ -221,7 +222,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
         from moe_cache_env.agents.vec_adapter import make_native_vec_env
 
-        venv = VecMonitor(make_native_vec_env(env_id, "train", n_envs))
+        venv = VecMonitor(make_native_vec_env(env_id, "train", n_envs, threads=args.threads))
         venv.seed(0)
         return venv
 
@@ -237,6 +238,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "ppo-train-throughput",
         "env": env_id,
         "vec_backend": "native",
+        "env_threads": args.threads,
         "num_envs": n_envs,
         "train_steps": steps,
         "ppo_kwargs": {k: v for k, v in kwargs.items() if k != "policy_kwargs"},

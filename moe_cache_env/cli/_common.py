@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from moe_cache_env.traces.catalog import resolve as load_named_trace
 
-__all__ = ["load_named_trace", "oracle_accuracy_arg"]
+__all__ = ["check_env_threads", "load_named_trace", "oracle_accuracy_arg"]
+
+
+def check_env_threads(threads: int, flag: str) -> None:
+    """A thread count for the native vector environment's replay: 1..numba's thread count, else one line."""
+    import numba
+
+    from moe_cache_env.cli import CommandError
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    if threads < 1 or threads > limit:
+        raise CommandError(f"{flag} must be in 1..{limit} (numba's threads: NUMBA_NUM_THREADS, by default the "
+                           f"machine's cores), got {threads}")
 
 
 def oracle_accuracy_arg(text: str) -> float | tuple[float, ...]:

@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train", action="store_true", help="measure PPO training steps per second end to end")
     parser.add_argument("--train-steps", type=int, default=20_000,
                         help="--train: environment steps per timed run (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="--env / --train: numba threads replaying the environments' windows (default: 1)")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
 
@@ -62,6 +64,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--repeats must be >= 1, got {args.repeats}")
     if args.num_envs is not None and args.env is None and not args.train:
         raise CommandError("--num-envs goes with --env ID or --train (the simulator benchmark has no environments)")
+    if args.threads != 1:
+        from moe_cache_env.cli._common import check_env_threads
+
+        if args.env is None and not args.train:
+            raise CommandError("--threads goes with --env ID or --train (the simulator benchmark is one replay)")
+        check_env_threads(args.threads, "--threads")
     if args.train:
         from moe_cache_env.cli._bench_env import bench_train
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_cache_env.cli import CommandError
+from moe_cache_env.cli._common import check_env_threads
 
 
 def parse_env_config(text: str | None) -> dict[str, Any]:
@@ -61,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vec-backend", default=None, choices=["native", "subproc", "dummy"],
                         help="how training environments are stepped: native (default; all windows in one compiled "
                              "call), subproc (a worker process per environment) or dummy (one after another)")
+    parser.add_argument("--env-threads", type=int, default=None,
+                        help="native backend: numba threads replaying the environments' windows (default 1; the "
+                             "numbers are the same for any count)")
     parser.add_argument("--eval-freq", type=int, default=10_000, help="validate every this many steps")
     parser.add_argument("--eval-episodes", type=int, default=5, help="validation episodes per evaluation")
     parser.add_argument("--checkpoint-freq", type=int, default=50_000, help="checkpoint every this many steps")
@@ -77,9 +81,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.timesteps is not None and args.timesteps < 1:
         raise CommandError(f"--timesteps must be >= 1, got {args.timesteps}")
+    if args.env_threads is not None:
+        check_env_threads(args.env_threads, "--env-threads")
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in ("algo", "env", "out", "n_envs", "hyperparams", "env_config",
-                                                               "vec_backend")
+                                                               "vec_backend", "env_threads")
                  if getattr(args, name) is not None]
         if given:
             raise CommandError(f"--resume takes the run's settings from its checkpoint; drop {', '.join(given)}")
@@ -106,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             progress_bar=not args.no_progress_bar,
             verbose=args.verbose,
             vec_backend=args.vec_backend or "native",
+            env_threads=args.env_threads or 1,
         )
     validation = record["validation"].get("mean_reward") or []
     last = f", last validation reward {validation[-1]:.3f}" if validation else ""

@@ -58,6 +58,8 @@ class MoECacheVectorEnv(VectorEnv):
         info_level: ``"minimal"`` or ``"full"`` (module docstring).
         autoreset_mode: ``AutoresetMode.NEXT_STEP`` (default) or ``AutoresetMode.SAME_STEP`` (or their values).
         render_mode: only None: render a single environment instead.
+        threads: how many of numba's threads replay the environments' windows (1: one after another; more: the
+            environments are spread over the threads, with the same numbers, since they share no state).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -65,7 +67,7 @@ class MoECacheVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, config: dict[str, Any] | None = None,
                  base_config: dict[str, Any] | None = None, max_episode_steps: int | None = None,
                  info_level: str = "minimal", autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, threads: int = 1) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be an integer >= 1, got {num_envs!r}")
         if info_level not in INFO_LEVELS:
@@ -99,7 +101,7 @@ class MoECacheVectorEnv(VectorEnv):
             raise ValueError("max_episode_steps must be >= 1, or None / -1 for no TimeLimit")
         #: the registered TimeLimit, applied as gymnasium.make's wrapper applies it
         self.time_limit = limit
-        self._batch = BatchArgs()
+        self._batch = BatchArgs(threads)
         self._started = False
         #: NEXT_STEP: the environments whose episode ended on the last step (reset on the next)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
@@ -277,4 +279,4 @@ class MoECacheVectorEnv(VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         self.envs = []
-        self._batch = BatchArgs()
+        self._batch = BatchArgs(self._batch.threads)

@@ -26,7 +26,8 @@ import os
 from typing import Any
 
 import numpy as np
-from numba import njit
+import numba
+from numba import njit, prange
 from numba.typed import List
 
 from moe_cache_env.sim import kernel as K
@@ -42,6 +43,16 @@ def run_windows(active, s0, s1, scheds, cfgs, u, states, outs, ext_conf):
     ``ext_conf``: the empty external-confidence array the built-in predictors ignore.
     """
     for i in range(len(states)):
+        if active[i]:
+            K.run_steps(s0[i], s1[i], scheds[i], cfgs[i], u[i], states[i], ext_conf, outs[i])
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def run_windows_threaded(active, s0, s1, scheds, cfgs, u, states, outs, ext_conf):
+    """:func:`run_windows` with the environments spread over numba's threads (``prange``). Environments share no
+    state, so the numbers are the same as the sequential loop's, whatever the thread count."""
+    for j in prange(len(states)):
+        i = np.int64(j)  # prange counts in uint64; the typed lists index in int64
         if active[i]:
             K.run_steps(s0[i], s1[i], scheds[i], cfgs[i], u[i], states[i], ext_conf, outs[i])
 
@@ -87,7 +98,7 @@ def _cover_dependencies(dispatcher: Any) -> None:
     cache_file._source_stamp = (cache_file._source_stamp, _stamp(K.__file__), _stamp(_timing.__file__))
 
 
-for _dispatcher in (run_windows, _new_lists, _set_item):
+for _dispatcher in (run_windows, run_windows_threaded, _new_lists, _set_item):
     _cover_dependencies(_dispatcher)
 
 def _output(sim: Any) -> Any:
@@ -105,11 +116,17 @@ class BatchArgs:
     for its whole replay); ``run(active, s0, s1, u)`` replays every active one's window in one call.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int = 1) -> None:
         from moe_cache_env.sim.compile_note import note_if_compiling
 
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+        if threads > numba.config.NUMBA_NUM_THREADS:
+            raise ValueError(f"threads={threads} is more than numba's {numba.config.NUMBA_NUM_THREADS} threads "
+                             "(NUMBA_NUM_THREADS, by default the machine's cores); ask for fewer")
+        self.threads = int(threads)
         # the batch loop compiles the kernel into itself: as long as the kernel's own first compile, once
-        note_if_compiling(run_windows)
+        note_if_compiling(run_windows_threaded if self.threads > 1 else run_windows)
         self.scheds: Any = None
         self.cfgs: Any = None
         self.states: Any = None
@@ -128,4 +145,8 @@ class BatchArgs:
         _set_item(self.scheds, self.cfgs, self.states, self.outs, i, sim._sched, sim._kconf, sim.state, _output(sim))
 
     def run(self, active: np.ndarray, s0: np.ndarray, s1: np.ndarray, u: np.ndarray) -> None:
-        run_windows(active, s0, s1, self.scheds, self.cfgs, u, self.states, self.outs, NO_EXTERNAL)
+        if self.threads > 1:
+            numba.set_num_threads(self.threads)
+            run_windows_threaded(active, s0, s1, self.scheds, self.cfgs, u, self.states, self.outs, NO_EXTERNAL)
+        else:
+            run_windows(active, s0, s1, self.scheds, self.cfgs, u, self.states, self.outs, NO_EXTERNAL)

@@ -130,3 +130,13 @@ def test_keyboard_interrupt_is_one_line(monkeypatch, capsys):
     assert main(["profiles"]) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_env_threads_out_of_range_or_on_resume_is_one_line(tmp_path: Path, capsys):
+    assert main(["train", "--env-threads", "0", "--timesteps", "1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--env-threads must be in 1.." in err[0]
+    assert not (tmp_path / "run").exists()
+    assert main(["train", "--resume", str(tmp_path), "--env-threads", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "drop --env-threads" in err[0]

@@ -44,6 +44,8 @@ def test_bench_env_reports_windows_events_and_references(capsys):
     (["--train", "--num-envs", "2", "4"], "one --num-envs"),
     (["--train", "--train-steps", "0"], "--train-steps"),
     (["--num-envs", "4"], "--num-envs goes with"),
+    (["--threads", "2"], "--threads goes with"),
+    (["--env", "MoECache-v0", "--threads", "0"], "--threads must be in 1.."),
 ])
 def test_bench_env_bad_input_is_one_line(args, needle, capsys):
     assert main(["bench", *args, "--repeats", "1", "--json"]) == 2

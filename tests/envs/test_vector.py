@@ -81,6 +81,22 @@ def test_same_numbers_as_single_envs_across_autoresets(env_id):
             assert data_equivalence(x, y, exact=True), f"step {t}: {x} != {y}"
 
 
+@pytest.mark.slow
+def test_threaded_replay_gives_the_single_threaded_numbers():
+    # environments share no state: spread over two numba threads, every window's numbers are the same (the
+    # threaded batch loop compiles once per machine, ~40 s)
+    config = small_config("MoECache-v2", episode_tokens=256)
+    venvs = [_native("MoECache-v2", 5, config=config, max_episode_steps=8, threads=n) for n in (1, 2)]
+    one, two = (_rollout(venv, seed=3, steps=20) for venv in venvs)
+    for venv, threads in zip(venvs, (1, 2)):
+        venv.close()  # keeps its thread count for a later use of the (emptied) batch
+        assert venv.unwrapped._batch.threads == threads
+    assert any(step[2].any() or step[3].any() for step in one[1:]), "the rollout should cross an episode's end"
+    for t, (a, b) in enumerate(zip(one, two)):
+        for x, y in zip(a, b):
+            assert data_equivalence(x, y, exact=True), f"step {t}: {x} != {y}"
+
+
 def test_time_limit_and_truncation_match_gymnasium_make():
     native = _rollout(_native("MoECache-v0", 2, max_episode_steps=3), seed=5, steps=9)
     sync = _rollout(_sync("MoECache-v0", 2, max_episode_steps=3), seed=5, steps=9)
@@ -195,6 +211,10 @@ def test_bad_arguments_and_actions_are_refused():
         MoECacheVectorEnv(1, info_level="everything")
     with pytest.raises(ValueError, match="autoreset_mode"):
         MoECacheVectorEnv(1, autoreset_mode="disabled")
+    with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+        MoECacheVectorEnv(1, threads=0)
+    with pytest.raises(ValueError, match="numba's"):
+        MoECacheVectorEnv(1, threads=10_000)
     venv = _native("MoECache-v0", 2)
     with pytest.raises(RuntimeError, match="reset"):
         venv.step(np.zeros((2, 2), dtype=np.float32))
