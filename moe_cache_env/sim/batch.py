@@ -5,10 +5,10 @@
 environment, and the kernel's arguments (the named tuples of ``kernel.py``, tens of arrays each) are unboxed
 once per episode (when a simulator is put into the :class:`BatchArgs` lists) instead of once per window.
 
-The loop is sequential on purpose. Environments are independent, so ``prange`` across them gives the same
-numbers (checked), but on the 2-core machine, shared with other work, a ``parallel=True`` loop over 64
-environments cost 8% more CPU per window (2.57 against 2.38 ms) for 10% less wall time (6.3 against 7.0 ms):
-no gain worth a second thread that training's policy update also wants (docs/performance.md).
+:func:`run_windows` is sequential; :func:`run_windows_threaded` is the same loop over numba's threads
+(``prange``), chosen by ``BatchArgs(threads=N)``. Environments are independent, so both give the same numbers. On
+two idle cores the threaded loop doubles the windows per second of wall time at about the same CPU per window;
+on a loaded machine it only adds CPU, so one thread is the default (docs/performance.md).
 
 Only simulators with the built-in predictors and eviction rules go through here; a plug-in predictor or
 eviction rule (``sim/plugins.py``) runs its own Python or privately compiled code and is replayed one
