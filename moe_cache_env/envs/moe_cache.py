@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from functools import lru_cache
 from typing import Any
 
 import gymnasium as gym
@@ -138,7 +139,6 @@ class MoECacheEnv(gym.Env):
         self._last_info: dict[str, Any] | None = None
         #: (latency_ratio, perfect_coverage) of recent windows, for the rgb_array picture
         self._history: deque[tuple[float, float]] = deque(maxlen=HISTORY_WINDOWS)
-        self._fit_traces: dict[str, Trace | None] = {}  # by trace name (_fit_trace)
 
     # ---- episodes ------------------------------------------------------------------------------------------
     def _split(self, name: str, split: str) -> Trace:
@@ -148,21 +148,14 @@ class MoECacheEnv(gym.Env):
         return episode_window(trace, start, int(self.config["episode_tokens"]))
 
     def _fit_trace(self, name: str) -> Trace | None:
-        """The cross-layer predictor's offline data: the first ``predictor_fit_tokens`` train-split tokens (built
-        once per trace name: the same Trace object lets the simulator reuse its fitted table at every reset)."""
-        if name not in self._fit_traces:
-            self._fit_traces[name] = self._build_fit_trace(name)
-        return self._fit_traces[name]
-
-    def _build_fit_trace(self, name: str) -> Trace | None:
+        """The cross-layer predictor's offline data: the first ``predictor_fit_tokens`` train-split tokens (one
+        Trace object per trace and split settings in a process, so that every reset of every environment reuses
+        the simulator's fitted table)."""
         tokens = int(self.config["predictor_fit_tokens"])
         if self.config["predictor"] != "cross-layer" or tokens == 0:
             return None
-        train = self._split(name, "train")
-        bounds = train.sequence_bounds()
-        ids = train.sequence[bounds[:, 0]]
-        keep = int(np.searchsorted(bounds[:, 1], tokens, side="left")) + 1
-        return train.select_sequences(ids[: min(keep, len(ids))])
+        raw = self.config.raw
+        return _fit_trace_of(name, tuple(float(f) for f in raw["split_fractions"]), int(raw["split_seed"]), tokens)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
@@ -199,7 +192,8 @@ class MoECacheEnv(gym.Env):
         _warn_if_full(self.episode_trace, self.sim.cache, self.trace_name)
         schedule = self.sim.schedule
         self.reference = DemandAllReference(
-            self.episode_trace, self.sim.profile, self.sim.expert_bytes, self.config["timing"], schedule.step_tokens.shape[1]
+            self.episode_trace, self.sim.profile, self.sim.expert_bytes, self.config["timing"], schedule.step_tokens.shape[1],
+            experts=self.sim.routing,
         )
         # every step's reference latency, in one compiled call per episode instead of one per window (each step's
         # value depends on that step alone)
@@ -393,6 +387,16 @@ def _warn_if_full(trace: Trace, cache, trace_name: str) -> None:
 
 #: the options ``reset(options=...)`` accepts: ``info["episode_spec"]`` of an episode holds all of them
 RESET_OPTIONS = ("trace", "start_sequence", "sim_seed")
+
+
+@lru_cache(maxsize=16)
+def _fit_trace_of(name: str, fractions: tuple[float, ...], seed: int, tokens: int) -> Trace:
+    """The first ``tokens`` tokens (whole sequences) of the train split of ``name`` (``load_split`` is cached)."""
+    train = load_split(name, "train", fractions, seed)
+    bounds = train.sequence_bounds()
+    ids = train.sequence[bounds[:, 0]]
+    keep = int(np.searchsorted(bounds[:, 1], tokens, side="left")) + 1
+    return train.select_sequences(ids[: min(keep, len(ids))])
 
 
 def split_of(config: EnvConfig, name: str, split: str) -> Trace:

@@ -31,7 +31,10 @@ class DemandAllReference:
     either timing mode, at the link share each step actually had.
     """
 
-    def __init__(self, trace: Trace, profile: HardwareProfile, expert_bytes: int, timing: str, width: int) -> None:
+    def __init__(self, trace: Trace, profile: HardwareProfile, expert_bytes: int, timing: str, width: int,
+                 experts: np.ndarray | None = None) -> None:
+        """``experts``: ``trace.experts`` already as a contiguous int64 array (a simulator's
+        :attr:`~moe_cache_env.sim.simulator.Simulator.routing`), shared instead of converted again."""
         self.trace = trace
         self.seed_timing = timing == "seed"
         self.num_experts = trace.num_experts
@@ -39,7 +42,7 @@ class DemandAllReference:
         self.layer_overhead_ms = profile.layer_overhead_ms
         self.compute_table_ms = profile.compute_table(expert_bytes, max(1, width))
         self.seed_table = seed_table_array(profile)
-        self._experts = np.ascontiguousarray(trace.experts, dtype=np.int64)
+        self._experts = np.ascontiguousarray(trace.experts if experts is None else experts, dtype=np.int64)
 
     def step_latency_ms(self, step_tokens: np.ndarray, link_share: np.ndarray) -> np.ndarray:
         """(S,) demand-all latency of each step; ``step_tokens`` is (S, W), -1 padded."""

@@ -248,6 +248,11 @@ class Simulator:
         return ZooArrays(k_static, route_w, caps)
 
     # ---- running -------------------------------------------------------------------------------------------------
+    @property
+    def routing(self) -> np.ndarray:
+        """The replayed trace's expert ids, (T, L, K) contiguous int64: the array the kernel reads (do not modify)."""
+        return self._experts
+
     def run(self, num_steps: int | None = None, controls: Controls | None = None) -> WindowResult:
         """Replay the next ``num_steps`` steps (all remaining if None) under ``controls``."""
         controls = controls or Controls()
