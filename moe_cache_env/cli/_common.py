@@ -8,15 +8,17 @@ __all__ = ["check_env_threads", "load_named_trace", "oracle_accuracy_arg"]
 
 
 def check_env_threads(threads: int, flag: str) -> None:
-    """A thread count for the native vector environment's replay: 1..numba's thread count, else one line."""
+    """A thread count for the native vector environment's replay (``sim.batch.check_threads``), else one line."""
     import numba
 
     from moe_cache_env.cli import CommandError
+    from moe_cache_env.sim.batch import check_threads
 
-    limit = numba.config.NUMBA_NUM_THREADS
-    if threads < 1 or threads > limit:
-        raise CommandError(f"{flag} must be in 1..{limit} (numba's threads: NUMBA_NUM_THREADS, by default the "
-                           f"machine's cores), got {threads}")
+    try:
+        check_threads(threads)
+    except ValueError:
+        raise CommandError(f"{flag} must be in 1..{numba.config.NUMBA_NUM_THREADS} (numba's threads: "
+                           f"NUMBA_NUM_THREADS, by default the machine's cores), got {threads}") from None
 
 
 def oracle_accuracy_arg(text: str) -> float | tuple[float, ...]:

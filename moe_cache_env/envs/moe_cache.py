@@ -238,12 +238,12 @@ class MoECacheEnv(gym.Env):
         schedule = sim.schedule
         step_tokens = schedule.step_tokens[s0:s1]
         link_share = schedule.link_share[s0:s1]
-        reference_ms = weighted_mean(self._reference_step_ms[s0:s1], schedule.step_ntokens[s0:s1].astype(np.float64))
+        token_weights = schedule.step_ntokens[s0:s1].astype(np.float64)
+        reference_ms = weighted_mean(self._reference_step_ms[s0:s1], token_weights)
         terms = reward_terms(m, reference_ms, **self.config["reward"])
         tokens = step_tokens[step_tokens >= 0]
         shares = expert_shares(self.episode_trace.experts[tokens], self.episode_trace.num_experts)
         copied = max(1, m["bytes_transferred"])
-        token_weights = schedule.step_ntokens[s0:s1].astype(np.float64)
         cfg = self.config
         E = self.episode_trace.num_experts
         raw = {

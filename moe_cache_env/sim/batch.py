@@ -101,6 +101,16 @@ def _cover_dependencies(dispatcher: Any) -> None:
 for _dispatcher in (run_windows, run_windows_threaded, _new_lists, _set_item):
     _cover_dependencies(_dispatcher)
 
+def check_threads(threads: Any) -> int:
+    """``threads`` as an int in 1..numba's thread count (NUMBA_NUM_THREADS), else ``ValueError`` naming the range."""
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    if threads > numba.config.NUMBA_NUM_THREADS:
+        raise ValueError(f"threads={threads} is more than numba's {numba.config.NUMBA_NUM_THREADS} threads "
+                         "(NUMBA_NUM_THREADS, by default the machine's cores); ask for fewer")
+    return int(threads)
+
+
 def _output(sim: Any) -> Any:
     return K.KernelOutput(sim.counters, sim.step_latency_ms)
 
@@ -119,12 +129,7 @@ class BatchArgs:
     def __init__(self, threads: int = 1) -> None:
         from moe_cache_env.sim.compile_note import note_if_compiling
 
-        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
-            raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
-        if threads > numba.config.NUMBA_NUM_THREADS:
-            raise ValueError(f"threads={threads} is more than numba's {numba.config.NUMBA_NUM_THREADS} threads "
-                             "(NUMBA_NUM_THREADS, by default the machine's cores); ask for fewer")
-        self.threads = int(threads)
+        self.threads = check_threads(threads)
         # the batch loop compiles the kernel into itself: as long as the kernel's own first compile, once
         note_if_compiling(run_windows_threaded if self.threads > 1 else run_windows)
         self.scheds: Any = None

@@ -86,7 +86,7 @@ def per_expert_finish_ms(now, arrival, compute, n, order, launch_ms=0.0):
     execution): experts run one after another on the GPU, in order of arrival (resident ones first, arrival
     ``now``), each starting at ``max(previous finish, its arrival)``. With ``launch_ms`` > 0 the host launches
     them one by one from ``now``, ``launch_ms`` each, and the i-th to run cannot start before its launch
-    (``now + (i + 1) * launch_ms``). ``order`` is scratch space of size n."""
+    (``now + (i + 1) * launch_ms``). ``order`` is scratch space of size n; it is left holding the run order."""
     for i in range(n):
         order[i] = i
     # insertion sort by arrival (a layer has at most a few dozen experts); ties keep the request order
@@ -95,6 +95,12 @@ def per_expert_finish_ms(now, arrival, compute, n, order, launch_ms=0.0):
         while j > 0 and arrival[order[j - 1]] > arrival[order[j]]:
             order[j - 1], order[j] = order[j], order[j - 1]
             j -= 1
+    return _finish_in_order_ms(now, arrival, compute, n, order, launch_ms)
+
+
+@njit(cache=True, error_model="numpy")
+def _finish_in_order_ms(now, arrival, compute, n, order, launch_ms):
+    """:func:`per_expert_finish_ms` once its experts are sorted into their run order ``order``."""
     t = now
     for i in range(n):
         k = order[i]
@@ -112,20 +118,21 @@ def launch_wait_ms(now, finish, arrival, compute, n, order, launch_ms):
     """How much later than ``finish`` (its end with free launches) a layer ends when the host launches its
     experts one by one, ``launch_ms`` each from ``now`` (an engine that runs each expert as its own kernels from
     Python; a grouped kernel or a CUDA graph has ``launch_ms`` = 0). ``arrival[i]`` is when expert i may start
-    (its copy's landing, or the whole layer's ready time under ``fused`` execution). Where copies are slower
-    than launches the launches hide under them and the wait is 0; with every expert resident the layer is
-    launch-bound."""
-    return per_expert_finish_ms(now, arrival, compute, n, order, launch_ms) - finish
+    (its copy's landing, or the whole layer's ready time under ``fused`` execution); ``order`` is the run order
+    that :func:`per_expert_finish_ms` left (not sorted again). Where copies are slower than launches the launches
+    hide under them and the wait is 0; with every expert resident the layer is launch-bound."""
+    return _finish_in_order_ms(now, arrival, compute, n, order, launch_ms) - finish
 
 
 @njit(cache=True, error_model="numpy")
 def fused_launch_wait_ms(now, ready, finish, needed, nneed, ntok, ctab, arrival, compute, order, launch_ms):
     """:func:`launch_wait_ms` of a ``fused`` layer: its ``nneed`` experts (``needed``, ``ntok`` tokens each, compute
-    ``ctab[tokens]``) all wait for the layer's last copy (``ready``); ``arrival``, ``compute`` and ``order`` are
-    scratch space."""
+    ``ctab[tokens]``) all wait for the layer's last copy (``ready``), so they run in request order; ``arrival``,
+    ``compute`` and ``order`` are scratch space."""
     for n in range(nneed):
         arrival[n] = ready
         compute[n] = ctab[ntok[needed[n]]]
+        order[n] = n
     return launch_wait_ms(now, finish, arrival, compute, nneed, order, launch_ms)
 
 
