@@ -99,6 +99,9 @@ class ActionType(ABC):
     """Base class: a space, ``decode`` (action -> controls) and ``encode`` (thresholds -> action)."""
 
     name = "base"
+    #: the largest lookahead (layers) an action of this type can set; the environment's simulator learns its
+    #: co-occurrence counts for these distances only (``SimConfig.max_lookahead``)
+    max_lookahead = 1
 
     def __init__(self, l2_range: tuple[float, float], l3_range: tuple[float, float], discrete_step: float,
                  max_prefetch_budget: int) -> None:
@@ -180,6 +183,7 @@ class DiscreteThresholds(ActionType):
 
 class ExtendedControls(ActionType):
     name = "extended"
+    max_lookahead = 2
 
     @cached_property
     def space(self) -> spaces.Box:

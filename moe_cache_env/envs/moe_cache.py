@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections import deque
+from dataclasses import replace
 from functools import lru_cache
 from typing import Any
 
@@ -126,6 +127,9 @@ class MoECacheEnv(gym.Env):
             raw["max_prefetch_budget"],
         )
         self.action_space = self.action_type.space
+        # the simulator learns co-occurrence only for the lookaheads the actions can set (half the table when
+        # they cannot change it: less memory traffic per window, the same numbers)
+        self._sim_config = replace(self.config.sim, max_lookahead=self.action_type.max_lookahead)
         self.observation_space = observation_space()
         self.window_steps = int(raw["window_steps"])
         self.max_episode_steps = int(raw["max_episode_steps"])
@@ -188,7 +192,7 @@ class MoECacheEnv(gym.Env):
         if options.get("sim_seed") is not None:
             self.sim_seed = int(options["sim_seed"])
         sim_rng = np.random.default_rng(self.sim_seed)
-        self.sim = Simulator(self.episode_trace, self.config.sim, rng=sim_rng, fit_trace=self._fit_trace(self.trace_name))
+        self.sim = Simulator(self.episode_trace, self._sim_config, rng=sim_rng, fit_trace=self._fit_trace(self.trace_name))
         _warn_if_full(self.episode_trace, self.sim.cache, self.trace_name)
         schedule = self.sim.schedule
         self.reference = DemandAllReference(

@@ -274,6 +274,10 @@ class SimConfig:
     mrs_alpha: float = 0.5
     #: ``uniform`` or ``fitted`` (:data:`LAYER_SLOTS`; ``fitted`` needs a one-tier per-layer cache and a fit trace)
     layer_slots: str = "uniform"
+    #: the largest ``Controls.lookahead`` this simulator is run with (1 or 2). The cross-layer predictor learns its
+    #: co-occurrence counts only for these distances: 1 halves that table and its updates, which is what an
+    #: environment whose actions cannot change the lookahead runs with; a run asking for more is refused.
+    max_lookahead: int = 2
 
     def __post_init__(self) -> None:
         from moe_cache_env.sim.predictors import PREDICTORS
@@ -301,6 +305,9 @@ class SimConfig:
         _check_range("sim", "stats_decay", self.stats_decay, 0.0, 1.0)
         _check_range("sim", "mrs_alpha", self.mrs_alpha, 0.0, 1.0)
         _check_choice("sim", "layer_slots", self.layer_slots, LAYER_SLOTS)
+        from moe_cache_env.sim.predictors import MAX_LOOKAHEAD
+
+        _check_range("sim", "max_lookahead", self.max_lookahead, 1, MAX_LOOKAHEAD, integer=True)
         _check_range("sim", "expert_bytes", self.expert_bytes, 0, 10**12, integer=True)
         if not isinstance(self.launch_cost, bool):
             raise ConfigError(f"sim.launch_cost must be a bool, got {self.launch_cost!r}")

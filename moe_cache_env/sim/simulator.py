@@ -182,6 +182,7 @@ class Simulator:
         self.state: K.KernelState = allocate_state(
             self.trace.num_layers, self.trace.num_experts, self.trace.top_k, self.cache,
             self.schedule.step_tokens.shape[1], fitted, (self._nu_start, self._nu_events), self._zoo,
+            lookahead_depth=self.config.max_lookahead,
         )
         S = self.schedule.num_steps
         self.counters = np.zeros(K.NUM_COUNTERS, dtype=np.float64)
@@ -328,6 +329,12 @@ class Simulator:
         return np.ascontiguousarray(conf.reshape((s1 - s0) * L, E))
 
     def controls_vector(self, controls: Controls) -> np.ndarray:
+        """``controls`` as the kernel's control vector (``U_*``)."""
+        if controls.lookahead > self.config.max_lookahead:
+            raise ConfigError(
+                f"controls.lookahead={controls.lookahead} exceeds this simulator's sim.max_lookahead="
+                f"{self.config.max_lookahead}; build it with max_lookahead={controls.lookahead} to look that far"
+            )
         u = np.zeros(K.NUM_CONTROLS, dtype=np.float64)
         u[K.U_L2_THRESHOLD] = controls.l2_threshold
         u[K.U_L3_THRESHOLD] = controls.l3_threshold

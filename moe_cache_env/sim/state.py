@@ -53,12 +53,14 @@ def allocate_state(
     cooccurrence: tuple[np.ndarray, np.ndarray] | None,
     next_use: tuple[np.ndarray, np.ndarray],
     zoo: "ZooArrays | None" = None,
+    lookahead_depth: int = 2,
 ) -> K.KernelState:
     """An empty cache, an idle link and fresh online statistics.
 
     ``cooccurrence``: a pre-fitted ``(pair, src)`` table (``predictors.fit_cooccurrence``), copied so a reset
     starts from it again; None starts empty. ``next_use``: ``(start, events)`` from ``kernel.build_next_use``
     (empty arrays unless Belady eviction reads them). ``zoo``: the fitted inputs of the zoo's rules (None: empty).
+    ``lookahead_depth``: the lookahead distances the co-occurrence table learns (``SimConfig.max_lookahead``).
     """
     L, E = num_layers, num_experts
     n_keys = L * E
@@ -87,12 +89,13 @@ def allocate_state(
         qht=np.zeros(2, dtype=np.int64),
         k_qpos=np.zeros(n_keys, dtype=np.int64),
     )
+    # the co-occurrence table holds one (L, E, E) plane per lookahead distance the run can ask for
     if cooccurrence is not None:
-        pair, src = cooccurrence[0].copy(), cooccurrence[1].copy()
+        pair, src = cooccurrence[0][:lookahead_depth].copy(), cooccurrence[1][:lookahead_depth].copy()
     else:
         # int32 counts: half the memory of float64 keeps the table in cache (it is updated every event)
-        pair = np.zeros((2, L, E, E), dtype=np.int32)
-        src = np.zeros((2, L, E), dtype=np.int32)
+        pair = np.zeros((lookahead_depth, L, E, E), dtype=np.int32)
+        src = np.zeros((lookahead_depth, L, E), dtype=np.int32)
     prediction = K.PredictionState(
         pop_cnt=np.zeros((L, E), dtype=np.float64),
         pop_obs=np.zeros(L, dtype=np.float64),

@@ -130,3 +130,47 @@ def test_fitted_tables_are_computed_once_per_trace_object_and_read_only():
         want_pair, want_src = plain_cooccurrence(trace.experts, 6)
         np.testing.assert_array_equal(p, want_pair)
         np.testing.assert_array_equal(s, want_src)
+
+
+# ---- learning only the lookaheads a run can ask for ------------------------------------------------------------------
+def test_max_lookahead_1_learns_one_distance_and_replays_lookahead_1_alike():
+    trace = oracle_trace(4, tokens=600)
+    fit = oracle_trace(5, tokens=400)
+    results = {}
+    for depth in (1, 2):
+        config = SimConfig(cache=split_capacity(12, 2), workload=WorkloadConfig(batch_min=1, batch_max=3),
+                           max_lookahead=depth)
+        sim = Simulator(trace, config, rng=np.random.default_rng(7), fit_trace=fit)
+        windows = [sim.run(8).metrics for _ in range(6)]
+        pair, src = sim.state.prediction.pair, sim.state.prediction.src
+        assert pair.shape[0] == depth and src.shape[0] == depth
+        results[depth] = (windows, sim.metrics(), pair[0].copy(), src[0].copy())
+    # the lookahead-1 plane and every number of a lookahead-1 replay are the same with or without the second plane
+    assert results[1][0] == results[2][0] and results[1][1] == results[2][1]
+    np.testing.assert_array_equal(results[1][2], results[2][2])
+    np.testing.assert_array_equal(results[1][3], results[2][3])
+
+
+def test_max_lookahead_refuses_a_farther_lookahead_and_out_of_range_values():
+    from moe_cache_env.sim.config import ConfigError, Controls
+
+    sim = Simulator(oracle_trace(6, tokens=200), SimConfig(cache=split_capacity(12, 2), max_lookahead=1),
+                    rng=np.random.default_rng(0))
+    with pytest.raises(ConfigError, match="max_lookahead=1"):
+        sim.run(4, Controls(lookahead=2))
+    for bad in (0, 3, 1.5):
+        with pytest.raises(ConfigError, match="max_lookahead"):
+            SimConfig(max_lookahead=bad)
+
+
+def test_environments_learn_the_lookaheads_their_actions_can_set():
+    import gymnasium as gym
+
+    import moe_cache_env.envs as envs
+
+    for env_id, depth in (("MoECache-v0", 1), ("MoECache-Discrete-v0", 1), ("MoECache-Extended-v0", 2)):
+        with envs.kept_versions_quiet():
+            env = gym.make(env_id)
+        env.reset(seed=0)
+        assert env.unwrapped.sim.state.prediction.pair.shape[0] == depth, env_id
+        env.close()
