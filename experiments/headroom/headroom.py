@@ -186,7 +186,10 @@ def eviction_row(env, seed: int) -> dict[str, float]:
 
 
 def run_scenario(s: dict[str, Any], episodes: int) -> dict[str, Any]:
-    env = make_env("MoECache-v0", "test", env_overrides(s))
+    # the environment whose actions can set the lookahead: its simulators keep the co-occurrence of both
+    # distances, which EXTENDED_GRID's lookahead-2 controls read (the episodes, schedules and every other number
+    # are MoECache-v0's)
+    env = make_env("MoECache-Extended-v0", "test", env_overrides(s))
     pairs = threshold_grid()
     pair_controls = [Controls(l2_threshold=a, l3_threshold=b) for a, b in pairs]
     fixed = np.zeros((episodes, len(pairs)))
