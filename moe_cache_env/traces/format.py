@@ -14,7 +14,7 @@ import os
 import stat
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping
 
@@ -59,10 +59,14 @@ class Trace:
     path: str | None = field(default=None, compare=False)
     speculative_experts: np.ndarray | None = field(default=None, compare=False)
     speculative_weights: np.ndarray | None = field(default=None, compare=False)
+    #: the rows are a selection of an already validated trace of the same geometry (``take_rows``): only what a
+    #: selection can break is checked again (meta, shapes, sequence contiguity, domain count)
+    _rows_checked: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
-        validate_arrays(self.experts, self.sequence, self.meta, self.weights)
-        validate_speculative(self.experts, self.meta, self.speculative_experts, self.speculative_weights)
+    def __post_init__(self, _rows_checked: bool) -> None:
+        validate_arrays(self.experts, self.sequence, self.meta, self.weights, rows_checked=_rows_checked)
+        validate_speculative(self.experts, self.meta, self.speculative_experts, self.speculative_weights,
+                             rows_checked=_rows_checked)
 
     @property
     def has_speculation(self) -> bool:
@@ -75,6 +79,9 @@ class Trace:
         def cut(array: np.ndarray | None) -> np.ndarray | None:
             return None if array is None else array[rows]
 
+        # rows of this (validated) trace keep their ids in range, distinct and their weights valid as long as the
+        # new meta keeps the geometry; re-checking them cost most of an environment's reset
+        same_geometry = all(meta.get(key) == self.meta.get(key) for key in ("num_experts", "num_layers", "top_k"))
         return Trace(
             experts=self.experts[rows],
             sequence=self.sequence[rows],
@@ -83,6 +90,7 @@ class Trace:
             path=self.path,
             speculative_experts=cut(self.speculative_experts),
             speculative_weights=cut(self.speculative_weights),
+            _rows_checked=same_geometry,
         )
 
     @property
@@ -188,8 +196,14 @@ def validate_arrays(
     sequence: np.ndarray,
     meta: Mapping[str, Any],
     weights: np.ndarray | None = None,
+    *,
+    rows_checked: bool = False,
 ) -> None:
-    """Validate a trace's arrays against its meta; raise :class:`TraceFormatError` at the first problem."""
+    """Validate a trace's arrays against its meta; raise :class:`TraceFormatError` at the first problem.
+
+    ``rows_checked``: the rows come from a validated trace of this geometry, so the per-row checks (ids in range
+    and distinct, weights finite and non-negative) are skipped; shapes, dtypes, the meta and the sequences are
+    still checked."""
     validate_meta(meta)
     if not isinstance(experts, np.ndarray) or experts.ndim != 3:
         _fail(f"experts must be a 3-D array (tokens, layers, top_k), got shape {getattr(experts, 'shape', None)}")
@@ -203,14 +217,14 @@ def validate_arrays(
     if K != meta["top_k"]:
         _fail(f"experts has {K} experts per row but meta.top_k={meta['top_k']}")
     E = meta["num_experts"]
-    bad = (experts < 0) | (experts >= E)
-    if bad.any():
+    bad = None if rows_checked else (experts < 0) | (experts >= E)
+    if bad is not None and bad.any():
         t, l, k = (int(i) for i in np.argwhere(bad)[0])
         _fail(
             f"expert id {int(experts[t, l, k])} out of range [0, {E}) at token {t}, layer {l}, rank {k}; "
             "ids must be 0-based and below meta.num_experts"
         )
-    if K > 1:
+    if K > 1 and not rows_checked:
         srt = np.sort(experts, axis=2)
         dup = (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)
         if dup.any():
@@ -236,8 +250,8 @@ def validate_arrays(
             _fail(f"weights must have the shape of experts {experts.shape}, got {getattr(weights, 'shape', None)}")
         if weights.dtype != np.float32:
             _fail(f"weights must be float32, got {weights.dtype}")
-        bad_w = ~np.isfinite(weights) | (weights < 0)
-        if bad_w.any():
+        bad_w = None if rows_checked else ~np.isfinite(weights) | (weights < 0)
+        if bad_w is not None and bad_w.any():
             t, l, k = (int(i) for i in np.argwhere(bad_w)[0])
             _fail(f"weight {weights[t, l, k]} at token {t}, layer {l}, rank {k} is NaN, infinite or negative")
 
@@ -247,8 +261,11 @@ def validate_speculative(
     meta: Mapping[str, Any],
     spec_experts: np.ndarray | None,
     spec_weights: np.ndarray | None,
+    *,
+    rows_checked: bool = False,
 ) -> None:
-    """Validate the optional speculative routing arrays (format 1.1) against the trace they belong to."""
+    """Validate the optional speculative routing arrays (format 1.1) against the trace they belong to
+    (``rows_checked``: as :func:`validate_arrays`, the per-row value checks are skipped)."""
     fmt = meta["format"]
     if spec_experts is None:
         if spec_weights is not None:
@@ -269,8 +286,8 @@ def validate_speculative(
     E = meta["num_experts"]
     if D < 1 or M < 1 or M > E:
         _fail(f"speculative_experts has depth {D} and top_m {M}; both must be >= 1 and top_m <= {E}")
-    bad = (spec_experts < 0) | (spec_experts >= E)
-    if bad.any():
+    bad = None if rows_checked else (spec_experts < 0) | (spec_experts >= E)
+    if bad is not None and bad.any():
         t, l, d, m = (int(i) for i in np.argwhere(bad)[0])
         _fail(f"speculative expert id {int(spec_experts[t, l, d, m])} out of range [0, {E}) at token {t}, layer {l}, "
               f"distance {d + 1}, rank {m}")
@@ -279,8 +296,8 @@ def validate_speculative(
               f"{getattr(spec_weights, 'shape', None)}")
     if spec_weights.dtype not in (np.float16, np.float32):
         _fail(f"speculative_weights must be float16 or float32, got {spec_weights.dtype}")
-    bad_w = ~np.isfinite(spec_weights) | (spec_weights < 0) | (spec_weights > 1)
-    if bad_w.any():
+    bad_w = None if rows_checked else ~np.isfinite(spec_weights) | (spec_weights < 0) | (spec_weights > 1)
+    if bad_w is not None and bad_w.any():
         t, l, d, m = (int(i) for i in np.argwhere(bad_w)[0])
         _fail(f"speculative weight {spec_weights[t, l, d, m]} at token {t}, layer {l}, distance {d + 1}, rank {m} "
               "is not a probability in [0, 1]")

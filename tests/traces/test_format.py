@@ -171,3 +171,26 @@ def test_in_memory_trace_is_validated():
     experts[0, 0, 0] = 99
     with pytest.raises(TraceFormatError, match="token 0, layer 0, rank 0"):
         Trace(experts=experts, sequence=sequence, meta=_meta())
+
+
+# ---- row selections of a validated trace ------------------------------------------------------------------------------
+def test_a_selection_of_a_valid_trace_is_checked_for_what_a_selection_can_break():
+    experts, sequence, weights = _arrays()
+    trace = Trace(experts=experts, sequence=sequence, meta=_meta(), weights=weights)
+    # the same rows, validated from scratch, make the same trace
+    part = trace.take_rows(np.array([2, 3, 4]), _meta(name="second"))
+    fresh = Trace(experts=experts[2:], sequence=sequence[2:], meta=_meta(name="second"), weights=weights[2:])
+    np.testing.assert_array_equal(part.experts, fresh.experts)
+    np.testing.assert_array_equal(part.sequence, fresh.sequence)
+    np.testing.assert_array_equal(part.weights, fresh.weights)
+    assert part.meta == fresh.meta
+    # a selection that interleaves two sequences is still refused
+    with pytest.raises(TraceFormatError, match="sequence 0 is not contiguous"):
+        trace.take_rows(np.array([0, 2, 1]), _meta())
+    # so is a meta whose domains do not match the selection's sequences
+    with pytest.raises(TraceFormatError, match="meta.domains has 2 entries"):
+        trace.take_rows(np.array([2, 3]), _meta(domains=["a", "b"]))
+    # a meta that changes the geometry re-checks every row: ids 3..5 are out of range for 3 experts
+    assert experts[2:].max() >= 3
+    with pytest.raises(TraceFormatError, match="out of range"):
+        trace.take_rows(np.array([2, 3, 4]), _meta(num_experts=3))
