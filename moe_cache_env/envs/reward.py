@@ -33,7 +33,7 @@ class DemandAllReference:
 
     def __init__(self, trace: Trace, profile: HardwareProfile, expert_bytes: int, timing: str, width: int,
                  experts: np.ndarray | None = None) -> None:
-        """``experts``: ``trace.experts`` already as a contiguous int64 array (a simulator's
+        """``experts``: ``trace.experts`` already as a contiguous int16 array (a simulator's
         :attr:`~moe_cache_env.sim.simulator.Simulator.routing`), shared instead of converted again."""
         self.trace = trace
         self.seed_timing = timing == "seed"
@@ -42,7 +42,9 @@ class DemandAllReference:
         self.layer_overhead_ms = profile.layer_overhead_ms
         self.compute_table_ms = profile.compute_table(expert_bytes, max(1, width))
         self.seed_table = seed_table_array(profile)
-        self._experts = np.ascontiguousarray(trace.experts if experts is None else experts, dtype=np.int64)
+        # the simulator's routing dtype (one compiled specialisation); int32 only for ids int16 cannot hold
+        dtype = np.int16 if trace.num_experts <= np.iinfo(np.int16).max else np.int32
+        self._experts = np.ascontiguousarray(trace.experts if experts is None else experts, dtype=dtype)
 
     def step_latency_ms(self, step_tokens: np.ndarray, link_share: np.ndarray) -> np.ndarray:
         """(S,) demand-all latency of each step; ``step_tokens`` is (S, W), -1 padded."""

@@ -30,7 +30,7 @@ class ZooArrays:
 
 
 def schedule_arrays(schedule: Schedule, experts: np.ndarray, compute_table_ms: np.ndarray) -> K.ScheduleArrays:
-    """The schedule, the trace's routing (T, L, K) int64 and the compute table, as the kernel reads them."""
+    """The schedule, the trace's routing (T, L, K) int16 and the compute table, as the kernel reads them."""
     return K.ScheduleArrays(
         step_tokens=schedule.step_tokens,
         step_ntokens=schedule.step_ntokens,
