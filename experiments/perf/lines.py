@@ -31,12 +31,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = ROOT / "moe_cache_env" / "sim" / "kernel.py"
 
-#: the workload, run under perf in a child process; it prints "KERNEL_BASE <address>" before the timed part
+#: the workload, run under perf in a child process; before the timed part it prints "KERNEL_BASE <address>
+#: <signature>" for each signature of the kernel it loaded
 WORKLOAD = r'''
 import os, sys, time, warnings
 import numpy as np
@@ -60,8 +62,8 @@ else:
     venv.action_space.seed(0)
     run = lambda: venv.step(venv.action_space.sample())
 run()
-for cres in kernel.run_steps.overloads.values():
-    print("KERNEL_BASE", hex(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)), flush=True)
+for sig, cres in kernel.run_steps.overloads.items():
+    print("KERNEL_BASE", hex(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)), sig, flush=True)
 start = time.process_time()
 for _ in range(count):
     run()
@@ -74,14 +76,22 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _kernel_object(cache_dir: str) -> bytes:
-    """The ELF object of ``kernel.run_steps`` (with the helpers it links) from numba's cache files."""
-    for path in sorted(glob.glob(os.path.join(cache_dir, "**", "kernel.run_steps-*.nbc"), recursive=True)):
-        with open(path, "rb") as f:
-            found = _find_elf(pickle.loads(f.read()))
-        if found is not None:
-            return found
-    raise FileNotFoundError(f"no compiled kernel.run_steps in {cache_dir}")
+def _kernel_objects(cache_dir: str) -> dict[str, bytes]:
+    """The ELF object of each compiled signature of ``kernel.run_steps`` (with the helpers it links), by the
+    signature's text, from numba's cache index and files."""
+    found = {}
+    for index in glob.glob(os.path.join(cache_dir, "**", "kernel.run_steps-*.nbi"), recursive=True):
+        with open(index, "rb") as f:
+            pickle.load(f)  # numba's version
+            _, overloads = pickle.loads(f.read())
+        for key, name in overloads.items():
+            with open(os.path.join(os.path.dirname(index), name), "rb") as f:
+                elf = _find_elf(pickle.loads(f.read()))
+            if elf is not None:
+                found[str(key[0])] = elf
+    if not found:
+        raise FileNotFoundError(f"no compiled kernel.run_steps in {cache_dir}")
+    return found
 
 
 def _find_elf(obj: object, depth: int = 0) -> bytes | None:
@@ -95,7 +105,7 @@ def _find_elf(obj: object, depth: int = 0) -> bytes | None:
     return None
 
 
-def _function_of_line() -> collections.abc.Callable[[int], str]:
+def _function_of_line() -> Callable[[int], str]:
     lines = KERNEL_SOURCE.read_text().splitlines()
     defs = [(i + 1, m.group(1)) for i, text in enumerate(lines) if (m := re.match(r"def (\w+)", text))]
 
@@ -119,20 +129,27 @@ def profile(workload: str, count: int, cache_dir: str, frequency: int) -> dict:
                               WORKLOAD, workload, str(count)], env=env, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"the workload failed under perf: {run.stderr.strip().splitlines()[-1:]}")
-        base = int(re.search(r"KERNEL_BASE (0x[0-9a-f]+)", run.stdout).group(1), 16)
+        loaded = re.findall(r"KERNEL_BASE (0x[0-9a-f]+) (.*)", run.stdout)
         cpu = float(re.search(r"CPU_SECONDS ([0-9.]+)", run.stdout).group(1))
         script = subprocess.run(["perf", "script", "-i", data, "-F", "ip"], capture_output=True, text=True).stdout
-        obj = os.path.join(tmp, "kernel.o")
-        with open(obj, "wb") as f:
-            f.write(_kernel_object(cache_dir))
-        text_size = _section_size(obj, ".ltext") or _section_size(obj, ".text")
-        offsets = collections.Counter()
-        total = 0
-        for token in script.split():
-            total += 1
-            offset = int(token, 16) - base
-            if 0 <= offset < text_size:
-                offsets[offset] += 1
+        samples = [int(token, 16) for token in script.split()]
+        total = len(samples)
+        objects = _kernel_objects(cache_dir)
+        offsets: collections.Counter = collections.Counter()
+        obj = ""
+        for i, (base_hex, signature) in enumerate(loaded):  # each signature the workload loaded, its own code
+            if signature not in objects:
+                continue
+            path = os.path.join(tmp, f"kernel{i}.o")
+            with open(path, "wb") as f:
+                f.write(objects[signature])
+            base, size = int(base_hex, 16), _section_size(path, ".ltext") or _section_size(path, ".text")
+            hits = collections.Counter(ip - base for ip in samples if 0 <= ip - base < size)
+            if sum(hits.values()) > sum(offsets.values()):
+                offsets, obj = hits, path
+        if not offsets:
+            raise RuntimeError("no sample fell in the kernel's compiled code (is --cache-dir the cache the "
+                               "workload loaded its kernel from?)")
         ordered = sorted(offsets)
         mapped = subprocess.run(["addr2line", "-e", obj, "-j", ".ltext"], input="\n".join(map(hex, ordered)),
                                 capture_output=True, text=True).stdout.splitlines()

@@ -280,7 +280,7 @@ class SimConfig:
     max_lookahead: int = 2
 
     def __post_init__(self) -> None:
-        from moe_cache_env.sim.predictors import PREDICTORS
+        from moe_cache_env.sim.predictors import MAX_LOOKAHEAD, PREDICTORS
 
         _check_choice("sim", "timing", self.timing, TIMING_MODES)
         from moe_cache_env.sim.plugins import registered_evictions, registered_predictors
@@ -292,8 +292,6 @@ class SimConfig:
         if self.cache is not None and not isinstance(self.cache, CacheConfig):
             raise ConfigError(f"sim.cache must be a CacheConfig or None, got {self.cache!r}")
         if isinstance(self.oracle_accuracy, (list, tuple)):
-            from moe_cache_env.sim.predictors import MAX_LOOKAHEAD
-
             if not 1 <= len(self.oracle_accuracy) <= MAX_LOOKAHEAD:
                 raise ConfigError(f"sim.oracle_accuracy as a list needs 1 to {MAX_LOOKAHEAD} values (one per "
                                   f"lookahead distance), got {list(self.oracle_accuracy)}")
@@ -305,8 +303,6 @@ class SimConfig:
         _check_range("sim", "stats_decay", self.stats_decay, 0.0, 1.0)
         _check_range("sim", "mrs_alpha", self.mrs_alpha, 0.0, 1.0)
         _check_choice("sim", "layer_slots", self.layer_slots, LAYER_SLOTS)
-        from moe_cache_env.sim.predictors import MAX_LOOKAHEAD
-
         _check_range("sim", "max_lookahead", self.max_lookahead, 1, MAX_LOOKAHEAD, integer=True)
         _check_range("sim", "expert_bytes", self.expert_bytes, 0, 10**12, integer=True)
         if not isinstance(self.launch_cost, bool):

@@ -8,6 +8,7 @@ import numpy as np
 
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.config import CacheConfig
+from moe_cache_env.sim.predictors import MAX_LOOKAHEAD
 from moe_cache_env.sim.schedule import Schedule
 
 
@@ -53,7 +54,7 @@ def allocate_state(
     cooccurrence: tuple[np.ndarray, np.ndarray] | None,
     next_use: tuple[np.ndarray, np.ndarray],
     zoo: "ZooArrays | None" = None,
-    lookahead_depth: int = 2,
+    lookahead_depth: int = MAX_LOOKAHEAD,
 ) -> K.KernelState:
     """An empty cache, an idle link and fresh online statistics.
 

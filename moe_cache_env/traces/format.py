@@ -217,19 +217,20 @@ def validate_arrays(
     if K != meta["top_k"]:
         _fail(f"experts has {K} experts per row but meta.top_k={meta['top_k']}")
     E = meta["num_experts"]
-    bad = None if rows_checked else (experts < 0) | (experts >= E)
-    if bad is not None and bad.any():
-        t, l, k = (int(i) for i in np.argwhere(bad)[0])
-        _fail(
-            f"expert id {int(experts[t, l, k])} out of range [0, {E}) at token {t}, layer {l}, rank {k}; "
-            "ids must be 0-based and below meta.num_experts"
-        )
-    if K > 1 and not rows_checked:
-        srt = np.sort(experts, axis=2)
-        dup = (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)
-        if dup.any():
-            t, l = (int(i) for i in np.argwhere(dup)[0])
-            _fail(f"duplicate expert id in row at token {t}, layer {l}: {experts[t, l].tolist()}")
+    if not rows_checked:
+        bad = (experts < 0) | (experts >= E)
+        if bad.any():
+            t, l, k = (int(i) for i in np.argwhere(bad)[0])
+            _fail(
+                f"expert id {int(experts[t, l, k])} out of range [0, {E}) at token {t}, layer {l}, rank {k}; "
+                "ids must be 0-based and below meta.num_experts"
+            )
+        if K > 1:
+            srt = np.sort(experts, axis=2)
+            dup = (srt[:, :, 1:] == srt[:, :, :-1]).any(axis=2)
+            if dup.any():
+                t, l = (int(i) for i in np.argwhere(dup)[0])
+                _fail(f"duplicate expert id in row at token {t}, layer {l}: {experts[t, l].tolist()}")
     if not isinstance(sequence, np.ndarray) or sequence.shape != (T,):
         _fail(f"sequence must have shape ({T},), got {getattr(sequence, 'shape', None)}")
     if not np.issubdtype(sequence.dtype, np.integer):
@@ -250,10 +251,11 @@ def validate_arrays(
             _fail(f"weights must have the shape of experts {experts.shape}, got {getattr(weights, 'shape', None)}")
         if weights.dtype != np.float32:
             _fail(f"weights must be float32, got {weights.dtype}")
-        bad_w = None if rows_checked else ~np.isfinite(weights) | (weights < 0)
-        if bad_w is not None and bad_w.any():
-            t, l, k = (int(i) for i in np.argwhere(bad_w)[0])
-            _fail(f"weight {weights[t, l, k]} at token {t}, layer {l}, rank {k} is NaN, infinite or negative")
+        if not rows_checked:
+            bad_w = ~np.isfinite(weights) | (weights < 0)
+            if bad_w.any():
+                t, l, k = (int(i) for i in np.argwhere(bad_w)[0])
+                _fail(f"weight {weights[t, l, k]} at token {t}, layer {l}, rank {k} is NaN, infinite or negative")
 
 
 def validate_speculative(
@@ -286,21 +288,23 @@ def validate_speculative(
     E = meta["num_experts"]
     if D < 1 or M < 1 or M > E:
         _fail(f"speculative_experts has depth {D} and top_m {M}; both must be >= 1 and top_m <= {E}")
-    bad = None if rows_checked else (spec_experts < 0) | (spec_experts >= E)
-    if bad is not None and bad.any():
-        t, l, d, m = (int(i) for i in np.argwhere(bad)[0])
-        _fail(f"speculative expert id {int(spec_experts[t, l, d, m])} out of range [0, {E}) at token {t}, layer {l}, "
-              f"distance {d + 1}, rank {m}")
+    if not rows_checked:
+        bad = (spec_experts < 0) | (spec_experts >= E)
+        if bad.any():
+            t, l, d, m = (int(i) for i in np.argwhere(bad)[0])
+            _fail(f"speculative expert id {int(spec_experts[t, l, d, m])} out of range [0, {E}) at token {t}, "
+                  f"layer {l}, distance {d + 1}, rank {m}")
     if not isinstance(spec_weights, np.ndarray) or spec_weights.shape != spec_experts.shape:
         _fail(f"speculative_weights must have the shape of speculative_experts {spec_experts.shape}, got "
               f"{getattr(spec_weights, 'shape', None)}")
     if spec_weights.dtype not in (np.float16, np.float32):
         _fail(f"speculative_weights must be float16 or float32, got {spec_weights.dtype}")
-    bad_w = None if rows_checked else ~np.isfinite(spec_weights) | (spec_weights < 0) | (spec_weights > 1)
-    if bad_w is not None and bad_w.any():
-        t, l, d, m = (int(i) for i in np.argwhere(bad_w)[0])
-        _fail(f"speculative weight {spec_weights[t, l, d, m]} at token {t}, layer {l}, distance {d + 1}, rank {m} "
-              "is not a probability in [0, 1]")
+    if not rows_checked:
+        bad_w = ~np.isfinite(spec_weights) | (spec_weights < 0) | (spec_weights > 1)
+        if bad_w.any():
+            t, l, d, m = (int(i) for i in np.argwhere(bad_w)[0])
+            _fail(f"speculative weight {spec_weights[t, l, d, m]} at token {t}, layer {l}, distance {d + 1}, "
+                  f"rank {m} is not a probability in [0, 1]")
 
 
 #: Most cells (tokens x layers x top_k) a trace may hold: 2**30, 2 GiB of int16 expert ids. Readers, importers
