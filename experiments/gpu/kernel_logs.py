@@ -7,11 +7,15 @@ replayed with Qwen1.5-MoE's expert size and layer (``--expert-bytes``, ``replay-
 profile measured that geometry, the learned model's own experts are 0.75 MB.
 
     PYTHONPATH=. python experiments/gpu/kernel_logs.py experiments/gpu/results/kernel-logs
+    PYTHONPATH=. python experiments/gpu/kernel_logs.py DIR --prefetch-handoff host-poll   # the other hand-off rule
+
+The logs' decisions do not depend on the hand-off rule (only their timing does), so ``kernel_table.py --logs DIR``
+compares either set with the same GPU runs.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from moe_cache_env.cli import main
@@ -45,7 +49,7 @@ def cut_trace(name: str, sequences: int, tokens_each: int, path: Path) -> str:
     return str(path)
 
 
-def make_logs(out: Path) -> None:
+def make_logs(out: Path, handoff: str = "link") -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, (trace, sizes, extra) in TRACES.items():
         for batch, (sequences, tokens) in CUTS.items():
@@ -57,11 +61,16 @@ def make_logs(out: Path) -> None:
                     stem = f"{name}-b{batch}-{order}-{slots}"
                     code = main(["evaluate", "--trace", source, *cut, "--policy", POLICIES,
                                  "--profile", "h200", "--capacity", str(slots), "--batch", str(batch),
-                                 "--execution-order", order, "--quiet", "--json", str(out / f"{stem}.json"),
+                                 "--execution-order", order, "--prefetch-handoff", handoff,
+                                 "--quiet", "--json", str(out / f"{stem}.json"),
                                  "--decision-log", str(out / f"{stem}.npz"), *extra])
                     if code != 0:
                         raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    make_logs(Path(sys.argv[1] if len(sys.argv) > 1 else "experiments/gpu/results/kernel-logs"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default="experiments/gpu/results/kernel-logs", type=Path)
+    parser.add_argument("--prefetch-handoff", default="link", choices=("link", "host-poll"))
+    args = parser.parse_args()
+    make_logs(args.out, args.prefetch_handoff)

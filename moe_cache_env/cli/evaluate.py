@@ -52,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-launch-cost", dest="launch_cost", action="store_false",
                         help="do not charge the profile's host time per expert launch (expert_launch_ms): an "
                              "engine that runs a layer's experts as one grouped kernel")
+    parser.add_argument("--prefetch-handoff", default="link", choices=["link", "host-poll"],
+                        help="when a queued prefetch reaches the link: link, the instant the link frees; host-poll, "
+                             "when the host next polls (not while it decides or launches) (default: %(default)s)")
     parser.add_argument("--capacity", type=int, default=None,
                         help="total expert slots (per layer, or in all with --scope global), split L1 = top_k, "
                              "L2 : L3 = 1 : 2; default: 40%% of the experts (at least top_k + 2)")
@@ -186,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         execution_order=args.execution_order,
         decision_ms=args.decision_ms,
         launch_cost=args.launch_cost,
+        prefetch_handoff=args.prefetch_handoff,
         profile=args.profile,
         predictor=args.predictor,
         oracle_accuracy=args.oracle_accuracy,
@@ -238,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
             "execution_order": args.execution_order,
             "decision_ms": args.decision_ms,
             "launch_cost": args.launch_cost,
+            "prefetch_handoff": args.prefetch_handoff,
             "capacity": cache.total_slots,
             "tiers": tiers,
             "scope": args.scope,

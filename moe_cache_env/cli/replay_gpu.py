@@ -32,7 +32,7 @@ def _csv(kind: type, text: str) -> list[Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from moe_cache_env.gpu.reference_policies import ORDERS, POLICIES
+    from moe_cache_env.gpu.reference_policies import HANDOFFS, ORDERS, POLICIES
 
     parser.add_argument("--trace", default="synthetic/qwen1.5-moe", help="trace file or bundled name (default %(default)s)")
     parser.add_argument("--policy", type=lambda t: _csv(str, t), default=list(POLICIES),
@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cuda (default) or fake: the replay logic on modelled times, no GPU")
     parser.add_argument("--window", type=int, default=1,
                         help="prefetches handed to the copy stream while others are in flight (default 1: only when idle)")
+    parser.add_argument("--prefetch-handoff", choices=HANDOFFS, default="link",
+                        help="the estimate's prefetch hand-off rule (the simulator's --prefetch-handoff) for logs "
+                             "that do not carry their own (evaluate --decision-log logs do) (default %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=16, help="steps run and discarded first (default 16)")
     parser.add_argument("--host-memory-gib", type=float, default=48.0,
                         help="pinned host memory for expert weights at most (default 48; experts share weights beyond)")
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from moe_cache_env.cli._common import load_named_trace
     from moe_cache_env.gpu.decision_log import load_log, save_log
     from moe_cache_env.gpu.reference_policies import (
+        HANDOFFS,
         ORDERS,
         POLICIES,
         ReferenceTiming,
@@ -163,11 +167,15 @@ def run(args: argparse.Namespace) -> int:
         no_host = timing.without_host()
         counts = log.counts()
         own_order = log.meta.get("execution_order") if isinstance(kernel_lat, list) else None
+        handoff = log.meta.get("prefetch_handoff", args.prefetch_handoff)
+        if handoff not in HANDOFFS:
+            raise CommandError(f"decision log {policy}: unknown prefetch_handoff {handoff!r} in its meta; "
+                               f"expected one of {', '.join(HANDOFFS)}")
         for order in args.order:
             if own_order is not None and order != own_order:
                 continue  # the kernel decided under its own order: replaying it in another compares nothing
-            estimate = estimate_latency(log, timing, order)
-            estimate_no_host = estimate_latency(log, no_host, order)
+            estimate = estimate_latency(log, timing, order, handoff)
+            estimate_no_host = estimate_latency(log, no_host, order, handoff)
             dev = device if device is not None else FakeReplayDevice(timing)
             say(f"replay: {policy}, {slots} slots, {order} ({log.num_steps} steps on {dev.name})")
             try:

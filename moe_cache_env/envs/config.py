@@ -40,6 +40,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # charge the profile's host time per expert launch (profiles with expert_launch_ms, e.g. h200); false: an
     # engine that launches a layer's experts as one grouped kernel
     "launch_cost": True,
+    # when a queued prefetch reaches the link: "link" (the instant it frees) or "host-poll" (the host's next poll)
+    "prefetch_handoff": "link",
     "cache": {"l1_slots": 4, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
     # non-stationary serving: batch size, KV-cache share of memory and background link traffic change in
     # segments of ~segment_steps steps; sequences come in blocks of one domain
@@ -195,6 +197,7 @@ def make_config(overrides: Mapping[str, Any] | None = None, base: Mapping[str, A
             oracle_accuracy=raw["oracle_accuracy"],
             expert_bytes=int(raw["expert_bytes"]),
             launch_cost=raw["launch_cost"],
+            prefetch_handoff=raw["prefetch_handoff"],
         )
     except TypeError as exc:  # a wrongly typed section
         raise ConfigError(f"env config: {exc}") from None

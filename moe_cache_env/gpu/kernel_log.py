@@ -139,6 +139,7 @@ def simulator_decision_log(sim: Any, *, policy: str, batch: int, extra_meta: Map
         "pool": cache.scope,
         "cache_slots": int(cache.total_slots),
         "execution_order": sim.config.execution_order,
+        "prefetch_handoff": sim.config.prefetch_handoff,
         "profile": sim.profile.name,
         "kernel_step_latency_ms": [round(float(x), 6) for x in sim.step_latency_ms[:steps]],
     }

@@ -38,6 +38,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from moe_cache_env.sim.config import PREFETCH_HANDOFFS
 from moe_cache_env.gpu.decision_log import (
     SOURCE_DEMAND,
     SOURCE_PREFETCHED,
@@ -48,6 +49,8 @@ from moe_cache_env.gpu.decision_log import (
 
 POLICIES = ("lru", "lru-prefetch")
 ORDERS = ("fused", "per-expert")
+#: the simulator's prefetch hand-off rules (``SimConfig.prefetch_handoff``)
+HANDOFFS = PREFETCH_HANDOFFS
 PRODUCER = "moe_cache_env.gpu.reference_policies/1"
 
 
@@ -239,10 +242,18 @@ class ReferenceTiming:
                 "layer_launch_ms": self.layer_launch_ms}
 
 
-def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fused") -> dict[str, Any]:
-    """Per-step latency (ms) of ``log`` under ``timing``, and link counters; see the module docstring."""
+def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fused",
+                     handoff: str = "link") -> dict[str, Any]:
+    """Per-step latency (ms) of ``log`` under ``timing``, and link counters; see the module docstring.
+
+    ``handoff`` is the simulator's prefetch hand-off rule (``SimConfig.prefetch_handoff``): ``link``, a queued
+    prefetch starts once the link is free; ``host-poll``, only when the host polls (not while it decides a layer
+    or launches its experts)."""
     if order not in ORDERS:
         raise ValueError(f"unknown execution order {order!r}; choose one of {', '.join(ORDERS)}")
+    if handoff not in HANDOFFS:
+        raise ValueError(f"unknown prefetch hand-off {handoff!r}; choose one of {', '.join(HANDOFFS)}")
+    host_poll = handoff == "host-poll"
     per_expert = order == "per-expert"
     T = timing.transfer_ms
     ctab = timing.compute_ms
@@ -256,6 +267,9 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
     queue: deque[tuple[int, int, float]] = deque()  # (slot, key, issue time), FIFO; stale entries skipped
     link_free = 0.0
     busy = 0.0
+    # host-poll: the host's last busy spans, the last layer's expert launches [launch_from, launch_to) and the
+    # current layer's decision [decide_from, decide)
+    launch_from = launch_to = decide_from = 0.0
     copies = {"demand": 0, "prefetch": 0, "promoted": 0, "cancelled": 0}
     latency = np.zeros(log.num_steps)
     t = 0.0
@@ -277,20 +291,32 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
                 continue
             # the host hands a prefetch to the copy queue once the link is idle; the copy itself may then wait
             # for the last read of its slot (as a CUDA copy stream waits on an event)
-            if max(link_free, issued) > now:
+            at = max(link_free, issued)
+            if host_poll:
+                if at < launch_from:  # held back by the last decision: goes once that layer's loads are issued
+                    at = launch_from
+                elif launch_from < at < launch_to:
+                    at = launch_to
+                if decide_from <= at < now:
+                    return  # the host is deciding: this layer's demand loads go first
+            if at > now:
                 return
             queue.popleft()
             del queued[slot]
-            start_copy(slot, issued)
+            start_copy(slot, at)
             copies["prefetch"] += 1
 
     boundary = 0.0
     for decisions in log.iter_decisions():
         s, l = decisions.step, decisions.layer
         host += layer_launch
+        if host_poll:
+            launch_to = host  # the host polls again once it has launched the next layer's non-expert work
         router = max(t, host) + A
         host = max(host, router) + H
         decide = host
+        if host_poll:
+            decide_from = decide - H
         advance(decide)
         for e, slot, _, source in decisions.need:
             if source == SOURCE_DEMAND:
@@ -324,6 +350,8 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
                 cur = max(cur, host, all_in) + dur
                 read_done[slot] = cur
         t = cur
+        if host_poll:
+            launch_from = decide
         if l == log.num_layers - 1:
             end = max(t, host)  # the step's event is recorded once the host has launched everything
             latency[s] = end - boundary

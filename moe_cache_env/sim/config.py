@@ -14,6 +14,10 @@ TIMING_MODES = ("timeline", "seed")
 #: how a layer runs its experts (timeline timing): ``fused`` waits for all of them, then computes (one grouped
 #: kernel, as vLLM's fused MoE); ``per-expert`` computes each as soon as its copy lands, resident ones first
 EXECUTION_ORDERS = ("fused", "per-expert")
+#: when a queued prefetch reaches the link (timeline timing): ``link``, the instant the link frees; ``host-poll``,
+#: when the engine's host next polls and sees the link idle: not while it decides a layer (router sync, bookkeeping)
+#: nor while it launches the layer's experts (docs/simulator.md, "Prefetch hand-off")
+PREFETCH_HANDOFFS = ("link", "host-poll")
 #: eviction rules of the kernel (``kernel.EV_*``): the seed's confidence-weighted score, plain LRU, and Belady's
 #: farthest-next-use rule (which reads the future: a bound, not a deployable policy)
 EVICTION_RULES = ("weighted", "lru", "belady", "lfu", "lfru", "least-stale", "mrs", "static", "fifo")
@@ -259,6 +263,9 @@ class SimConfig:
     #: charge the profile's host time per expert launch (``expert_launch_ms``); False models an engine that runs
     #: a layer's experts as one grouped kernel or CUDA graph, whose launches cost nothing per expert
     launch_cost: bool = True
+    #: when a queued prefetch reaches the link (:data:`PREFETCH_HANDOFFS`): at once when the link frees, or at the
+    #: host's next poll (the profile's decision and launch times are when the host does not poll)
+    prefetch_handoff: str = "link"
     #: the noisy-oracle's top-1 accuracy (the seed's 0.4755): one number for every lookahead, or one per lookahead
     #: distance (``(acc_1, acc_2)``). :data:`MEASURED_ORACLE_ACCURACY` holds what hidden-state speculation reached on
     #: the learned decode trace (docs/traces.md).
@@ -288,6 +295,7 @@ class SimConfig:
         _check_choice("sim", "predictor", self.predictor, tuple(PREDICTORS) + registered_predictors())
         _check_choice("sim", "eviction", self.eviction, EVICTION_RULES + registered_evictions())
         _check_choice("sim", "execution_order", self.execution_order, EXECUTION_ORDERS)
+        _check_choice("sim", "prefetch_handoff", self.prefetch_handoff, PREFETCH_HANDOFFS)
         _check_range("sim", "decision_ms", self.decision_ms, 0.0, 1000.0)
         if self.cache is not None and not isinstance(self.cache, CacheConfig):
             raise ConfigError(f"sim.cache must be a CacheConfig or None, got {self.cache!r}")

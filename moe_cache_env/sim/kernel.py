@@ -90,7 +90,8 @@ I_EVICTION = 8  # EV_* below
 I_FLAT = 9  # 1: one tier (L2 = L3 = 0 slots): prefetches are admitted into L1 itself
 I_LAYER_CAPS = 10  # 1: a one-tier per-layer cache whose slots differ by layer (EvictionState.layer_caps)
 I_PER_EXPERT = 11  # 1: each expert computes when its own copy lands (timing.per_expert_finish_ms); 0: fused
-NUM_ICONF = 12
+I_HOST_POLL = 12  # 1: a queued prefetch reaches the link at the host's next poll (_handoff); 0: when the link frees
+NUM_ICONF = 13
 
 # ---- eviction rules (the score whose lowest value is evicted) --------------------------------------------------
 EV_WEIGHTED = 0  # w_recency / (1 + age) + w_frequency * uses / (uses + 1) + w_confidence * confidence
@@ -125,6 +126,11 @@ NUM_FCONF = F_LAUNCH_MS + 1
 # ---- link scalars ----------------------------------------------------------------------------------------------
 L_BUSY_UNTIL = 0
 L_NOW = 1
+# the host's busy spans around ``L_NOW`` in which it cannot hand a queued prefetch to the link (see _handoff):
+L_LAUNCH_FROM = 2  # the last layer's expert launches, from its decision ...
+L_LAUNCH_TO = 3  # ... to the last launch
+L_DECIDE_FROM = 4  # the current layer's decision (router sync, bookkeeping), until L_NOW
+NUM_LINK = 5
 
 # ---- predictor kinds (predictors.PREDICTORS) -------------------------------------------------------------------
 P_NOISY_ORACLE = 0
@@ -511,6 +517,19 @@ def _farthest_next_use(pool, event, mem, cnt, k_pin, nu_start, nu_events, nu_cur
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _handoff(t, link):
+    """When a prefetch the link could start at ``t`` is handed to it: an engine's host hands a queued prefetch over
+    only when it polls and sees the link idle, not while it launches the last layer's experts (until
+    ``L_LAUNCH_TO``). One the link could have started before the launches began was held back by the last decision
+    and goes when that decision's copies are issued (``L_LAUNCH_FROM``). With free host work the spans are empty."""
+    if t < link[L_LAUNCH_FROM]:
+        return link[L_LAUNCH_FROM]
+    if t > link[L_LAUNCH_FROM] and t < link[L_LAUNCH_TO]:
+        return link[L_LAUNCH_TO]
+    return t
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
     """Start the prefetch at the head of the link queue (cancelled entries are skipped)."""
     Q = q_key.shape[0]
@@ -520,7 +539,9 @@ def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
         if key < 0:
             qht[0] += 1
             continue
-        start = max(link[L_BUSY_UNTIL], q_issue[slot])
+        start = _handoff(max(link[L_BUSY_UNTIL], q_issue[slot]), link)
+        if start < link[L_NOW] and start >= link[L_DECIDE_FROM]:
+            start = link[L_NOW]  # a commit forced while the host decides: it goes once the decision is made
         end = start + dur
         link[L_BUSY_UNTIL] = end
         k_state[key] = ST_READY
@@ -541,8 +562,9 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
         if q_key[slot] < 0:
             qht[0] += 1
             continue
-        if max(link[L_BUSY_UNTIL], q_issue[slot]) > now:
-            return
+        start = _handoff(max(link[L_BUSY_UNTIL], q_issue[slot]), link)
+        if start > now or start >= link[L_DECIDE_FROM] and start < now:
+            return  # not reached yet, or reached while the host decides: after this layer's demand loads
         _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
 
 
@@ -648,6 +670,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
         scratch.prod, scratch.truth
     pmark = scratch.pmark  # experts of the target layer pinned by this event's prediction pass
     per_expert = iconf[I_PER_EXPERT] == 1
+    host_poll = iconf[I_HOST_POLL] == 1 and not seed_timing
     host_ms = fconf[F_HOST_MS]
     launch_ms = fconf[F_LAUNCH_MS]
     x_arrival, x_compute, x_order = scratch.x_arrival, scratch.x_compute, scratch.x_order
@@ -1022,6 +1045,13 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                                                      x_arrival, x_compute, x_order, launch_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
+            if host_poll:
+                # the host's busy spans the next hand-offs avoid: this layer's launches, the next layer's decision
+                link[L_LAUNCH_FROM] = now
+                link[L_LAUNCH_TO] = now + nneed * launch_ms
+                link[L_DECIDE_FROM] = now + layer_ms - host_ms
+            else:
+                link[L_DECIDE_FROM] = now + layer_ms  # no busy spans: _handoff changes nothing
             # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back;
             # the experts this pass predicted stay protected until their layer runs
             if cnt[pool, 0] > caps[0] or cnt[pool, 1] > caps[1] or cnt[pool, 2] > caps[2]:

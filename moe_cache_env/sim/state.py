@@ -84,7 +84,7 @@ def allocate_state(
     )
     queue = 2 * n_keys + 64
     link = K.LinkState(
-        link=np.zeros(2, dtype=np.float64),
+        link=np.zeros(K.NUM_LINK, dtype=np.float64),
         q_key=np.full(queue, -1, dtype=np.int64),
         q_issue=np.zeros(queue, dtype=np.float64),
         qht=np.zeros(2, dtype=np.int64),

@@ -152,3 +152,23 @@ def test_v2_pays_the_launches_that_v1_does_not():
         ms.append(info["metrics"]["mean_latency_ms"])
         env.close()
     assert ms[1] > ms[0]
+
+def test_the_prefetch_handoff_reaches_the_environments_simulator():
+    # v2's host (a decision and launches per layer) changes when prefetches start under host-poll: the same
+    # episode with the same actions is timed differently; under v0's h100 profile (no host costs) identically
+    runs = {}
+    for env_id in ("MoECache-v0", "MoECache-v2"):
+        for handoff in ("link", "host-poll"):
+            env = gym.make(f"moe_cache_env:{env_id}", config={"episode_tokens": 256, "prefetch_handoff": handoff})
+            env.reset(seed=3)
+            assert env.unwrapped.sim.config.prefetch_handoff == handoff
+            ms = []
+            for _ in range(4):
+                _, _, _, _, info = env.step(np.array([0.5, 0.1], dtype=np.float32))
+                ms.append(info["metrics"]["mean_latency_ms"])
+            runs[env_id, handoff] = ms
+            env.close()
+    assert runs["MoECache-v0", "link"] == runs["MoECache-v0", "host-poll"]
+    assert runs["MoECache-v2", "link"] != runs["MoECache-v2", "host-poll"]
+    with pytest.raises(ConfigError, match="prefetch_handoff"):
+        gym.make("moe_cache_env:MoECache-v2", config={"prefetch_handoff": "soon"})

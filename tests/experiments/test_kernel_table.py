@@ -149,3 +149,23 @@ def test_the_per_layer_split_recovers_hand_set_costs():
     # a kind under half a layer per step is left out of the fit
     rare = np.array([[3, 1, 0, 0], [3, 1, 0, 0], [2, 2, 0, 0], [4, 0, 0, 1]], dtype=float)
     assert kl.split_error(rare @ np.array([0.1, 0.05, 0, 0]), rare)[2:] == [None, None]
+
+
+def test_late_prefetches_are_counted_per_run_beside_the_kernels(kt, tmp_path):
+    def with_copies(r: dict[str, Any], promoted: int) -> dict[str, Any]:
+        r["measured"]["copies"] = {"promoted": promoted}
+        return r
+
+    write(tmp_path / "kernel-t-b1.json", with_copies(run("lru", 10.0, 20.0), 0), with_copies(run("perfect", 8.0, 16.0), 40))
+    write(tmp_path / "kernel-t-b1-repeat2.json", with_copies(run("lru", 12.0, 22.0), 0),
+          with_copies(run("perfect", 8.0, 18.0), 60))
+
+    def stats(log_path: Path) -> dict[str, Any]:
+        return {**fake_stats()(log_path), "late": 55 if log_path.stem.endswith("perfect") else 0}
+
+    table = kt.rows(tmp_path, tmp_path, kernel_stats=stats)
+    perfect = next(r for r in table if r["policy"] == "perfect")
+    assert perfect["gpu_late_runs"] == [40, 60] and perfect["sim_late"] == 55
+    lines = kt.late_lines(table)
+    assert len(lines) == 3  # header, rule, and the one row whose prefetches were late on the GPU (not lru)
+    assert "| 40 / 60 | 40-60 | 55 | +10.0% |" in lines[2]  # 55 against the mean of runs, 50

@@ -7,7 +7,9 @@ import pytest
 
 from moe_cache_env.gpu.decision_log import load_log, save_log
 from moe_cache_env.gpu.kernel_log import simulator_decision_log
-from moe_cache_env.gpu.reference_policies import ReferenceTiming
+import dataclasses
+
+from moe_cache_env.gpu.reference_policies import ReferenceTiming, estimate_latency
 from moe_cache_env.gpu.replay import FakeReplayDevice, replay
 from moe_cache_env.profiles import load_profile
 from moe_cache_env.sim import kernel as K
@@ -23,9 +25,9 @@ POLICIES = ("no-prefetch", "static", "perfect", "lru")
 
 
 def logged_run(trace, policy: str, batch: int, capacity: int, scope: str = "per-layer", order: str = "fused",
-               fit_trace=None):
+               fit_trace=None, handoff: str = "link"):
     config = SimConfig(cache=split_capacity(capacity, trace.top_k, scope), profile="h200", execution_order=order,
-                       workload=WorkloadConfig(batch_min=batch, batch_max=batch))
+                       workload=WorkloadConfig(batch_min=batch, batch_max=batch), prefetch_handoff=handoff)
     config, controls = policy_setup(trace, policy, config, Controls())
     sim = Simulator(trace, config, rng=np.random.default_rng(0), fit_trace=fit_trace)
     sim.record_decisions()
@@ -86,6 +88,37 @@ def test_the_fake_device_replays_the_kernel_log(trace, order, tmp_path):
     timing = ReferenceTiming.from_profile(load_profile("h200"), log.expert_bytes, batch=1, context=512)
     measured = replay(FakeReplayDevice(timing), again, order=order, warmup_steps=0)
     assert len(measured["latency_ms"]) == log.num_steps and (measured["latency_ms"] > 0).all()
+
+
+@pytest.mark.parametrize("order", ["fused", "per-expert"])
+@pytest.mark.parametrize("handoff", ["link", "host-poll"])
+def test_the_kernel_times_its_own_log_as_the_reference_estimate_does(trace, order, handoff):
+    # the kernel and the plain-Python estimate implement the same timing rules independently; the kernel leaves
+    # out the host's launch of the non-expert work (0.007 ms in h200), so the estimate is run without it
+    sim, log = logged_run(trace, "perfect", 1, capacity=14, order=order, handoff=handoff)
+    assert log.meta["prefetch_handoff"] == handoff
+    timing = ReferenceTiming.from_profile(load_profile("h200"), log.expert_bytes, batch=1, context=512)
+    est = estimate_latency(log, dataclasses.replace(timing, layer_launch_ms=0.0), order, handoff)
+    np.testing.assert_allclose(sim.step_latency_ms, est["latency_ms"], rtol=1e-9)
+    # a queued prefetch its layer needs before it started is loaded on demand: the kernel cancels the prefetch
+    assert sim.counters[K.C_PREFETCH_CANCELLED] == est["copies"]["promoted"] > 0
+
+
+def test_host_poll_delays_prefetches_that_the_link_rule_starts_at_once(trace):
+    link, _ = logged_run(trace, "perfect", 1, capacity=14)
+    poll, _ = logged_run(trace, "perfect", 1, capacity=14, handoff="host-poll")
+    assert poll.counters[K.C_PREFETCH_CANCELLED] > link.counters[K.C_PREFETCH_CANCELLED]
+    assert poll.step_latency_ms.sum() > link.step_latency_ms.sum()
+    # without host costs (h100) there is no busy span: the two rules time every step alike
+    runs = []
+    for handoff in ("link", "host-poll"):
+        config = SimConfig(cache=split_capacity(14, trace.top_k), profile="h100", prefetch_handoff=handoff)
+        config, controls = policy_setup(trace, "perfect", config, Controls())
+        sim = Simulator(trace, config, rng=np.random.default_rng(0))
+        sim.run(sim.num_steps, controls)
+        runs.append(sim)
+    assert runs[0].step_latency_ms.tolist() == runs[1].step_latency_ms.tolist()
+    assert runs[0].counters.tolist() == runs[1].counters.tolist()
 
 
 def test_evaluate_writes_logs_that_replay_gpu_runs(monkeypatch, capsys, tmp_path):

@@ -108,6 +108,39 @@ def test_the_engine_on_the_fake_device_reproduces_the_estimate_exactly_with_a_fr
     assert run["copies"] == est["copies"]
 
 
+def test_host_poll_hands_a_prefetch_over_only_after_the_expert_launches():
+    # as above, with launches of 1.5 ms per expert: layer 0's launches keep the host busy over [0, 3.0) ms
+    experts = np.array([[[0, 1], [2, 3]]])
+    log = reference_log(experts, num_experts=4, expert_bytes=100, slots_per_layer=2, policy="lru-prefetch")
+    timing = ReferenceTiming(transfer_ms=1.0, compute_ms=(0.0, 0.1), launch_ms=1.5)
+    # link: the first prefetch starts when the link frees at 2.0 ms, the second at 3.0, both before layer 1
+    # decides at 3.1 ms (layer 0's last expert ends then)
+    assert estimate_latency(log, timing, "fused", "link")["copies"] == {
+        "demand": 2, "prefetch": 2, "promoted": 0, "cancelled": 0}
+    poll = estimate_latency(log, timing, "fused", "host-poll")
+    # host-poll: the host polls again at 3.0 ms, when it has launched layer 0's experts: the first prefetch
+    # lands at 4.0, the second is still queued at 3.1 and goes on demand, 4.0-5.0; layer 1's launches end at
+    # 3.1 + 1.5 = 4.6 and 6.1 ms, its last expert at 6.2 ms
+    assert poll["copies"] == {"demand": 2, "prefetch": 1, "promoted": 1, "cancelled": 0}
+    assert poll["latency_ms"][0] == pytest.approx(6.2)
+    with pytest.raises(ValueError, match="prefetch hand-off"):
+        estimate_latency(log, timing, "fused", "soon")
+
+
+@pytest.mark.parametrize("policy", ["lru", "lru-prefetch"])
+@pytest.mark.parametrize("order", ["fused", "per-expert"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_engine_on_the_fake_device_reproduces_the_host_poll_estimate_exactly_with_host_costs(policy, order,
+                                                                                                 batch):
+    experts = _random_experts(T=100, seed=5)
+    log = reference_log(experts, num_experts=10, expert_bytes=100, slots_per_layer=6, policy=policy, batch=batch)
+    timing = ReferenceTiming(0.5, tuple([0.0] + [0.03] * 3), 0.12, host_ms=0.1, launch_ms=0.06, layer_launch_ms=0.01)
+    est = estimate_latency(log, timing, order, "host-poll")
+    run = replay(FakeReplayDevice(timing), log, order=order, warmup_steps=3)
+    np.testing.assert_allclose(run["latency_ms"], est["latency_ms"], rtol=1e-12, atol=1e-12)
+    assert run["copies"] == est["copies"]
+
+
 @pytest.mark.parametrize("policy", ["lru", "lru-prefetch"])
 def test_with_host_costs_engine_and_estimate_stay_close(policy):
     experts = _random_experts(T=100, seed=5)
@@ -116,7 +149,7 @@ def test_with_host_costs_engine_and_estimate_stay_close(policy):
     est = latency_stats(estimate_latency(log, timing, "fused")["latency_ms"])
     run = latency_stats(replay(FakeReplayDevice(timing), log, order="fused")["latency_ms"])
     # identical for demand-only; with prefetches the engine hands a queued prefetch to the link only when the
-    # host is free, the estimate as soon as the link is (the simulator's rule)
+    # host polls, the estimate under the link rule as soon as the link is free
     assert run["mean_ms"] == pytest.approx(est["mean_ms"], rel=0.03 if policy == "lru-prefetch" else 1e-12)
 
 

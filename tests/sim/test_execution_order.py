@@ -69,3 +69,5 @@ def test_bad_settings_are_named():
         SimConfig(execution_order="sorted")
     with pytest.raises(ConfigError, match="decision_ms"):
         SimConfig(decision_ms=-1.0)
+    with pytest.raises(ConfigError, match="prefetch_handoff='soon' is not one of"):
+        SimConfig(prefetch_handoff="soon")
