@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                       "and, for a log written by evaluate --decision-log, the simulator kernel's own estimate",
         "runs": [],
     }
-    rows = []
+    rows, host_rows = [], []
     import numpy as np
 
     for policy, slots, log in logs:
@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
                 "log_counts": counts, "timing": timing.to_dict(),
                 "estimate": {**sim, "copies": estimate["copies"], "link_busy_ms": estimate["link_busy_ms"]},
                 "estimate_without_host": sim_nh,
-                "measured": {**gpu, "copies": measured["copies"], "wall_s": measured["wall_s"]},
+                "measured": {**gpu, "copies": measured["copies"], "wall_s": measured["wall_s"],
+                             "host": measured["host"]},
                 "error": error,
                 "kernel_estimate": kernel_here,
                 "kernel_error": kernel_error,
@@ -210,6 +211,11 @@ def run(args: argparse.Namespace) -> int:
                          kernel_here["mean_ms"] if kernel_here else "-", kernel_here["p95_ms"] if kernel_here else "-",
                          f"{kernel_error['mean_ms']:+.1%}" if kernel_error else "-",
                          f"{kernel_error['p95_ms']:+.1%}" if kernel_error else "-"])
+            host = measured["host"]
+            host_rows.append([policy, slots, order, *(_ms(host[f"decision_ms_{kind}"]["median"])
+                                                      for kind in ("no_copy", "with_copy")),
+                              *(host[f"decision_ms_{kind}"]["layers"] for kind in ("no_copy", "with_copy")),
+                              _ms(host["launch_ms_per_expert"])])
             if args.json:
                 atomic_write_json(args.json, results)
     print(f"replay-gpu on {results['device'].get('name')}: {model} layers, expert {expert.hidden}x{expert.intermediate} "
@@ -223,9 +229,18 @@ def run(args: argparse.Namespace) -> int:
     print("est = the reference estimate (gpu/reference_policies) of the log's decisions; err = est / GPU - 1; "
           "sim = the simulator kernel's own estimate, for a log written by evaluate --decision-log in the same "
           "execution order; sim err = sim / GPU - 1")
+    print(format_table(["policy", "slots/layer", "order", "host decision ms, no copy", "with copies",
+                        "layers no copy", "layers with copies", "launch ms/expert"], host_rows))
+    print(f"host = the engine's own time per layer on this host (medians; perf_counter): the decision from the "
+          f"router's result to the copies issued, apart for layers that issued none; profile {profile.name}: "
+          f"decision {profile.host_decision_ms:.4g} ms, launch {profile.expert_launch_ms:.4g} ms/expert")
     if args.json:
         print(f"wrote {args.json}")
     return 0
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _argv_after(word: str) -> list[str]:

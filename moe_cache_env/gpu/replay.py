@@ -157,21 +157,51 @@ def _run(device: ReplayDevice, log: DecisionLog, decisions: list[LayerDecisions]
     E = log.num_experts
     L = log.num_layers
     link = _Link(device, window)
+    host = np.zeros((len(decisions), 3), dtype=np.float64)
     device.start_run()
     try:
-        markers = _run_layers(device, decisions, link, per_expert, E, L)
+        markers = _run_layers(device, decisions, link, per_expert, E, L, host)
     finally:
         device.end_run()
     latency = np.asarray(device.elapsed_ms(markers), dtype=np.float64)
-    return {"latency_ms": latency, "copies": dict(link.counts)}
+    return {"latency_ms": latency, "copies": dict(link.counts), "host": host_summary(host)}
+
+
+#: columns of the per-layer host timing: decision (ms), launches (ms), copies the decision issued
+_H_DECIDE, _H_LAUNCH, _H_COPIES = 0, 1, 2
+
+
+def _percentile(values: np.ndarray, q: float) -> float | None:
+    return float(np.percentile(values, q)) if values.size else None
+
+
+def host_summary(host: np.ndarray) -> dict[str, Any]:
+    """The host's measured time per layer (``perf_counter``), as a profile's host costs are defined:
+    ``decision_ms`` from the router's result seen on the host to the copies issued and the prefetches queued
+    (``.cpu()`` of the routing, bookkeeping, copy issue), apart for layers that issued no copy and layers that
+    issued at least one; ``launch_ms_per_expert``, the expert launches that follow, per expert (median over
+    layers). None where no layer of the kind ran."""
+    copies = host[:, _H_COPIES]
+    out: dict[str, Any] = {"layers": int(len(host))}
+    for name, rows in (("no_copy", host[copies == 0]), ("with_copy", host[copies > 0])):
+        decide = rows[:, _H_DECIDE]
+        out[f"decision_ms_{name}"] = {"layers": int(len(rows)), "median": _percentile(decide, 50),
+                                      "mean": float(decide.mean()) if decide.size else None,
+                                      "p10": _percentile(decide, 10), "p90": _percentile(decide, 90)}
+    launched = host[:, _H_LAUNCH]
+    out["launch_ms_per_expert"] = _percentile(launched[launched > 0], 50)
+    return out
 
 
 def _run_layers(device: ReplayDevice, decisions: list[LayerDecisions], link: _Link, per_expert: bool, E: int,
-                L: int) -> list[Any]:
+                L: int, host: np.ndarray) -> list[Any]:
     markers = [device.step_marker()]
-    for d in decisions:
+    clock = time.perf_counter
+    for i, d in enumerate(decisions):
         layer = d.layer
         device.wait(device.non_expert(layer), link.pump)
+        seen = clock()
+        issued = link.counts["demand"] + link.counts["promoted"]
         device.read_routing(layer)
         base = layer * E
         for e, slot, _, source in d.need:
@@ -182,6 +212,8 @@ def _run_layers(device: ReplayDevice, decisions: list[LayerDecisions], link: _Li
         for pl, pe, slot in d.prefetch:
             link.enqueue(slot, pl * E + pe)
         link.pump()
+        decided = clock()
+        host[i, _H_COPIES] = link.counts["demand"] + link.counts["promoted"] - issued
         if per_expert:
             landed, waiting = [], []
             for _, slot, ntok, _ in d.need:
@@ -202,6 +234,8 @@ def _run_layers(device: ReplayDevice, decisions: list[LayerDecisions], link: _Li
             for _, slot, ntok, _ in d.need:
                 link.last_read[slot] = device.expert(slot, ntok, waits)
                 waits = ()
+        host[i, _H_DECIDE] = (decided - seen) * 1e3
+        host[i, _H_LAUNCH] = (clock() - decided) * 1e3 / max(len(d.need), 1)
         if layer == L - 1:
             device.end_step()
             markers.append(device.step_marker())

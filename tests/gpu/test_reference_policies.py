@@ -166,3 +166,19 @@ def test_all_hits_log_and_host_launch_model():
 def test_latency_stats_weight_tokens():
     stats = latency_stats(np.array([1.0, 3.0]), np.array([3, 1]))
     assert stats["mean_ms"] == pytest.approx(1.5) and stats["p50_ms"] == 1.0 and stats["tokens"] == 4
+
+
+def test_the_engine_times_its_host_per_layer_apart_by_copies():
+    # layer by layer, the engine reports how many copies each decision issued: the split must follow the log
+    experts = _random_experts(T=60, seed=3)
+    log = reference_log(experts, num_experts=10, expert_bytes=100, slots_per_layer=4, policy="lru")
+    run = replay(FakeReplayDevice(ReferenceTiming(0.5, (0.0, 0.03), 0.12)), log, order="fused", warmup_steps=0)
+    loads = [sum(1 for n in d.need if n[3] == SOURCE_DEMAND) for d in log.iter_decisions()]
+    host = run["host"]
+    assert host["decision_ms_with_copy"]["layers"] == sum(1 for n in loads if n > 0)
+    assert host["decision_ms_no_copy"]["layers"] == sum(1 for n in loads if n == 0) > 0
+    assert 0 < host["decision_ms_no_copy"]["p10"] <= host["decision_ms_no_copy"]["median"]
+    # a log without copies has no with-copy layers: None, not NaN (the JSON stays strict)
+    hits = replay(FakeReplayDevice(ReferenceTiming(0.5, (0.0, 0.03))), all_hits_log(2, 8, 2, 100, steps=3),
+                  warmup_steps=0)["host"]
+    assert hits["decision_ms_with_copy"] == {"layers": 0, "median": None, "mean": None, "p10": None, "p90": None}

@@ -33,6 +33,12 @@ def test_fake_replay_prints_estimate_beside_measured_and_writes_json(run_cli, tm
         if run["policy"] == "lru":
             assert run["error"]["mean_ms"] == pytest.approx(0.0, abs=1e-9)
         assert run["timing"]["host_ms"] > 0 and run["timing"]["launch_ms"] > 0
+        # the engine's own host time per layer, split by whether the layer issued copies
+        host = run["measured"]["host"]
+        split = host["decision_ms_no_copy"]["layers"] + host["decision_ms_with_copy"]["layers"]
+        assert split == host["layers"] == 40 * 24
+        assert host["decision_ms_with_copy"]["median"] > 0 and host["launch_ms_per_expert"] > 0
+    assert "host decision ms, no copy" in out
     assert (tmp_path / "logs" / "lru-8.npz").exists()
     # and a saved log replays on its own
     code, out, err = run_cli("replay-gpu", "--device", "fake", "--profile", "h200", "--log",
