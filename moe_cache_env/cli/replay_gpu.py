@@ -215,7 +215,9 @@ def run(args: argparse.Namespace) -> int:
             host_rows.append([policy, slots, order, *(_ms(host[f"decision_ms_{kind}"]["median"])
                                                       for kind in ("no_copy", "with_copy")),
                               *(host[f"decision_ms_{kind}"]["layers"] for kind in ("no_copy", "with_copy")),
-                              _ms(host["launch_ms_per_expert"])])
+                              _ms(host["launch_ms_per_expert"]),
+                              _ms(host["decision_fit"]["base_ms"]) if host["decision_fit"] else "-",
+                              _ms(host["decision_fit"]["per_copy_ms"]) if host["decision_fit"] else "-"])
             if args.json:
                 atomic_write_json(args.json, results)
     print(f"replay-gpu on {results['device'].get('name')}: {model} layers, expert {expert.hidden}x{expert.intermediate} "
@@ -230,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
           "sim = the simulator kernel's own estimate, for a log written by evaluate --decision-log in the same "
           "execution order; sim err = sim / GPU - 1")
     print(format_table(["policy", "slots/layer", "order", "host decision ms, no copy", "with copies",
-                        "layers no copy", "layers with copies", "launch ms/expert"], host_rows))
+                        "layers no copy", "layers with copies", "launch ms/expert", "fit: base ms",
+                        "fit: ms per copy"], host_rows))
     print(f"host = the engine's own time per layer on this host (medians; perf_counter): the decision from the "
           f"router's result to the copies issued, apart for layers that issued none; profile {profile.name}: "
           f"decision {profile.host_decision_ms:.4g} ms, launch {profile.expert_launch_ms:.4g} ms/expert")

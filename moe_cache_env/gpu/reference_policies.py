@@ -208,6 +208,8 @@ class ReferenceTiming:
         launch_ms: host time to launch one expert (its kernels); an expert cannot start before the host has
             launched it.
         layer_launch_ms: host time to launch one layer's non-expert work.
+        copy_issue_ms: host time to issue one copy; a layer's copies are issued one by one after its decision, a
+            copy cannot start before it is issued, and the experts' launches follow the layer's copies.
     """
 
     transfer_ms: float
@@ -216,6 +218,7 @@ class ReferenceTiming:
     host_ms: float = 0.0
     launch_ms: float = 0.0
     layer_launch_ms: float = 0.0
+    copy_issue_ms: float = 0.0
 
     @classmethod
     def from_profile(cls, profile: Any, expert_bytes: int, *, batch: int = 1, context: int | None = None,
@@ -230,6 +233,7 @@ class ReferenceTiming:
             host_ms=float(profile.host_decision_ms) if include_host else 0.0,
             launch_ms=float(host.get("expert_launch_ms", 0.0)),
             layer_launch_ms=float(host.get("layer_launch_ms", 0.0)),
+            copy_issue_ms=float(profile.copy_issue_ms) if include_host else 0.0,
         )
 
     def without_host(self) -> "ReferenceTiming":
@@ -239,7 +243,7 @@ class ReferenceTiming:
     def to_dict(self) -> dict[str, Any]:
         return {"transfer_ms": self.transfer_ms, "compute_ms": list(self.compute_ms),
                 "non_expert_ms": self.non_expert_ms, "host_ms": self.host_ms, "launch_ms": self.launch_ms,
-                "layer_launch_ms": self.layer_launch_ms}
+                "layer_launch_ms": self.layer_launch_ms, "copy_issue_ms": self.copy_issue_ms}
 
 
 def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fused",
@@ -258,7 +262,7 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
     T = timing.transfer_ms
     ctab = timing.compute_ms
     A, H = timing.non_expert_ms, timing.host_ms
-    launch, layer_launch = timing.launch_ms, timing.layer_launch_ms
+    launch, layer_launch, issue = timing.launch_ms, timing.layer_launch_ms, timing.copy_issue_ms
     host = 0.0  # the host's clock: it launches work, waits for the router, decides
     E = log.num_experts
     arrival = [-np.inf] * log.num_slots  # when the slot's latest submitted write lands
@@ -303,7 +307,7 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
                 return
             queue.popleft()
             del queued[slot]
-            start_copy(slot, at)
+            start_copy(slot, at + issue if host_poll else at)  # host-poll: the host issues it when it hands it over
             copies["prefetch"] += 1
 
     boundary = 0.0
@@ -323,17 +327,20 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
                 if slot in queued:
                     del queued[slot]
                     copies["cancelled"] += 1
-                start_copy(slot, decide)
+                host += issue
+                start_copy(slot, host)
                 copies["demand"] += 1
             elif queued.get(slot) == l * E + e:
                 del queued[slot]  # its prefetch has not started: load it now, ahead of the queue
-                start_copy(slot, decide)
+                host += issue
+                start_copy(slot, host)
                 copies["promoted"] += 1
         for pl, pe, slot in decisions.prefetch:
             if slot in queued:
                 copies["cancelled"] += 1
             queued[slot] = pl * E + pe
             queue.append((slot, pl * E + pe, decide))
+        pumped = host  # the host queues the prefetches and pumps the queue once the copies are issued
         ready = [(arrival[slot], ctab[ntok], slot) for _, slot, ntok, _ in decisions.need]
         cur = t
         if per_expert:
@@ -351,7 +358,7 @@ def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fu
                 read_done[slot] = cur
         t = cur
         if host_poll:
-            launch_from = decide
+            launch_from = pumped
         if l == log.num_layers - 1:
             end = max(t, host)  # the step's event is recorded once the host has launched everything
             latency[s] = end - boundary

@@ -180,7 +180,8 @@ def host_summary(host: np.ndarray) -> dict[str, Any]:
     ``decision_ms`` from the router's result seen on the host to the copies issued and the prefetches queued
     (``.cpu()`` of the routing, bookkeeping, copy issue), apart for layers that issued no copy and layers that
     issued at least one; ``launch_ms_per_expert``, the expert launches that follow, per expert (median over
-    layers). None where no layer of the kind ran."""
+    layers); ``decision_ms_by_copies`` and ``decision_fit``, the decision by the number of copies it issued. None
+    where no layer of the kind ran."""
     copies = host[:, _H_COPIES]
     out: dict[str, Any] = {"layers": int(len(host))}
     for name, rows in (("no_copy", host[copies == 0]), ("with_copy", host[copies > 0])):
@@ -190,6 +191,21 @@ def host_summary(host: np.ndarray) -> dict[str, Any]:
                                       "p10": _percentile(decide, 10), "p90": _percentile(decide, 90)}
     launched = host[:, _H_LAUNCH]
     out["launch_ms_per_expert"] = _percentile(launched[launched > 0], 50)
+    # the decision against the copies it issued: medians by count (robust to the host's occasional stalls), and
+    # a line through them weighted by their layers, ``base_ms + per_copy_ms x copies``
+    by_copies = {}
+    for n in np.unique(copies).astype(int):
+        rows = host[copies == n, _H_DECIDE]
+        by_copies[str(n)] = {"layers": int(len(rows)), "median": _percentile(rows, 50)}
+    out["decision_ms_by_copies"] = by_copies
+    if len(by_copies) >= 2:
+        k = np.array([int(n) for n in by_copies], dtype=np.float64)
+        med = np.array([v["median"] for v in by_copies.values()], dtype=np.float64)
+        w = np.array([v["layers"] for v in by_copies.values()], dtype=np.float64)
+        slope, base = np.polyfit(k, med, 1, w=np.sqrt(w))
+        out["decision_fit"] = {"base_ms": float(base), "per_copy_ms": float(slope)}
+    else:
+        out["decision_fit"] = None
     return out
 
 
@@ -287,16 +303,16 @@ class FakeReplayDevice:
     host has issued it, and every marker it waits for has passed. Durations come from a
     :class:`ReferenceTiming`: the host spends ``host_ms`` reading each layer's routing and deciding,
     ``launch_ms`` per expert launch, ``layer_launch_ms`` per non-expert launch and ``copy_launch_ms`` per copy
-    issue (0: copy issue is part of the decision cost). Markers are times in ms. Deterministic.
+    issue (default: the timing's ``copy_issue_ms``). Markers are times in ms. Deterministic.
     """
 
     name = "fake"
 
-    def __init__(self, timing: ReferenceTiming, *, copy_launch_ms: float = 0.0) -> None:
+    def __init__(self, timing: ReferenceTiming, *, copy_launch_ms: float | None = None) -> None:
         self.timing = timing
         self.launch_ms = float(timing.launch_ms)
         self.layer_launch_ms = float(timing.layer_launch_ms)
-        self.copy_launch_ms = float(copy_launch_ms)
+        self.copy_launch_ms = float(timing.copy_issue_ms if copy_launch_ms is None else copy_launch_ms)
         self.read_ms = float(timing.host_ms)
         self.reset(None)
 

@@ -90,6 +90,10 @@ class HardwareProfile:
             launch, so a layer of resident experts is launch-bound), measured by ``calibrate``
             (``host.expert_launch_ms``); 0 where not measured, and for an engine that launches a layer's experts
             as one grouped kernel or CUDA graph.
+        copy_issue_ms: the host's time to issue one host-to-GPU copy (the engine's copy call, its event and
+            stream bookkeeping): a layer's k-th copy cannot start before k of them were issued after its
+            decision, and the layer's expert launches start after its copies were issued; the per-copy part of
+            the host's decision as ``replay-gpu`` measures it. 0 where not measured.
         seed_table: the seed's table-driven latencies (only in seed-style profiles), used by ``timing="seed"``.
         raw: everything else in the file (measurements, provenance), kept verbatim.
     """
@@ -105,6 +109,7 @@ class HardwareProfile:
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     host_decision_ms: float = 0.0
     expert_launch_ms: float = 0.0
+    copy_issue_ms: float = 0.0
 
     def non_expert_ms(self, batch: int | None = None, context: int | None = None) -> float:
         """Non-expert time per layer at ``batch`` tokens of ``context`` context (ms).
@@ -172,6 +177,8 @@ class HardwareProfile:
             data["host_decision_ms"] = self.host_decision_ms
         if self.expert_launch_ms or "expert_launch_ms" in self.raw:
             data["expert_launch_ms"] = self.expert_launch_ms
+        if self.copy_issue_ms or "copy_issue_ms" in self.raw:
+            data["copy_issue_ms"] = self.copy_issue_ms
         if self.seed_table is not None:
             data["seed_table"] = dict(self.seed_table)
         return data
@@ -331,6 +338,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
     layer_overhead = _number(data, "layer_overhead_ms", where) if "layer_overhead_ms" in data else 0.0
     host_decision = _number(data, "host_decision_ms", where) if "host_decision_ms" in data else 0.0
     expert_launch = _number(data, "expert_launch_ms", where) if "expert_launch_ms" in data else 0.0
+    copy_issue = _number(data, "copy_issue_ms", where) if "copy_issue_ms" in data else 0.0
     _check_optional_sections(data, where)
     seed_table = data.get("seed_table")
     if seed_table is not None:
@@ -349,6 +357,7 @@ def profile_from_dict(data: Mapping[str, Any], where: str = "profile") -> Hardwa
         raw=dict(data),
         host_decision_ms=host_decision,
         expert_launch_ms=expert_launch,
+        copy_issue_ms=copy_issue,
     )
 
 

@@ -160,7 +160,8 @@ class EvictionReplay:
         self._fconf = np.array([profile.transfer_ms(self.expert_bytes), profile.layer_overhead_ms,
                                 profile.host_decision_ms + config.decision_ms, config.stats_decay,
                                 float(max(int(caps.max()), 1)),
-                                profile.expert_launch_ms if config.launch_cost else 0.0], dtype=np.float64)
+                                profile.expert_launch_ms if config.launch_cost else 0.0,
+                                profile.copy_issue_ms], dtype=np.float64)
         self._seed_tab = seed_table_array(profile)
         self._nu_start, self._nu_events = K.build_next_use(self.schedule.step_tokens, self.schedule.step_ntokens,
                                                            self._experts, E)

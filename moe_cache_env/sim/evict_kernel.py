@@ -282,6 +282,7 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
     decay = fconf[3]
     max_cap = fconf[4]
     launch_ms = fconf[5]
+    issue_ms = fconf[6]  # the host's time to issue one copy: the k-th demand load starts k of them after now
     S = sched_tokens.shape[0]
     P = cnt.shape[0]
     M = mem.shape[1]
@@ -344,7 +345,7 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
                     if seed_timing:
                         kf[key, KF_ARRIVAL] = now
                     else:
-                        start = max(now, link[0])
+                        start = max(now + nmiss * issue_ms, link[0])
                         link[0] = start + dur
                         kf[key, KF_ARRIVAL] = start + dur
                         counters[K.C_LINK_BUSY_MS] += dur
@@ -430,15 +431,17 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
                 stall = finish - now - compute_ms
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
-                if launch_ms > 0.0:
-                    layer_ms += launch_wait_ms(now, finish, x_arrival, x_compute, nneed, x_order, launch_ms)
+                if launch_ms > 0.0 or nmiss > 0 and issue_ms > 0.0:
+                    # the host launches the experts once it has issued the layer's copies
+                    layer_ms += launch_wait_ms(now + nmiss * issue_ms, finish, x_arrival, x_compute, nneed, x_order,
+                                               launch_ms)
             else:
                 stall = ready - now
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
-                if launch_ms > 0.0:
-                    layer_ms += fused_launch_wait_ms(now, ready, now + stall + compute_ms, needed, nneed, ntok, ctab,
-                                                     x_arrival, x_compute, x_order, launch_ms)
+                if launch_ms > 0.0 or nmiss > 0 and issue_ms > 0.0:
+                    layer_ms += fused_launch_wait_ms(now + nmiss * issue_ms, ready, now + stall + compute_ms, needed,
+                                                     nneed, ntok, ctab, x_arrival, x_compute, x_order, launch_ms)
             counters[K.C_COMPUTE_MS] += compute_ms
             link[1] = now + layer_ms
             step_latency_ms[s] += layer_ms

@@ -121,7 +121,8 @@ F_SEED_H2D_1 = 4  # the seed table, NUM_SEED values in timing.SEED_* order
 F_MRS_ALPHA = F_SEED_H2D_1 + NUM_SEED  # EV_MRS: weight of the previous score per step
 F_HOST_MS = F_MRS_ALPHA + 1  # the host's per-layer decision time (profile) plus the policy's own
 F_LAUNCH_MS = F_HOST_MS + 1  # the host's time to launch one expert (profile; 0: launches are free)
-NUM_FCONF = F_LAUNCH_MS + 1
+F_COPY_ISSUE_MS = F_LAUNCH_MS + 1  # the host's time to issue one copy (profile; 0: issuing is free)
+NUM_FCONF = F_COPY_ISSUE_MS + 1
 
 # ---- link scalars ----------------------------------------------------------------------------------------------
 L_BUSY_UNTIL = 0
@@ -130,7 +131,8 @@ L_NOW = 1
 L_LAUNCH_FROM = 2  # the last layer's expert launches, from its decision ...
 L_LAUNCH_TO = 3  # ... to the last launch
 L_DECIDE_FROM = 4  # the current layer's decision (router sync, bookkeeping), until L_NOW
-NUM_LINK = 5
+L_ISSUE_MS = 5  # host-poll: the host's time to issue a copy, so a handed-over prefetch starts this much later
+NUM_LINK = 6
 
 # ---- predictor kinds (predictors.PREDICTORS) -------------------------------------------------------------------
 P_NOISY_ORACLE = 0
@@ -542,6 +544,7 @@ def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
         start = _handoff(max(link[L_BUSY_UNTIL], q_issue[slot]), link)
         if start < link[L_NOW] and start >= link[L_DECIDE_FROM]:
             start = link[L_NOW]  # a commit forced while the host decides: it goes once the decision is made
+        start += link[L_ISSUE_MS]
         end = start + dur
         link[L_BUSY_UNTIL] = end
         k_state[key] = ST_READY
@@ -673,6 +676,9 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
     host_poll = iconf[I_HOST_POLL] == 1 and not seed_timing
     host_ms = fconf[F_HOST_MS]
     launch_ms = fconf[F_LAUNCH_MS]
+    issue_ms = fconf[F_COPY_ISSUE_MS]
+    if host_poll:
+        link[L_ISSUE_MS] = issue_ms
     x_arrival, x_compute, x_order = scratch.x_arrival, scratch.x_compute, scratch.x_order
     cand, top, cal_table, caps, n_admitted, route_sum = scratch.cand, scratch.top, scratch.cal_table, scratch.caps, \
         scratch.n_admitted, scratch.route_sum
@@ -721,6 +727,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
             ready = now
             nmiss = 0
             nhit_l1 = 0
+            n_copies = 0  # copies this layer's decision issues: the k-th starts no earlier than now + k x issue_ms
             for n in range(nneed):
                 key = l * E + needed[n]
                 tier = k_tier[key]
@@ -749,7 +756,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         if overtake:
                             q_key[k_qpos[key]] = -1
                             counters[C_PREFETCH_CANCELLED] += 1
-                            start = max(now, link[L_BUSY_UNTIL])
+                            n_copies += 1
+                            start = max(now + n_copies * issue_ms, link[L_BUSY_UNTIL])
                             link[L_BUSY_UNTIL] = start + dur
                             k_state[key] = ST_READY
                             k_arrival[key] = start + dur
@@ -773,7 +781,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                                 _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
                                 if qht[0] >= qht[1]:
                                     break
-                        start = max(now, link[L_BUSY_UNTIL])
+                        n_copies += 1
+                        start = max(now + n_copies * issue_ms, link[L_BUSY_UNTIL])
                         link[L_BUSY_UNTIL] = start + dur
                         k_arrival[key] = start + dur
                         counters[C_LINK_BUSY_MS] += dur
@@ -1034,21 +1043,24 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 stall = finish - now - compute_ms
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
-                if launch_ms > 0.0:
-                    layer_ms += launch_wait_ms(now, finish, x_arrival, x_compute, nneed, x_order, launch_ms)
+                if launch_ms > 0.0 or n_copies > 0 and issue_ms > 0.0:
+                    # the host launches the experts once it has issued the layer's copies
+                    layer_ms += launch_wait_ms(now + n_copies * issue_ms, finish, x_arrival, x_compute, nneed, x_order,
+                                               launch_ms)
             else:
                 stall = ready - now
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
-                if launch_ms > 0.0:
-                    layer_ms += fused_launch_wait_ms(now, ready, now + stall + compute_ms, needed, nneed, ntok, ctab,
-                                                     x_arrival, x_compute, x_order, launch_ms)
+                if launch_ms > 0.0 or n_copies > 0 and issue_ms > 0.0:
+                    layer_ms += fused_launch_wait_ms(now + n_copies * issue_ms, ready, now + stall + compute_ms, needed,
+                                                     nneed, ntok, ctab, x_arrival, x_compute, x_order, launch_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
             if host_poll:
-                # the host's busy spans the next hand-offs avoid: this layer's launches, the next layer's decision
-                link[L_LAUNCH_FROM] = now
-                link[L_LAUNCH_TO] = now + nneed * launch_ms
+                # the host's busy spans the next hand-offs avoid: this layer's copy issue and launches (a prefetch
+                # held back by the decision goes at the host's poll after the copies), the next layer's decision
+                link[L_LAUNCH_FROM] = now + n_copies * issue_ms
+                link[L_LAUNCH_TO] = now + n_copies * issue_ms + nneed * launch_ms
                 link[L_DECIDE_FROM] = now + layer_ms - host_ms
             else:
                 link[L_DECIDE_FROM] = now + layer_ms  # no busy spans: _handoff changes nothing

@@ -158,6 +158,7 @@ class Simulator:
         self._fconf[K.F_MRS_ALPHA] = self.config.mrs_alpha
         self._fconf[K.F_HOST_MS] = self.profile.host_decision_ms + self.config.decision_ms
         self._fconf[K.F_LAUNCH_MS] = self.profile.expert_launch_ms if self.config.launch_cost else 0.0
+        self._fconf[K.F_COPY_ISSUE_MS] = self.profile.copy_issue_ms
         self._iconf[K.I_PER_EXPERT] = 1 if self.config.execution_order == "per-expert" else 0
         self._iconf[K.I_HOST_POLL] = 1 if self.config.prefetch_handoff == "host-poll" else 0
         self._zoo = self._zoo_arrays(trace, fit_trace)

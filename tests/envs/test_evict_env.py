@@ -173,6 +173,30 @@ def test_seed_timing_global_pools_and_launch_costs_reproduce_too():
             assert got == want
 
 
+@pytest.mark.slow
+def test_a_copy_issue_cost_is_charged_alike(tmp_path):
+    # a profile whose host spends 0.03 ms issuing each copy: the eviction environment's replay and the simulator
+    # charge it the same way (the k-th copy of a layer starts k issues after the decision)
+    import json
+
+    from moe_cache_env.profiles.profile import DATA_DIR
+
+    data = json.loads((DATA_DIR / "h200.json").read_text())
+    data["copy_issue_ms"] = 0.03
+    path = tmp_path / "h200-issue.json"
+    path.write_text(json.dumps(data))
+    trace = load_suite_trace("learned/tiny-olmoe-12L-64E-decode").select_sequences(list(range(2)))
+    for order in ("fused", "per-expert"):
+        config = SimConfig(profile=str(path), execution_order=order)
+        want = evaluate(trace, EvaluationRequest(policy="lru", config=config, seed=1))["metrics"]
+        plain = evaluate(trace, EvaluationRequest(policy="lru", config=SimConfig(profile="h200", execution_order=order),
+                                                  seed=1))["metrics"]
+        assert want["mean_latency_ms"] > plain["mean_latency_ms"]  # the issue cost is charged
+        got = _env_replay(trace, config, 1, "lru")
+        got.pop("decisions")
+        assert got == want
+
+
 def test_rewards_sum_to_the_episodes_latency():
     env = gym.make("moe_cache_env:MoECache-Evict-v0", config={"episode_sequences": 2})
     _, info = env.reset(seed=4)

@@ -92,12 +92,22 @@ def test_the_fake_device_replays_the_kernel_log(trace, order, tmp_path):
 
 @pytest.mark.parametrize("order", ["fused", "per-expert"])
 @pytest.mark.parametrize("handoff", ["link", "host-poll"])
-def test_the_kernel_times_its_own_log_as_the_reference_estimate_does(trace, order, handoff):
+@pytest.mark.parametrize("copy_issue_ms", [0.0, 0.02])
+def test_the_kernel_times_its_own_log_as_the_reference_estimate_does(trace, order, handoff, copy_issue_ms):
     # the kernel and the plain-Python estimate implement the same timing rules independently; the kernel leaves
     # out the host's launch of the non-expert work (0.007 ms in h200), so the estimate is run without it
-    sim, log = logged_run(trace, "perfect", 1, capacity=14, order=order, handoff=handoff)
+    profile = dataclasses.replace(load_profile("h200"), copy_issue_ms=copy_issue_ms)
+    config = SimConfig(cache=split_capacity(14, trace.top_k), profile="h200", execution_order=order,
+                       workload=WorkloadConfig(batch_min=1, batch_max=1), prefetch_handoff=handoff)
+    config, controls = policy_setup(trace, "perfect", config, Controls())
+    sim = Simulator(trace, config, rng=np.random.default_rng(0), profile=profile)
+    sim.record_decisions()
+    while not sim.done:
+        sim.run(37, controls)
+    log = simulator_decision_log(sim, policy="perfect", batch=1)
     assert log.meta["prefetch_handoff"] == handoff
-    timing = ReferenceTiming.from_profile(load_profile("h200"), log.expert_bytes, batch=1, context=512)
+    timing = ReferenceTiming.from_profile(profile, log.expert_bytes, batch=1, context=512)
+    assert timing.copy_issue_ms == copy_issue_ms
     est = estimate_latency(log, dataclasses.replace(timing, layer_launch_ms=0.0), order, handoff)
     np.testing.assert_allclose(sim.step_latency_ms, est["latency_ms"], rtol=1e-9)
     # a queued prefetch its layer needs before it started is loaded on demand: the kernel cancels the prefetch

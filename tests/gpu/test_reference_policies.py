@@ -3,6 +3,8 @@ the replay engine on the fake device (the same rules, two implementations)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -141,6 +143,26 @@ def test_the_engine_on_the_fake_device_reproduces_the_host_poll_estimate_exactly
     assert run["copies"] == est["copies"]
 
 
+@pytest.mark.parametrize("order", ["fused", "per-expert"])
+def test_a_copy_issue_cost_on_the_fake_device_and_in_the_estimate(order):
+    experts = _random_experts(T=100, seed=5)
+    timing = ReferenceTiming(0.5, (0.0, 0.03), 0.12, host_ms=0.1, launch_ms=0.06, layer_launch_ms=0.01,
+                             copy_issue_ms=0.04)
+    # demand-only: the engine issues a layer's copies one by one, then launches: the estimate is exact
+    log = reference_log(experts, num_experts=10, expert_bytes=100, slots_per_layer=5, policy="lru")
+    est = estimate_latency(log, timing, order, "host-poll")
+    run = replay(FakeReplayDevice(timing), log, order=order, warmup_steps=0)
+    np.testing.assert_allclose(run["latency_ms"], est["latency_ms"], rtol=1e-12, atol=1e-12)
+    free = estimate_latency(log, dataclasses.replace(timing, copy_issue_ms=0.0), order, "host-poll")
+    assert est["latency_ms"].sum() > free["latency_ms"].sum()
+    # with prefetches the engine's host also spends the issue time when it hands a prefetch over, which can
+    # delay its next decision or launches; the estimate starts the prefetch later but does not move the host
+    log = reference_log(experts, num_experts=10, expert_bytes=100, slots_per_layer=5, policy="lru-prefetch")
+    est = latency_stats(estimate_latency(log, timing, order, "host-poll")["latency_ms"])
+    run = latency_stats(replay(FakeReplayDevice(timing), log, order=order, warmup_steps=0)["latency_ms"])
+    assert run["mean_ms"] == pytest.approx(est["mean_ms"], rel=0.02)
+
+
 @pytest.mark.parametrize("policy", ["lru", "lru-prefetch"])
 def test_with_host_costs_engine_and_estimate_stay_close(policy):
     experts = _random_experts(T=100, seed=5)
@@ -178,7 +200,26 @@ def test_the_engine_times_its_host_per_layer_apart_by_copies():
     assert host["decision_ms_with_copy"]["layers"] == sum(1 for n in loads if n > 0)
     assert host["decision_ms_no_copy"]["layers"] == sum(1 for n in loads if n == 0) > 0
     assert 0 < host["decision_ms_no_copy"]["p10"] <= host["decision_ms_no_copy"]["median"]
+    by = host["decision_ms_by_copies"]
+    assert sum(v["layers"] for v in by.values()) == len(loads)
+    assert by["0"]["layers"] == host["decision_ms_no_copy"]["layers"]
+    assert set(host["decision_fit"]) == {"base_ms", "per_copy_ms"}
     # a log without copies has no with-copy layers: None, not NaN (the JSON stays strict)
     hits = replay(FakeReplayDevice(ReferenceTiming(0.5, (0.0, 0.03))), all_hits_log(2, 8, 2, 100, steps=3),
                   warmup_steps=0)["host"]
     assert hits["decision_ms_with_copy"] == {"layers": 0, "median": None, "mean": None, "p10": None, "p90": None}
+    assert hits["decision_fit"] is None  # one copy count: no line
+
+
+def test_the_host_summary_recovers_a_per_copy_cost():
+    from moe_cache_env.gpu.replay import host_summary
+
+    copies = np.array([0, 0, 1, 1, 1, 2, 2, 3, 0, 2], dtype=np.float64)
+    decide = 0.03 + 0.02 * copies
+    decide[0] = 5.0  # one stall of the host: the medians ignore it
+    host = np.stack([decide, np.full(len(copies), 0.1), copies], axis=1)
+    out = host_summary(host)
+    assert out["decision_fit"]["base_ms"] == pytest.approx(0.03)
+    assert out["decision_fit"]["per_copy_ms"] == pytest.approx(0.02)
+    assert out["decision_ms_by_copies"]["2"] == {"layers": 3, "median": pytest.approx(0.07)}
+    assert out["decision_ms_no_copy"]["layers"] == 3 and out["launch_ms_per_expert"] == pytest.approx(0.1)

@@ -22,10 +22,10 @@ def two_step_trace() -> Trace:
     return Trace(experts=experts, sequence=np.zeros(2, dtype=np.int32), meta=meta)
 
 
-def latencies(launch_ms: float = 0.0, **settings) -> list[float]:
+def latencies(launch_ms: float = 0.0, copy_issue_ms: float = 0.0, **settings) -> list[float]:
     # a demand-only LRU cache of 2 slots: step 0 misses both, step 1 hits 0 and misses 2
     config = SimConfig(cache=CacheConfig(2, 0, 0), predictor="none", eviction="lru", **settings)
-    profile = dataclasses.replace(EXAMPLE_PROFILE, expert_launch_ms=launch_ms)
+    profile = dataclasses.replace(EXAMPLE_PROFILE, expert_launch_ms=launch_ms, copy_issue_ms=copy_issue_ms)
     sim = Simulator(two_step_trace(), config, rng=np.random.default_rng(0), profile=profile)
     sim.run(None, Controls())
     return sim.step_latency_ms.tolist()
@@ -62,6 +62,19 @@ def test_launches_hide_under_copies_and_bound_resident_layers():
     assert latencies(launch_ms=1.25, execution_order="per-expert") == [3.0, 3.0]
     # the host's decision time still adds to every layer
     assert latencies(launch_ms=1.25, decision_ms=0.25) == [3.25, 3.25]
+
+
+def test_each_copy_waits_for_its_issue_and_the_launches_for_all_issues():
+    # 0.25 ms to issue a copy. Fused step 0: the copies are issued at 0.25 and 0.5 ms; the first runs 0.25-1.25,
+    # the second 1.25-2.25 (the link is busy), then 2 x 0.5 ms of compute: 3.25. Step 1: expert 2's copy
+    # 0.25-1.25, then both experts: 2.25
+    assert latencies(copy_issue_ms=0.25) == [3.25, 2.25]
+    # per-expert step 0: expert 0 lands at 1.25 -> 1.75, expert 1 at 2.25 -> 2.75; step 1: resident expert 0 is
+    # launched once the copy is issued (0.25) -> 0.75, expert 2 lands at 1.25 -> 1.75
+    assert latencies(copy_issue_ms=0.25, execution_order="per-expert") == [2.75, 1.75]
+    # with launches of 0.75 ms from the end of the issues: step 1's expert 0 is launched at 1.0 -> 1.5, expert 2
+    # (landed at 1.25) at 1.75 -> 2.25
+    assert latencies(copy_issue_ms=0.25, launch_ms=0.75, execution_order="per-expert") == [2.75, 2.25]
 
 
 def test_bad_settings_are_named():
