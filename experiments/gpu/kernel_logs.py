@@ -49,10 +49,17 @@ def cut_trace(name: str, sequences: int, tokens_each: int, path: Path) -> str:
     return str(path)
 
 
-def make_logs(out: Path, handoff: str = "link") -> None:
+def make_logs(out: Path, handoff: str = "link", *, profile: str = "h200", names: tuple[str, ...] | None = None,
+              batches: tuple[int, ...] | None = None) -> None:
+    """The logs (and evaluate's JSON beside them) of every trace in ``names`` and batch in ``batches`` (default:
+    all), under ``profile`` (a name or a profile file) and the prefetch hand-off rule ``handoff``."""
     out.mkdir(parents=True, exist_ok=True)
     for name, (trace, sizes, extra) in TRACES.items():
+        if names is not None and name not in names:
+            continue
         for batch, (sequences, tokens) in CUTS.items():
+            if batches is not None and batch not in batches:
+                continue
             source, cut = trace, ["--tokens", str(tokens)]
             if sequences is not None:
                 source, cut = cut_trace(trace, sequences, tokens, out / f"{name}-b{batch}-trace.npz"), []
@@ -60,7 +67,7 @@ def make_logs(out: Path, handoff: str = "link") -> None:
                 for slots in sizes:
                     stem = f"{name}-b{batch}-{order}-{slots}"
                     code = main(["evaluate", "--trace", source, *cut, "--policy", POLICIES,
-                                 "--profile", "h200", "--capacity", str(slots), "--batch", str(batch),
+                                 "--profile", profile, "--capacity", str(slots), "--batch", str(batch),
                                  "--execution-order", order, "--prefetch-handoff", handoff,
                                  "--quiet", "--json", str(out / f"{stem}.json"),
                                  "--decision-log", str(out / f"{stem}.npz"), *extra])
