@@ -33,7 +33,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -198,15 +198,21 @@ def host_summary(host: np.ndarray) -> dict[str, Any]:
         rows = host[copies == n, _H_DECIDE]
         by_copies[str(n)] = {"layers": int(len(rows)), "median": _percentile(rows, 50)}
     out["decision_ms_by_copies"] = by_copies
-    if len(by_copies) >= 2:
-        k = np.array([int(n) for n in by_copies], dtype=np.float64)
-        med = np.array([v["median"] for v in by_copies.values()], dtype=np.float64)
-        w = np.array([v["layers"] for v in by_copies.values()], dtype=np.float64)
-        slope, base = np.polyfit(k, med, 1, w=np.sqrt(w))
-        out["decision_fit"] = {"base_ms": float(base), "per_copy_ms": float(slope)}
-    else:
-        out["decision_fit"] = None
+    out["decision_fit"] = fit_decision_by_copies(by_copies)
     return out
+
+
+def fit_decision_by_copies(by_copies: Mapping[str, Mapping[str, Any]]) -> dict[str, float] | None:
+    """``base_ms + per_copy_ms x copies`` through the median decision time of each number of copies issued
+    (``{"<copies>": {"layers": n, "median": ms}}``), weighted by the square root of their layers; None with fewer
+    than two counts."""
+    if len(by_copies) < 2:
+        return None
+    k = np.array([int(n) for n in by_copies], dtype=np.float64)
+    med = np.array([v["median"] for v in by_copies.values()], dtype=np.float64)
+    w = np.array([v["layers"] for v in by_copies.values()], dtype=np.float64)
+    slope, base = np.polyfit(k, med, 1, w=np.sqrt(w))
+    return {"base_ms": float(base), "per_copy_ms": float(slope)}
 
 
 def _run_layers(device: ReplayDevice, decisions: list[LayerDecisions], link: _Link, per_expert: bool, E: int,

@@ -703,8 +703,11 @@ class CudaBackend:
         ``synced_double``: the same with twice as many experts per layer (the slope gives the host's cost per
         expert where launching is slower than computing). ``expert_launch`` / ``layer_launch``: host time to
         launch one expert / one layer's non-expert graph while the GPU is busy (only the launch is timed).
+        ``copies``: the engine's own timing of its decisions (``replay``'s ``host``) over a demand-only LRU replay
+        of random routing, whose layers issue 0 to ``top_k`` copies: the median decision time by number of copies
+        issued (``{"<copies>": {"layers", "median"}}``), whose slope is the host's cost to issue one copy.
         """
-        from moe_cache_env.gpu.reference_policies import all_hits_log
+        from moe_cache_env.gpu.reference_policies import all_hits_log, reference_log
         from moe_cache_env.gpu.replay import CudaReplayConfig, CudaReplayDevice, replay
 
         torch = self.torch
@@ -741,18 +744,35 @@ class CudaBackend:
                 device.end_run()
             return samples[3:]
 
+        # copies: each layer of a demand-only LRU cache of top_k + 2 slots over 2 x top_k experts issues 0 to top_k
+        # copies (random routing, fixed seed), so the decision's time can be read against the copies it issued
+        experts = min(2 * layer.top_k, layer.num_experts)
+        rng = np.random.default_rng(0)
+        routing = np.stack([np.stack([rng.choice(experts, layer.top_k, replace=False) for _ in range(layers)])
+                            for _ in range(warmup + repeats)])
+        copy_log = reference_log(routing, num_experts=experts, expert_bytes=self.expert_bytes,
+                                 slots_per_layer=min(layer.top_k + 2, experts), policy="lru")
+        copy_device = CudaReplayDevice(CudaReplayConfig(
+            layer=layer, hidden=self.shape.hidden, intermediate=self.shape.intermediate, batch=batch,
+            context=context, host_memory_gib=layers * experts * self.expert_bytes / 2**30 + 0.01,
+            device_index=self.device_index))
+        copy_device.prepare(copy_log)
+        copies = replay(copy_device, copy_log, order="fused", warmup_steps=warmup, prepared=True)["host"]
+        copies_check = bool(torch.isfinite(copy_device.h).all())
+        del copy_device
         device.start_run()
         device.non_expert(0)
         device.end_run()
         expert_launch = launches(lambda i: device.expert(i % (layers * layer.top_k), batch, ()), 64)
         layer_launch = launches(lambda i: device.non_expert(i % layers), 32)
         torch.cuda.synchronize()
-        check = {"finite": bool(torch.isfinite(device.h).all())}
+        check = {"finite": bool(torch.isfinite(device.h).all()) and copies_check}
         del device
         torch.cuda.empty_cache()
         return {"top_k": layer.top_k, "layers": layers, "check": check, "synced": synced,
                 "double_top_k": double, "synced_double": per_layer[double],
-                "expert_launch": expert_launch, "layer_launch": layer_launch}
+                "expert_launch": expert_launch, "layer_launch": layer_launch,
+                "copies": copies["decision_ms_by_copies"]}
 
 
 # -------------------------------------------------------------------------------------------- driving
@@ -883,6 +903,8 @@ def run_calibration(
             **{f"{mode}_samples_ms": host[mode] for mode in ("synced", "synced_double", "expert_launch",
                                                                "layer_launch")},
         }
+        if host.get("copies"):
+            measurements["host"]["decision_by_copies_ms"] = host["copies"]
     return measurements
 
 
@@ -1083,6 +1105,9 @@ def build_profile(
         profile["host"] = summarize_host(host, profile["non_expert"]["default_ms"], compute_at_batch)
         profile["host_decision_ms"] = profile["host"]["decision_ms"]
         profile["expert_launch_ms"] = profile["host"]["expert_launch_ms"]
+        if "copy_issue_ms" in profile["host"]:
+            # measured on layers without copies, the decision cost adds nothing per copy: this is that part
+            profile["copy_issue_ms"] = profile["host"]["copy_issue_ms"]
     if checks:
         profile["checks"] = dict(checks)
     return profile
@@ -1146,6 +1171,9 @@ def summarize_host(host: Mapping[str, Any], non_expert_ms: float, compute_ms: fl
     this profile's non-expert time ``non_expert_ms`` and expert compute ``compute_ms``, equal the measured
     ``synced_ms``: the host work per layer that nothing overlaps (event poll, ``.cpu()`` of the routing,
     bookkeeping). At least 0. ``expert_launch_busy_ms`` is the launch time measured alone, on a busy GPU.
+    ``copy_issue_ms`` (where the calibration measured ``decision_by_copies_ms``): the slope of the engine's own
+    decision time in the copies the decision issued, the per-copy host cost that ``decision_ms`` (measured on
+    layers without copies) leaves out; at least 0.
     """
     from moe_cache_env.gpu.reference_policies import ReferenceTiming, all_hits_log, estimate_latency
 
@@ -1178,7 +1206,22 @@ def summarize_host(host: Mapping[str, Any], non_expert_ms: float, compute_ms: fl
         "compute_ms": compute_ms,
         "model_without_decision_ms": model,
         "decision_ms": max(0.0, synced - model),
+        **_copy_issue(host),
     }
+
+
+def _copy_issue(host: Mapping[str, Any]) -> dict[str, Any]:
+    """``copy_issue_ms``: the slope of the engine's decision time in the copies it issued (``decision_by_copies_ms``),
+    at least 0; nothing for a calibration that did not measure it."""
+    from moe_cache_env.gpu.replay import fit_decision_by_copies
+
+    by_copies = host.get("decision_by_copies_ms")
+    if not by_copies:
+        return {}
+    fit = fit_decision_by_copies(by_copies)
+    if fit is None:
+        raise ProfileError("measurements.host.decision_by_copies_ms: needs at least two copy counts")
+    return {"decision_by_copies_ms": dict(by_copies), "copy_issue_ms": max(0.0, fit["per_copy_ms"])}
 
 
 def rebuild_profile(profile: Mapping[str, Any]) -> dict[str, Any]:

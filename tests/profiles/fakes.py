@@ -90,7 +90,10 @@ class FakeBackend:
         return {"top_k": layer.top_k, "layers": layers, "check": {"finite": True},
                 "synced": self._samples(HOST_SYNCED_MS, repeats), "double_top_k": 2 * layer.top_k,
                 "synced_double": self._samples(HOST_SYNCED_MS + layer.top_k * 0.03, repeats),
-                "expert_launch": self._samples(0.025, repeats), "layer_launch": self._samples(0.01, repeats)}
+                "expert_launch": self._samples(0.025, repeats), "layer_launch": self._samples(0.01, repeats),
+                # the engine's decision by copies issued: HOST_DECISION_BASE_MS + HOST_COPY_ISSUE_MS per copy
+                "copies": {str(n): {"layers": layers * (3 - n), "median": HOST_DECISION_BASE_MS + HOST_COPY_ISSUE_MS * n}
+                           for n in range(3)}}
 
 
 #: The fake's compute-scaling truth (fixed cost + weight read) and its non-expert time at batch 1, context 512.
@@ -98,6 +101,8 @@ COMPUTE_FIXED_MS = 0.015
 COMPUTE_GBPS = 3000.0
 NON_EXPERT_B1_MS = 0.03 + 1e-3 + 2e-6 * 512 + 0.01 + 0.02 + 1e-4
 HOST_SYNCED_MS = 0.5
+HOST_DECISION_BASE_MS = 0.03
+HOST_COPY_ISSUE_MS = 0.02
 
 
 def assert_same_tree(a: Any, b: Any, rel: float = 1e-9, path: str = "profile") -> None:

@@ -268,10 +268,16 @@ def test_non_expert_grid_sets_layer_overhead_and_host_cost(tmp_path):
     HOST_DECISION_MS = HOST_SYNCED_MS - free
     assert profile["host"]["decision_ms"] == pytest.approx(HOST_DECISION_MS)
     assert profile["host_decision_ms"] == pytest.approx(HOST_DECISION_MS)
+    # the engine's decision times by copies issued (0.03, 0.05, 0.07 ms for 0, 1, 2 copies): 0.02 ms per copy
+    from .fakes import HOST_COPY_ISSUE_MS
+
+    assert profile["copy_issue_ms"] == pytest.approx(HOST_COPY_ISSUE_MS)
+    assert profile["host"]["decision_by_copies_ms"]["2"]["median"] == pytest.approx(0.07)
     loaded = load_profile(save_profile(profile, tmp_path / "p.json"))
     assert loaded.layer_overhead_ms == pytest.approx(NON_EXPERT_B1_MS)
     assert loaded.host_decision_ms == pytest.approx(HOST_DECISION_MS)
     assert loaded.expert_launch_ms == pytest.approx(0.03)  # the slope above, which the simulator reads
+    assert loaded.copy_issue_ms == pytest.approx(HOST_COPY_ISSUE_MS)
     assert loaded.non_expert_ms() == loaded.layer_overhead_ms
     at_8 = next(r["ms"] for r in table["rows"] if r["batch"] == 8)
     assert loaded.non_expert_ms(8, 512) == pytest.approx(at_8)

@@ -80,6 +80,9 @@ def test_cuda_non_expert_host_and_scaling_on_a_tiny_layer(tmp_path):
     assert loaded.layer_overhead_ms == profile["non_expert"]["rows"][0]["ms"]
     host = profile["host"]
     assert host["synced_ms"] > 0 and host["decision_ms"] >= 0
+    # the engine timed its decisions over layers that issued 0 to top_k copies
+    assert set(host["decision_by_copies_ms"]) >= {"0", "1"} and profile["copy_issue_ms"] >= 0
+    assert loaded.copy_issue_ms == profile["copy_issue_ms"]
     assert len(profile["compute_scaling"]["rows"]) == 2
 
 
