@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 from moe_cache_env import cli
@@ -26,3 +29,12 @@ def cli_runner(monkeypatch, capsys, commands: tuple[str, ...]) -> Callable[..., 
         return code, out, err
 
     return run
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """An experiment script (not a package module) loaded as module ``name``, fresh on each call, so that a test can
+    call its functions and patch its globals."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -38,7 +38,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from moe_cache_env.sim.config import PREFETCH_HANDOFFS
 from moe_cache_env.gpu.decision_log import (
     SOURCE_DEMAND,
     SOURCE_PREFETCHED,
@@ -46,6 +45,7 @@ from moe_cache_env.gpu.decision_log import (
     DecisionLog,
     LogBuilder,
 )
+from moe_cache_env.sim.config import PREFETCH_HANDOFFS
 
 POLICIES = ("lru", "lru-prefetch")
 ORDERS = ("fused", "per-expert")

@@ -419,6 +419,7 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
             compute_ms = 0.0
             for n in range(nneed):
                 compute_ms += ctab[ntok[needed[n]]]
+            launch_from = now + nmiss * issue_ms  # the host launches the experts once it issued the copies
             if seed_timing:
                 layer_ms = seed_layer_ms(covered, 0, nmiss, nneed, seed_tab)
                 compute_ms = seed_compute_ms(nneed, seed_tab)
@@ -431,17 +432,15 @@ def advance(cur, action, policy, sched_tokens, sched_ntokens, tier_caps, link_sh
                 stall = finish - now - compute_ms
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
-                if launch_ms > 0.0 or nmiss > 0 and issue_ms > 0.0:
-                    # the host launches the experts once it has issued the layer's copies
-                    layer_ms += launch_wait_ms(now + nmiss * issue_ms, finish, x_arrival, x_compute, nneed, x_order,
-                                               launch_ms)
+                if launch_ms > 0.0 or launch_from > now:
+                    layer_ms += launch_wait_ms(launch_from, finish, x_arrival, x_compute, nneed, x_order, launch_ms)
             else:
                 stall = ready - now
                 counters[K.C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, overhead_ms) + host_ms
-                if launch_ms > 0.0 or nmiss > 0 and issue_ms > 0.0:
-                    layer_ms += fused_launch_wait_ms(now + nmiss * issue_ms, ready, now + stall + compute_ms, needed,
-                                                     nneed, ntok, ctab, x_arrival, x_compute, x_order, launch_ms)
+                if launch_ms > 0.0 or launch_from > now:
+                    layer_ms += fused_launch_wait_ms(launch_from, ready, now + stall + compute_ms, needed, nneed, ntok,
+                                                     ctab, x_arrival, x_compute, x_order, launch_ms)
             counters[K.C_COMPUTE_MS] += compute_ms
             link[1] = now + layer_ms
             step_latency_ms[s] += layer_ms

@@ -532,8 +532,23 @@ def _handoff(t, link):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _start_head(slot, key, start, link, q_key, qht, k_state, k_arrival, dur, counters):
+    """Put the prefetch at the head of the link queue (``key``, in queue slot ``slot``) on the link, handed over at
+    ``start`` (under host-poll the host then spends ``L_ISSUE_MS`` issuing it)."""
+    end = start + link[L_ISSUE_MS] + dur
+    link[L_BUSY_UNTIL] = end
+    k_state[key] = ST_READY
+    k_arrival[key] = end
+    counters[C_PREFETCH_LOADS] += 1
+    counters[C_LINK_BUSY_MS] += dur
+    q_key[slot] = -1
+    qht[0] += 1
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
-    """Start the prefetch at the head of the link queue (cancelled entries are skipped)."""
+    """Start the prefetch at the head of the link queue now, whenever the link reaches it (cancelled entries are
+    skipped)."""
     Q = q_key.shape[0]
     while qht[0] < qht[1]:
         slot = qht[0] % Q
@@ -544,15 +559,7 @@ def _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters):
         start = _handoff(max(link[L_BUSY_UNTIL], q_issue[slot]), link)
         if start < link[L_NOW] and start >= link[L_DECIDE_FROM]:
             start = link[L_NOW]  # a commit forced while the host decides: it goes once the decision is made
-        start += link[L_ISSUE_MS]
-        end = start + dur
-        link[L_BUSY_UNTIL] = end
-        k_state[key] = ST_READY
-        k_arrival[key] = end
-        counters[C_PREFETCH_LOADS] += 1
-        counters[C_LINK_BUSY_MS] += dur
-        q_key[slot] = -1
-        qht[0] += 1
+        _start_head(slot, key, start, link, q_key, qht, k_state, k_arrival, dur, counters)
         return
 
 
@@ -562,13 +569,14 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
     Q = q_key.shape[0]
     while qht[0] < qht[1]:
         slot = qht[0] % Q
-        if q_key[slot] < 0:
+        key = q_key[slot]
+        if key < 0:
             qht[0] += 1
             continue
         start = _handoff(max(link[L_BUSY_UNTIL], q_issue[slot]), link)
         if start > now or start >= link[L_DECIDE_FROM] and start < now:
             return  # not reached yet, or reached while the host decides: after this layer's demand loads
-        _commit_head(link, q_key, q_issue, qht, k_state, k_arrival, dur, counters)
+        _start_head(slot, key, start, link, q_key, qht, k_state, k_arrival, dur, counters)
 
 
 #: per-call scratch arrays of the replay loop (E experts each, except cal_table, caps and n_admitted)
@@ -679,6 +687,8 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
     issue_ms = fconf[F_COPY_ISSUE_MS]
     if host_poll:
         link[L_ISSUE_MS] = issue_ms
+    else:
+        link[L_DECIDE_FROM] = np.inf  # no host spans: _handoff and the decision check change nothing
     x_arrival, x_compute, x_order = scratch.x_arrival, scratch.x_compute, scratch.x_order
     cand, top, cal_table, caps, n_admitted, route_sum = scratch.cand, scratch.top, scratch.cal_table, scratch.caps, \
         scratch.n_admitted, scratch.route_sum
@@ -1031,6 +1041,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
             compute_ms = 0.0
             for n in range(nneed):
                 compute_ms += ctab[ntok[needed[n]]]
+            launch_from = now + n_copies * issue_ms  # the host launches the experts once it issued the copies
             if seed_timing:
                 layer_ms = seed_layer_ms(nhit_l1, covered - nhit_l1, nmiss, nneed, seed_tab)
                 compute_ms = seed_compute_ms(nneed, seed_tab)
@@ -1043,27 +1054,23 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 stall = finish - now - compute_ms
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
-                if launch_ms > 0.0 or n_copies > 0 and issue_ms > 0.0:
-                    # the host launches the experts once it has issued the layer's copies
-                    layer_ms += launch_wait_ms(now + n_copies * issue_ms, finish, x_arrival, x_compute, nneed, x_order,
-                                               launch_ms)
+                if launch_ms > 0.0 or launch_from > now:
+                    layer_ms += launch_wait_ms(launch_from, finish, x_arrival, x_compute, nneed, x_order, launch_ms)
             else:
                 stall = ready - now
                 counters[C_STALL_MS] += stall
                 layer_ms = timeline_layer_ms(stall, compute_ms, layer_overhead_ms) + host_ms
-                if launch_ms > 0.0 or n_copies > 0 and issue_ms > 0.0:
-                    layer_ms += fused_launch_wait_ms(now + n_copies * issue_ms, ready, now + stall + compute_ms, needed,
-                                                     nneed, ntok, ctab, x_arrival, x_compute, x_order, launch_ms)
+                if launch_ms > 0.0 or launch_from > now:
+                    layer_ms += fused_launch_wait_ms(launch_from, ready, now + stall + compute_ms, needed, nneed, ntok,
+                                                     ctab, x_arrival, x_compute, x_order, launch_ms)
             counters[C_COMPUTE_MS] += compute_ms
             link[L_NOW] = now + layer_ms
             if host_poll:
                 # the host's busy spans the next hand-offs avoid: this layer's copy issue and launches (a prefetch
                 # held back by the decision goes at the host's poll after the copies), the next layer's decision
-                link[L_LAUNCH_FROM] = now + n_copies * issue_ms
-                link[L_LAUNCH_TO] = now + n_copies * issue_ms + nneed * launch_ms
+                link[L_LAUNCH_FROM] = launch_from
+                link[L_LAUNCH_TO] = launch_from + nneed * launch_ms
                 link[L_DECIDE_FROM] = now + layer_ms - host_ms
-            else:
-                link[L_DECIDE_FROM] = now + layer_ms  # no busy spans: _handoff changes nothing
             # ---- 8. the layer is done: experts that overfilled the pool only while in use give their slots back;
             # the experts this pass predicted stay protected until their layer runs
             if cnt[pool, 0] > caps[0] or cnt[pool, 1] > caps[1] or cnt[pool, 2] > caps[2]:

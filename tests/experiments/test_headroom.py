@@ -3,20 +3,19 @@ controls on an environment's simulator, which must keep both co-occurrence dista
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "headroom" / "headroom.py"
 
 
 @pytest.fixture()
 def headroom(monkeypatch):
-    spec = importlib.util.spec_from_file_location("headroom_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "headroom_script")
     monkeypatch.setattr(module, "threshold_grid", lambda: [(0.7, 0.3), (0.9, 0.6)])
     far = [c for c in module.EXTENDED_GRID if c.lookahead == 2][:2]
     monkeypatch.setattr(module, "EXTENDED_GRID", module.EXTENDED_GRID[:2] + far)

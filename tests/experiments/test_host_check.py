@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "gpu" / "host_check.py"
 
 
 @pytest.fixture()
 def hc():
-    spec = importlib.util.spec_from_file_location("host_check_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "host_check_script")
     return module
 
 

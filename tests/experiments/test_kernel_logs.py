@@ -3,20 +3,19 @@ profile and hand-off rule, for a chosen trace and batch."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "gpu" / "kernel_logs.py"
 
 
 @pytest.fixture()
 def kl(monkeypatch):
-    spec = importlib.util.spec_from_file_location("kernel_logs_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "kernel_logs_script")
     monkeypatch.setattr(module, "CUTS", {1: (None, 6), 8: (2, 4)})
     monkeypatch.setattr(module, "TRACES", {"qwen": ("synthetic/qwen1.5-moe", (12,), []),
                                            "other": ("synthetic/qwen1.5-moe", (12,), [])})

@@ -3,12 +3,13 @@ runs, hand-computed on a two-run results folder; run order, refusals and the sin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "gpu" / "kernel_table.py"
 COUNTS = {"lru": {"hit_rate": 0.5, "demand_loads": 7}, "perfect": {"hit_rate": 0.9, "demand_loads": 1}}
@@ -18,9 +19,7 @@ KERNEL = {"lru": (10.5, 23.1), "perfect": (9.0, 17.0)}
 
 @pytest.fixture()
 def kt(monkeypatch):
-    spec = importlib.util.spec_from_file_location("kernel_table_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "kernel_table_script")
     monkeypatch.setattr(module, "TRACES", {"t": "tiny trace"})
     monkeypatch.setattr(module, "BATCHES", (1,))
     return module
@@ -115,9 +114,7 @@ def test_refuses_a_run_of_other_decisions_and_a_missing_first_run(kt, two_runs, 
 def test_the_committed_results_make_the_table(tmp_path):
     """The real script on the committed H200 runs and decision logs: every row's reference is the plain mean of
     the measured means stored in its run files."""
-    spec = importlib.util.spec_from_file_location("kernel_table_real", SCRIPT)
-    kt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kt)
+    kt = load_script(SCRIPT, "kernel_table_real")
     out = tmp_path / "table.json"
     assert kt.main(["--json", str(out)]) == 0
     table = json.loads(out.read_text())["rows"]
@@ -136,9 +133,7 @@ def test_the_committed_results_make_the_table(tmp_path):
 
 
 def test_the_per_layer_split_recovers_hand_set_costs():
-    spec = importlib.util.spec_from_file_location("kernel_layers_script", SCRIPT.parent / "kernel_layers.py")
-    kl = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(kl)
+    kl = load_script(SCRIPT.parent / "kernel_layers.py", "kernel_layers_script")
     import numpy as np
 
     # 4 steps of 4 layers: (0 loads, 1 load, 2 loads, 3+ loads) layers each; 0.1 ms too much per quiet layer,

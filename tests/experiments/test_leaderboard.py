@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -12,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "leaderboard" / "leaderboard.py"
 
 
 @pytest.fixture(scope="module")
 def lb():
-    spec = importlib.util.spec_from_file_location("leaderboard_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "leaderboard_script")
     return module
 
 
