@@ -7,7 +7,9 @@ replayed with Qwen1.5-MoE's expert size and layer (``--expert-bytes``, ``replay-
 profile measured that geometry, the learned model's own experts are 0.75 MB.
 
     PYTHONPATH=. python experiments/gpu/kernel_logs.py experiments/gpu/results/kernel-logs
-    PYTHONPATH=. python experiments/gpu/kernel_logs.py DIR --prefetch-handoff host-poll   # the other hand-off rule
+    PYTHONPATH=. python experiments/gpu/kernel_logs.py DIR --prefetch-handoff link   # the other hand-off rule
+    # the logs of the profile as first shipped (MoECache-v1/v2's rules):
+    PYTHONPATH=. python experiments/gpu/kernel_logs.py DIR --prefetch-handoff link --profile h200-2026-12-01
 
 The logs' decisions do not depend on the hand-off rule (only their timing does), so ``kernel_table.py --logs DIR``
 compares either set with the same GPU runs.
@@ -19,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from moe_cache_env.cli import main
+from moe_cache_env.sim.config import DEFAULT_PREFETCH_HANDOFF, PREFETCH_HANDOFFS
 
 #: name -> (bundled trace, two cache sizes per layer, extra evaluate arguments)
 TRACES = {
@@ -49,8 +52,8 @@ def cut_trace(name: str, sequences: int, tokens_each: int, path: Path) -> str:
     return str(path)
 
 
-def make_logs(out: Path, handoff: str = "link", *, profile: str = "h200", names: tuple[str, ...] | None = None,
-              batches: tuple[int, ...] | None = None) -> None:
+def make_logs(out: Path, handoff: str = DEFAULT_PREFETCH_HANDOFF, *, profile: str = "h200",
+              names: tuple[str, ...] | None = None, batches: tuple[int, ...] | None = None) -> None:
     """The logs (and evaluate's JSON beside them) of every trace in ``names`` and batch in ``batches`` (default:
     all), under ``profile`` (a name or a profile file) and the prefetch hand-off rule ``handoff``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -78,6 +81,8 @@ def make_logs(out: Path, handoff: str = "link", *, profile: str = "h200", names:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default="experiments/gpu/results/kernel-logs", type=Path)
-    parser.add_argument("--prefetch-handoff", default="link", choices=("link", "host-poll"))
+    parser.add_argument("--prefetch-handoff", default=DEFAULT_PREFETCH_HANDOFF, choices=PREFETCH_HANDOFFS)
+    parser.add_argument("--profile", default="h200",
+                        help="profile name or file (default %(default)s; h200-2026-12-01: as first shipped)")
     args = parser.parse_args()
-    make_logs(args.out, args.prefetch_handoff)
+    make_logs(args.out, args.prefetch_handoff, profile=args.profile)

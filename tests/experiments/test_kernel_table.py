@@ -15,6 +15,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "gpu" / "kernel_t
 COUNTS = {"lru": {"hit_rate": 0.5, "demand_loads": 7}, "perfect": {"hit_rate": 0.9, "demand_loads": 1}}
 #: the kernel's estimate of each log (mean, P95), as a decision log's meta would give it
 KERNEL = {"lru": (10.5, 23.1), "perfect": (9.0, 17.0)}
+#: the plain-Python reference estimate of each log's decisions (kernel_table recomputes it from the log's profile)
+REFERENCE = {"lru": 11.55, "perfect": 9.0}
 
 
 @pytest.fixture()
@@ -38,7 +40,7 @@ def fake_stats(counts: dict[str, dict] | None = None):
     def stats(log_path: Path) -> dict[str, Any]:
         policy = log_path.stem.rsplit("-", 1)[1]
         mean, p95 = KERNEL[policy]
-        return {"mean_ms": mean, "p95_ms": p95, "counts": (counts or COUNTS)[policy]}
+        return {"mean_ms": mean, "p95_ms": p95, "counts": (counts or COUNTS)[policy], "ref_mean_ms": REFERENCE[policy]}
     return stats
 
 
