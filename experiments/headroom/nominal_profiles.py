@@ -25,7 +25,7 @@ from moe_cache_env.profiles import load_profile
 DATA = Path(__file__).resolve().parents[2] / "moe_cache_env" / "profiles" / "data"
 #: the fields of the base profile that the simulator reads (docs/hardware-profiles.md, "What the simulator reads")
 KEEP = ("format", "compute", "compute_scaling", "non_expert", "layer_overhead_ms", "host_decision_ms",
-        "expert_launch_ms", "h2d_overhead_ms")
+        "expert_launch_ms", "copy_issue_ms", "h2d_overhead_ms")
 NOMINAL = {
     "pcie4-x16-nominal": {
         "h2d_gbps": 25.0,

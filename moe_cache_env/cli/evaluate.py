@@ -24,7 +24,7 @@ from typing import Any
 
 from moe_cache_env.cli import CommandError
 from moe_cache_env.cli._common import oracle_accuracy_arg
-from moe_cache_env.sim.config import DEFAULT_PROFILE
+from moe_cache_env.sim.config import DEFAULT_PREFETCH_HANDOFF, DEFAULT_PROFILE, PREFETCH_HANDOFFS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-launch-cost", dest="launch_cost", action="store_false",
                         help="do not charge the profile's host time per expert launch (expert_launch_ms): an "
                              "engine that runs a layer's experts as one grouped kernel")
-    parser.add_argument("--prefetch-handoff", default="link", choices=["link", "host-poll"],
+    parser.add_argument("--prefetch-handoff", default=DEFAULT_PREFETCH_HANDOFF, choices=PREFETCH_HANDOFFS,
                         help="when a queued prefetch reaches the link: link, the instant the link frees; host-poll, "
                              "when the host next polls (not while it decides or launches) (default: %(default)s)")
     parser.add_argument("--capacity", type=int, default=None,

@@ -33,6 +33,7 @@ def _csv(kind: type, text: str) -> list[Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from moe_cache_env.gpu.reference_policies import HANDOFFS, ORDERS, POLICIES
+    from moe_cache_env.sim.config import DEFAULT_PREFETCH_HANDOFF
 
     parser.add_argument("--trace", default="synthetic/qwen1.5-moe", help="trace file or bundled name (default %(default)s)")
     parser.add_argument("--policy", type=lambda t: _csv(str, t), default=list(POLICIES),
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cuda (default) or fake: the replay logic on modelled times, no GPU")
     parser.add_argument("--window", type=int, default=1,
                         help="prefetches handed to the copy stream while others are in flight (default 1: only when idle)")
-    parser.add_argument("--prefetch-handoff", choices=HANDOFFS, default="link",
+    parser.add_argument("--prefetch-handoff", choices=HANDOFFS, default=DEFAULT_PREFETCH_HANDOFF,
                         help="the estimate's prefetch hand-off rule (the simulator's --prefetch-handoff) for logs "
                              "that do not carry their own (evaluate --decision-log logs do) (default %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=16, help="steps run and discarded first (default 16)")

@@ -8,6 +8,9 @@ Registered configurations (all the same class, :class:`MoECacheEnv`, with other 
   traffic 0-50%, requests in blocks of one domain); continuous thresholds.
 - ``MoECache-v1``: as v0 on the measured ``h200`` profile (non-expert layer time and host decision cost
   measured, where ``h100`` has none): the realistic scenario where threshold adaptation has the most room.
+  ``MoECache-v2`` adds the host's time per expert launch; ``MoECache-v3`` (the recommended scenario) the hand-off
+  of prefetches at the host's polls and host costs fitted to the H200 replays. v1 and v2 keep their dynamics on
+  the profile as first shipped, ``h200-2026-12-01``.
 - ``MoECache-Discrete-v0``: as v0, each threshold down / keep / up (for DQN).
 - ``MoECache-Extended-v0``: as v0, plus lookahead, prefetch budget, tier split and eviction weights.
 - ``MoECache-Stationary-v0``: as v0 under constant serving conditions (batch 4, KV 30%, background 25%,
@@ -51,11 +54,16 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "MoECache-v0": {},
     # v1: the measured h200 profile, which has the non-expert time per layer and the host's decision cost that the
     # h100 profile lacks; the headroom map found threshold adaptation's most room there (docs/environment.md).
-    # Kept as registered before the simulator charged the host's per-expert launch time (no launch cost).
-    "MoECache-v1": {"profile": "h200", "launch_cost": False},
+    # Kept as registered before the simulator charged the host's per-expert launch time (no launch cost), and, as
+    # v2, on the h200 profile as first shipped with prefetches handed to the link the instant it frees.
+    "MoECache-v1": {"profile": "h200-2026-12-01", "launch_cost": False, "prefetch_handoff": "link"},
     # v2: v1 with the h200 engine's per-expert launch time, which the sim-to-real check on the H200 needs
+    # (docs/sim-to-real.md); kept as registered before the hand-off at the host's polls and the fitted host costs
+    "MoECache-v2": {"profile": "h200-2026-12-01", "prefetch_handoff": "link"},
+    # v3: v2 on the current h200 profile (host costs fitted to the H200 replays, a cost per copy issued) with the
+    # host-poll hand-off, the rules under which the simulator meets the sim-to-real targets on every row
     # (docs/sim-to-real.md); the recommended default scenario (docs/environment.md)
-    "MoECache-v2": {"profile": "h200"},
+    "MoECache-v3": {"profile": "h200"},
     "MoECache-Discrete-v0": {"action_type": "discrete"},
     "MoECache-Extended-v0": {"action_type": "extended"},
     "MoECache-Stationary-v0": {

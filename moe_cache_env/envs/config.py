@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from moe_cache_env.envs.suite import DEFAULT_SUITE, EPISODE_SPLITS, expand_suite
-from moe_cache_env.sim.config import CacheConfig, ConfigError, SimConfig, WorkloadConfig, from_mapping
+from moe_cache_env.sim.config import (
+    DEFAULT_PREFETCH_HANDOFF,
+    CacheConfig,
+    ConfigError,
+    SimConfig,
+    WorkloadConfig,
+    from_mapping,
+)
 from moe_cache_env.traces.splits import DEFAULT_FRACTIONS
 
 ACTION_TYPES = ("continuous", "discrete", "extended")
@@ -41,7 +48,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # engine that launches a layer's experts as one grouped kernel
     "launch_cost": True,
     # when a queued prefetch reaches the link: "link" (the instant it frees) or "host-poll" (the host's next poll)
-    "prefetch_handoff": "link",
+    "prefetch_handoff": DEFAULT_PREFETCH_HANDOFF,
     "cache": {"l1_slots": 4, "l2_slots": 10, "l3_slots": 20, "scope": "per-layer"},
     # non-stationary serving: batch size, KV-cache share of memory and background link traffic change in
     # segments of ~segment_steps steps; sequences come in blocks of one domain

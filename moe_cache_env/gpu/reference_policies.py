@@ -45,7 +45,7 @@ from moe_cache_env.gpu.decision_log import (
     DecisionLog,
     LogBuilder,
 )
-from moe_cache_env.sim.config import PREFETCH_HANDOFFS
+from moe_cache_env.sim.config import DEFAULT_PREFETCH_HANDOFF, PREFETCH_HANDOFFS
 
 POLICIES = ("lru", "lru-prefetch")
 ORDERS = ("fused", "per-expert")
@@ -247,7 +247,7 @@ class ReferenceTiming:
 
 
 def estimate_latency(log: DecisionLog, timing: ReferenceTiming, order: str = "fused",
-                     handoff: str = "link") -> dict[str, Any]:
+                     handoff: str = DEFAULT_PREFETCH_HANDOFF) -> dict[str, Any]:
     """Per-step latency (ms) of ``log`` under ``timing``, and link counters; see the module docstring.
 
     ``handoff`` is the simulator's prefetch hand-off rule (``SimConfig.prefetch_handoff``): ``link``, a queued

@@ -1229,13 +1229,23 @@ def rebuild_profile(profile: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("measurements", "calibration", "device", "name"):
         if key not in profile:
             raise ProfileError(f"profile has no {key!r} section: only measured profiles can be rebuilt")
-    return build_profile(
+    rebuilt = build_profile(
         profile["measurements"],
         name=profile["name"],
         device=profile["device"],
         calibration=profile["calibration"],
         checks=profile.get("checks"),
     )
+    # host costs fitted after the calibration (experiments/gpu/host_fit.py) come from the replays, not from these
+    # measurements: the profile records them in ``host_fit``, which overrides what the measurements give
+    fit = profile.get("host_fit")
+    if isinstance(fit, Mapping):
+        rebuilt["host_decision_ms"] = fit["fit"]["decision_ms"]
+        rebuilt["copy_issue_ms"] = fit["fit"]["copy_issue_ms"]
+        rebuilt["host_fit"] = dict(fit)
+    if "description" in profile:  # words, not a measurement: a profile kept under another name says why
+        rebuilt["description"] = profile["description"]
+    return rebuilt
 
 
 def record_check(path: str | os.PathLike, key: str, result: Mapping[str, Any]) -> None:

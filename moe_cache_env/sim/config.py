@@ -18,6 +18,10 @@ EXECUTION_ORDERS = ("fused", "per-expert")
 #: when the engine's host next polls and sees the link idle: not while it decides a layer (router sync, bookkeeping)
 #: nor while it launches the layer's experts (docs/simulator.md, "Prefetch hand-off")
 PREFETCH_HANDOFFS = ("link", "host-poll")
+#: the default: an engine whose host runs the layers (router sync, then copies and launches) can only hand a
+#: prefetch to its copy stream when it polls; on the H200 replays this rule gives the GPU's count of late
+#: prefetches (docs/sim-to-real.md). With a profile without host costs the two rules give the same numbers.
+DEFAULT_PREFETCH_HANDOFF = "host-poll"
 #: eviction rules of the kernel (``kernel.EV_*``): the seed's confidence-weighted score, plain LRU, and Belady's
 #: farthest-next-use rule (which reads the future: a bound, not a deployable policy)
 EVICTION_RULES = ("weighted", "lru", "belady", "lfu", "lfru", "least-stale", "mrs", "static", "fifo")
@@ -265,7 +269,7 @@ class SimConfig:
     launch_cost: bool = True
     #: when a queued prefetch reaches the link (:data:`PREFETCH_HANDOFFS`): at once when the link frees, or at the
     #: host's next poll (the profile's decision and launch times are when the host does not poll)
-    prefetch_handoff: str = "link"
+    prefetch_handoff: str = DEFAULT_PREFETCH_HANDOFF
     #: the noisy-oracle's top-1 accuracy (the seed's 0.4755): one number for every lookahead, or one per lookahead
     #: distance (``(acc_1, acc_2)``). :data:`MEASURED_ORACLE_ACCURACY` holds what hidden-state speculation reached on
     #: the learned decode trace (docs/traces.md).

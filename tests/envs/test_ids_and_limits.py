@@ -22,7 +22,7 @@ ENV_IDS = sorted(VARIANTS)
     ("moe_cache_env.envs:MoECache-Seed-v0", "MoECache-Seed-v0"),
     ("  MoECache-Learned-v0 ", "MoECache-Learned-v0"),
     ("MoECache-Extended", "MoECache-Extended-v0"),  # unversioned: the latest version, as gym.make does
-    ("MoECache", "MoECache-v2"),
+    ("MoECache", "MoECache-v3"),
 ])
 def test_resolve_every_form(form, expected):
     assert resolve_env_id(form) == expected
@@ -134,12 +134,13 @@ def test_bad_configs_raise_config_error(config, words):
 def test_v1_is_v0_on_the_measured_h200_profile_and_v2_adds_its_launch_cost():
     from moe_cache_env.envs import variant_config
 
-    v0, v1, v2 = (variant_config(f"MoECache-v{i}") for i in range(3))
-    assert v0["profile"] == "h100" and v1["profile"] == "h200" and v2["profile"] == "h200"
-    assert v0["launch_cost"] and not v1["launch_cost"] and v2["launch_cost"]
-    rest = {"profile", "launch_cost"}
+    v0, v1, v2, v3 = (variant_config(f"MoECache-v{i}") for i in range(4))
+    assert v0["profile"] == "h100" and v1["profile"] == v2["profile"] == "h200-2026-12-01" and v3["profile"] == "h200"
+    assert v0["launch_cost"] and not v1["launch_cost"] and v2["launch_cost"] and v3["launch_cost"]
+    assert (v1["prefetch_handoff"], v2["prefetch_handoff"], v3["prefetch_handoff"]) == ("link", "link", "host-poll")
+    rest = {"profile", "launch_cost", "prefetch_handoff"}
     assert {k: v for k, v in v0.items() if k not in rest} == {k: v for k, v in v1.items() if k not in rest} \
-        == {k: v for k, v in v2.items() if k not in rest}
+        == {k: v for k, v in v2.items() if k not in rest} == {k: v for k, v in v3.items() if k not in rest}
 
 
 def test_v2_pays_the_launches_that_v1_does_not():
@@ -172,3 +173,30 @@ def test_the_prefetch_handoff_reaches_the_environments_simulator():
     assert runs["MoECache-v2", "link"] != runs["MoECache-v2", "host-poll"]
     with pytest.raises(ConfigError, match="prefetch_handoff"):
         gym.make("moe_cache_env:MoECache-v2", config={"prefetch_handoff": "soon"})
+
+
+def test_v1_and_v2_keep_their_dynamics_and_v3_takes_the_new_rules():
+    # v1 and v2 were quoted with the h200 profile as first shipped and the link hand-off: they stay on a frozen copy
+    # of it, which differs from the current h200 profile only in the host costs the replays fitted
+    from moe_cache_env.profiles import load_profile
+    from moe_cache_env.sim.config import DEFAULT_PREFETCH_HANDOFF
+
+    sims = {}
+    for env_id in ("MoECache-v1", "MoECache-v2", "MoECache-v3"):
+        env = gym.make(f"moe_cache_env:{env_id}", config={"episode_tokens": 256})
+        env.reset(seed=0)
+        sims[env_id] = env.unwrapped.sim.config
+        env.close()
+    assert [sims[e].prefetch_handoff for e in ("MoECache-v1", "MoECache-v2")] == ["link", "link"]
+    assert [sims[e].profile for e in ("MoECache-v1", "MoECache-v2")] == ["h200-2026-12-01"] * 2
+    assert (sims["MoECache-v3"].profile, sims["MoECache-v3"].prefetch_handoff) == ("h200", DEFAULT_PREFETCH_HANDOFF)
+    assert DEFAULT_PREFETCH_HANDOFF == "host-poll"
+    frozen, current = (load_profile(name) for name in ("h200-2026-12-01", "h200"))
+    assert frozen.copy_issue_ms == 0.0 and current.copy_issue_ms > 0.0
+    assert frozen.host_decision_ms != current.host_decision_ms
+    # everything else is the same measurement
+    changed = {"name", "description", "host_decision_ms", "copy_issue_ms", "host_fit"}
+    assert {k: v for k, v in frozen.raw.items() if k not in changed} == {
+        k: v for k, v in current.raw.items() if k not in changed}
+    for field in ("h2d_gbps", "h2d_overhead_ms", "layer_overhead_ms", "expert_launch_ms"):
+        assert getattr(frozen, field) == getattr(current, field), field
