@@ -35,10 +35,10 @@ def test_the_plan_has_a_cell_per_env_algo_seed_where_the_algo_fits(lb):
     cells = lb.plan(args)
     keys = [c["key"] for c in cells]
     assert len(keys) == len(set(keys))
-    # v1 and Extended: ppo, a2c, sac, recurrentppo; Evict: ppo, a2c, dqn, recurrentppo, maskableppo; 5 seeds;
-    # 3 strategy cells and 2 static-tuned ones; generalisation: static-tuned in each regime and 5 PPO seeds
-    assert len(cells) == (4 + 4 + 5) * 5 + 3 + 2 + 2 + 5
-    assert "MoECache-Evict-v0:sac:0" not in keys and "MoECache-v2:dqn:0" not in keys
+    # v3, v2 and Extended: ppo, a2c, sac, recurrentppo; Evict: ppo, a2c, dqn, recurrentppo, maskableppo; 5 seeds;
+    # 4 strategy cells and 3 static-tuned ones; generalisation: static-tuned in each regime and 5 PPO seeds
+    assert len(cells) == (4 + 4 + 4 + 5) * 5 + 4 + 3 + 2 + 5
+    assert "MoECache-Evict-v0:sac:0" not in keys and "MoECache-v2:dqn:0" not in keys and "MoECache-v3:ppo:4" in keys
     assert "MoECache-Evict-v0:maskableppo:4" in keys and "MoECache-v2:maskableppo:0" not in keys
     v1_ppo = next(c for c in cells if c["key"] == "MoECache-v2:ppo:0")
     assert v1_ppo["config"]["timesteps"] == lb.BUDGET["MoECache-v2"]["ppo"]
