@@ -24,7 +24,12 @@ from typing import Any
 
 from moe_cache_env.cli import CommandError
 from moe_cache_env.cli._common import oracle_accuracy_arg
-from moe_cache_env.sim.config import DEFAULT_PREFETCH_HANDOFF, DEFAULT_PROFILE, PREFETCH_HANDOFFS
+from moe_cache_env.sim.config import (
+    DEFAULT_PREFETCH_HANDOFF,
+    DEFAULT_PROFILE,
+    MEASURED_ORACLE_ACCURACY,
+    PREFETCH_HANDOFFS,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="share of the expert slots taken by the KV cache (default: %(default)s)")
     parser.add_argument("--chunk-tokens", type=int, default=0,
                         help="tokens per sequence per step; 0: a whole prompt for prefill traces, 1 for decode")
-    parser.add_argument("--oracle-accuracy", type=oracle_accuracy_arg, default=0.4755,
+    parser.add_argument("--oracle-accuracy", type=oracle_accuracy_arg, default=MEASURED_ORACLE_ACCURACY,
                         help="top-1 accuracy of noisy-oracle: one number, or one per lookahead distance (A1,A2; "
                              "docs/traces.md has measured values) (default: %(default)s)")
     parser.add_argument("--expert-bytes", type=int, default=0, help="override the trace's expert size")

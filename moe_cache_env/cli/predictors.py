@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from moe_cache_env.cli._common import oracle_accuracy_arg
+from moe_cache_env.sim.config import MEASURED_ORACLE_ACCURACY
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lookahead", type=int, default=1, choices=[1, 2])
     parser.add_argument("--batch", type=int, default=1, help="concurrent sequences per step")
     parser.add_argument("--fit-trace", metavar="PATH|NAME", help="pre-fit the cross-layer table on this trace")
-    parser.add_argument("--oracle-accuracy", type=oracle_accuracy_arg, default=0.4755,
-                        help="noisy-oracle's top-1 accuracy: one number or one per lookahead (A1,A2)")
+    parser.add_argument("--oracle-accuracy", type=oracle_accuracy_arg, default=MEASURED_ORACLE_ACCURACY,
+                        help="noisy-oracle's top-1 accuracy: one number or one per lookahead (A1,A2) "
+                             "(default: the measured hidden-state accuracy, %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the table as JSON")
 

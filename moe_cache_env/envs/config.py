@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from moe_cache_env.envs.suite import DEFAULT_SUITE, EPISODE_SPLITS, expand_suite
 from moe_cache_env.sim.config import (
     DEFAULT_PREFETCH_HANDOFF,
+    MEASURED_ORACLE_ACCURACY,
     CacheConfig,
     ConfigError,
     SimConfig,
@@ -40,7 +41,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # prefetching pays and over-prefetching costs (profiles/data/h100.json)
     "profile": "h100",
     "predictor": "cross-layer",
-    "oracle_accuracy": 0.4755,
+    "oracle_accuracy": list(MEASURED_ORACLE_ACCURACY),
     "predictor_fit_tokens": 4096,  # cross-layer predictor pre-fitted on this many train tokens (0 = none)
     # replay every trace as if its experts had this many bytes (0 = each trace's own meta.expert_bytes)
     "expert_bytes": 0,

@@ -62,7 +62,9 @@ CELL_KEYS: dict[str, tuple[type, Any]] = {
     "policy": (str, "static"),  # a simulator policy (sim.evaluate.POLICIES), an agent, or ALGO:PATH
     "profile": (str, "h100"),  # hardware profile name or path
     "predictor": (str, "cross-layer"),
-    "oracle_accuracy": (float, 0.4755),  # top-1 accuracy of the noisy-oracle predictor
+    # top-1 accuracy of the noisy-oracle predictor: one number (a grid reads a list as values to sweep), so the
+    # seed's 0.4755 rather than SimConfig's per-lookahead default
+    "oracle_accuracy": (float, 0.4755),
     "timing": (str, "timeline"),
     "execution_order": (str, "fused"),
     "decision_ms": (float, 0.0),

@@ -270,10 +270,10 @@ class SimConfig:
     #: when a queued prefetch reaches the link (:data:`PREFETCH_HANDOFFS`): at once when the link frees, or at the
     #: host's next poll (the profile's decision and launch times are when the host does not poll)
     prefetch_handoff: str = DEFAULT_PREFETCH_HANDOFF
-    #: the noisy-oracle's top-1 accuracy (the seed's 0.4755): one number for every lookahead, or one per lookahead
-    #: distance (``(acc_1, acc_2)``). :data:`MEASURED_ORACLE_ACCURACY` holds what hidden-state speculation reached on
-    #: the learned decode trace (docs/traces.md).
-    oracle_accuracy: float | tuple[float, ...] = 0.4755
+    #: the noisy-oracle's top-1 accuracy: one number for every lookahead (the seed's was 0.4755), or one per lookahead
+    #: distance (``(acc_1, acc_2)``). The default is :data:`MEASURED_ORACLE_ACCURACY`, what hidden-state speculation
+    #: reached on the learned decode trace (docs/traces.md).
+    oracle_accuracy: float | tuple[float, ...] = MEASURED_ORACLE_ACCURACY
     #: decay per step of the popularity and reuse statistics (an effective memory of 1/(1-decay) steps).
     stats_decay: float = 0.995
     #: override the trace's expert size (bytes); 0 = use the trace's meta.expert_bytes.

@@ -18,7 +18,7 @@ def test_defaults_are_valid_and_json_able():
     config = make_config()
     # the documented defaults (docs/environment.md), typed in here rather than read back from DEFAULT_CONFIG
     assert config.sim.profile == "h100" and config.sim.timing == "timeline"
-    assert config.sim.predictor == "cross-layer" and config.sim.oracle_accuracy == 0.4755
+    assert config.sim.predictor == "cross-layer" and config.sim.oracle_accuracy == (0.845, 0.713)
     assert config.sim.cache == CacheConfig(l1_slots=4, l2_slots=10, l3_slots=20, scope="per-layer")
     assert config.sim.workload == WorkloadConfig(batch_min=1, batch_max=8, kv_min=0.0, kv_max=0.6,
                                                  background_min=0.0, background_max=0.5, domain_shift=True,
