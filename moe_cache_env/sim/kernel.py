@@ -62,6 +62,7 @@ C_PREFETCH_L3 = 31
 C_PROMOTED = 32
 C_L3_BLOCKED = 33
 C_BUDGET_DROPPED = 34
+C_PREFETCH_OVERTAKEN = 35  # a queued prefetch loaded on demand ahead of the queue (not started when its layer ran)
 NUM_COUNTERS = 36
 
 # ---- controls vector indices -----------------------------------------------------------------------------------
@@ -766,6 +767,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         if overtake:
                             q_key[k_qpos[key]] = -1
                             counters[C_PREFETCH_CANCELLED] += 1
+                            counters[C_PREFETCH_OVERTAKEN] += 1
                             n_copies += 1
                             start = max(now + n_copies * issue_ms, link[L_BUSY_UNTIL])
                             link[L_BUSY_UNTIL] = start + dur

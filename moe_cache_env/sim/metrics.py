@@ -91,7 +91,10 @@ def metrics_from_counters(
         "prefetch_bytes": int(round(prefetch * expert_bytes)),
         "wasted_prefetch_bytes": int(round(c[K.C_WASTED_LOADS] * expert_bytes)),
         "prefetches_issued": int(c[K.C_PREFETCH_ISSUED]),
+        # cancelled: a queued prefetch dropped before it started, overtaken by its own demand load (late) or
+        # evicted from its tier; overtaken: the first kind alone, what an engine counts as a late prefetch
         "prefetches_cancelled": int(c[K.C_PREFETCH_CANCELLED]),
+        "prefetches_overtaken": int(c[K.C_PREFETCH_OVERTAKEN]),
         # every ratio below is a count over a count that contains it, so it lies in [0, 1] by construction:
         # a prefetch is "used" at most once (the first request for its expert, landed or still in flight or
         # overtaken by a demand load), and only an issued prefetch can be used

@@ -173,7 +173,7 @@ def test_an_overtaken_prefetch_counts_once_in_precision():
     # prefetches queued behind a saturated link are overtaken by demand loads; each is still one issue
     trace = head("qwen1.5-moe", 800)
     m = run(trace, "perfect", split_capacity(24, 4), WorkloadConfig(batch_min=4, batch_max=4))
-    assert m["prefetches_cancelled"] > 0
+    assert m["prefetches_cancelled"] >= m["prefetches_overtaken"] > 0
     assert m["prefetch_precision"] <= 1.0
 
 

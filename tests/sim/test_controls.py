@@ -213,6 +213,7 @@ def test_lookahead_1_by_hand(overtake):
     assert m["prefetches_issued"] == 8
     # an overtaken prefetch is cancelled and its expert copied as a demand load; the bytes are the same
     assert m["prefetches_cancelled"] == (2 if overtake else 0)
+    assert m["prefetches_overtaken"] == m["prefetches_cancelled"]  # none was evicted while queued
     assert m["demand_bytes"] == (6_000_000 if overtake else 4_000_000)
     assert m["bytes_transferred"] == 12_000_000
     assert m["prefetch_precision"] == 1.0
