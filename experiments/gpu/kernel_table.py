@@ -54,16 +54,13 @@ def _kernel_stats(log_path: Path, reference: bool = True) -> dict[str, Any]:
         timing = ReferenceTiming.from_profile(load_profile(log.meta["profile"]), log.expert_bytes, batch=log.batch)
         estimate = estimate_latency(log, timing, log.meta["execution_order"], log.meta["prefetch_handoff"])
         ref_mean = latency_stats(estimate["latency_ms"], log.step_ntokens)["mean_ms"]
-    # the queued prefetches the kernel cancelled for a demand load (late: not started when their layer ran), from
+    # the queued prefetches the kernel loaded on demand (late: not started when their layer ran), from
     # the evaluate JSON written beside the logs (<stem>.json holds every policy of <stem>-<policy>.npz)
     late = None
     stem, policy = log_path.stem.rsplit("-", 1)
     metrics_path = log_path.with_name(f"{stem}.json")
     if metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())["policies"].get(policy, {})
-        # queued prefetches loaded on demand; logs written before the simulator counted them apart have only the
-        # cancelled count, which also holds queued prefetches evicted before they started
-        late = metrics.get("prefetches_overtaken", metrics.get("prefetches_cancelled"))
+        late = json.loads(metrics_path.read_text())["policies"].get(policy, {}).get("prefetches_overtaken")
     return {**latency_stats(latency, log.step_ntokens), "counts": log.counts(), "late": late, "ref_mean_ms": ref_mean}
 
 

@@ -55,7 +55,8 @@ ALGOS: dict[str, tuple[str, ...]] = {"ppo": ("box", "discrete", "mask"), "a2c": 
                                      "sac": ("box",), "dqn": ("discrete", "mask"),
                                      "recurrentppo": ("box", "discrete", "mask"), "maskableppo": ("mask",)}
 #: the action space of each environment the leaderboard knows
-ACTION_KIND = {"MoECache-v0": "box", "MoECache-v2": "box", "MoECache-v3": "box", "MoECache-Extended-v0": "box", EVICT: "mask"}
+ACTION_KIND = {"MoECache-v0": "box", "MoECache-v2": "box", "MoECache-v3": "box", "MoECache-Extended-v0": "box",
+               EVICT: "mask"}
 #: the eviction environment's episodes: one whole sequence each (1,000-3,000 decisions; the default 8 sequences
 #: are 10,000-20,000, too long to evaluate often at this budget). Whole sequences, not a number of decisions: a
 #: policy that misses less decides less often, so a cut after N decisions would charge it more of the trace
@@ -80,16 +81,16 @@ MEASURED_RATE: dict[str, dict[str, float]] = {
     "MoECache-Extended-v0": {"ppo": 70.6, "a2c": 82.3, "sac": 32.2, "recurrentppo": 57.8},
     EVICT: {"ppo": 234.4, "a2c": 299.2, "dqn": 138.0, "recurrentppo": 100.9, "maskableppo": 175.3},
 }
-RATE: dict[str, dict[str, float]] = {env: {a: 2.0 * r for a, r in algos.items()} for env, algos in MEASURED_RATE.items()}
 #: environments that do the same simulator work per step as one whose rates were measured (v3 and v0 differ from
-#: v2 only in timing constants and rules): their estimates are that one's
+#: v2 only in timing constants and rules): their estimates (RATE, WINDOW_S) are that one's
 RATES_OF = {"MoECache-v0": "MoECache-v2", "MoECache-v3": "MoECache-v2"}
-for _env, _like in RATES_OF.items():
-    RATE[_env] = RATE[_like]
+RATE: dict[str, dict[str, float]] = {env: {a: 2.0 * r for a, r in algos.items()} for env, algos in MEASURED_RATE.items()}
+RATE.update({env: RATE[like] for env, like in RATES_OF.items()})
 #: estimated seconds of one evaluation episode (one environment, one core): 250 windows at the single-environment
 #: rate measured (54 windows/s on MoECache-v2, 70 on Extended, under load) x 2 for a core of one's own; an
 #: eviction episode's 1,000-3,000 decisions cost the policy's forward passes (the replay runs 9,000 a second)
-WINDOW_S: dict[str, float] = {"MoECache-v0": 2.4, "MoECache-v2": 2.4, "MoECache-v3": 2.4, "MoECache-Extended-v0": 1.8, EVICT: 1.5}
+WINDOW_S: dict[str, float] = {"MoECache-v2": 2.4, "MoECache-Extended-v0": 1.8, EVICT: 1.5}
+WINDOW_S.update({env: WINDOW_S[like] for env, like in RATES_OF.items()})
 #: points of the validation curve, validation episodes per point, train-split episodes per grid point of the
 #: static-tuned search (29 threshold pairs)
 EVAL_POINTS, EVAL_EPISODES, TUNE_EPISODES = 5, 2, 2
@@ -529,16 +530,17 @@ def budget_text() -> list[str]:
             "loaded 2-core machine, so a core of one's own is assumed twice as fast). The tables' `steps/s` column "
             "is the rate of the leaderboard's own runs, evaluations included:", "",
             "| env | algo | steps | steps/s (1 thread) |", "| --- | --- | ---: | ---: |"]
+    def measured(env_id: str, algo: str) -> str:
+        like = RATES_OF.get(env_id, env_id)
+        return f"{MEASURED_RATE[like][algo]:.0f}" + (f" (as {like})" if like != env_id else "")
+
     for env_id, algos in BUDGET.items():
         if env_id == "MoECache-v0":
             continue
-        like = RATES_OF.get(env_id, env_id)
-        note = f" (as {like})" if like != env_id else ""
         for algo, steps in algos.items():
-            rows.append(f"| {env_id} | {algo} | {steps} | {MEASURED_RATE[like][algo]:.0f}{note} |")
-    gen_like = RATES_OF.get(GEN_ENV, GEN_ENV)
+            rows.append(f"| {env_id} | {algo} | {steps} | {measured(env_id, algo)} |")
     rows.append(f"| {GEN_ENV} at batch 1 (generalisation) | {GEN_ALGO} | {BUDGET[GEN_ENV][GEN_ALGO]} | "
-                f"{MEASURED_RATE[gen_like][GEN_ALGO]:.0f}{' (as ' + gen_like + ')' if gen_like != GEN_ENV else ''} |")
+                f"{measured(GEN_ENV, GEN_ALGO)} |")
     cells = plan(parse([]))
     rows += ["", f"Each run also plays {EVAL_POINTS} x {EVAL_EPISODES} validation episodes (its learning curve) and "
              f"the held-out episodes; the cell estimates (`RATE`, `WINDOW_S`) add up to about "
