@@ -62,8 +62,14 @@ else:
     venv.action_space.seed(0)
     run = lambda: venv.step(venv.action_space.sample())
 run()
-for sig, cres in kernel.run_steps.overloads.items():
-    print("KERNEL_BASE", hex(cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)), sig, flush=True)
+from moe_cache_env.sim import batch
+# the env's vector step links the kernel into its own library, but as a weak definition: where the process has
+# already loaded kernel.run_steps' library, the calls bind there, so both entry points' code is looked at
+entries = [kernel.run_steps] if mode == "sim" else [batch.run_windows, kernel.run_steps]
+for entry in entries:
+    for sig, cres in entry.overloads.items():
+        name = cres.fndesc.llvm_func_name
+        print("KERNEL_BASE", hex(cres.library.get_pointer_to_function(name)), name, sig, flush=True)
 start = time.process_time()
 for _ in range(count):
     run()
@@ -76,11 +82,16 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _kernel_objects(cache_dir: str) -> dict[str, bytes]:
-    """The ELF object of each compiled signature of ``kernel.run_steps`` (with the helpers it links), by the
+#: the compiled entry points whose code each workload runs (module.function, as numba names its cache files)
+ENTRY = {"sim": ("kernel.run_steps",), "env": ("batch.run_windows", "kernel.run_steps")}
+
+
+def _kernel_objects(cache_dir: str, entries: tuple[str, ...]) -> dict[str, bytes]:
+    """The ELF object of each compiled signature of the ``entries`` (with the kernel each links in), by the
     signature's text, from numba's cache index and files."""
     found = {}
-    for index in glob.glob(os.path.join(cache_dir, "**", "kernel.run_steps-*.nbi"), recursive=True):
+    indexes = [glob.glob(os.path.join(cache_dir, "**", f"{entry}-*.nbi"), recursive=True) for entry in entries]
+    for index in [path for paths in indexes for path in paths]:
         with open(index, "rb") as f:
             pickle.load(f)  # numba's version
             _, overloads = pickle.loads(f.read())
@@ -90,7 +101,7 @@ def _kernel_objects(cache_dir: str) -> dict[str, bytes]:
             if elf is not None:
                 found[str(key[0])] = elf
     if not found:
-        raise FileNotFoundError(f"no compiled kernel.run_steps in {cache_dir}")
+        raise FileNotFoundError(f"no compiled {' or '.join(entries)} in {cache_dir}")
     return found
 
 
@@ -129,21 +140,24 @@ def profile(workload: str, count: int, cache_dir: str, frequency: int) -> dict:
                               WORKLOAD, workload, str(count)], env=env, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"the workload failed under perf: {run.stderr.strip().splitlines()[-1:]}")
-        loaded = re.findall(r"KERNEL_BASE (0x[0-9a-f]+) (.*)", run.stdout)
+        loaded = re.findall(r"KERNEL_BASE (0x[0-9a-f]+) (\S+) (.*)", run.stdout)
         cpu = float(re.search(r"CPU_SECONDS ([0-9.]+)", run.stdout).group(1))
         script = subprocess.run(["perf", "script", "-i", data, "-F", "ip"], capture_output=True, text=True).stdout
         samples = [int(token, 16) for token in script.split()]
         total = len(samples)
-        objects = _kernel_objects(cache_dir)
+        objects = _kernel_objects(cache_dir, ENTRY[workload])
         offsets: collections.Counter = collections.Counter()
         obj = ""
-        for i, (base_hex, signature) in enumerate(loaded):  # each signature the workload loaded, its own code
+        for i, (entry_hex, entry_name, signature) in enumerate(loaded):  # each signature loaded, its own code
             if signature not in objects:
                 continue
             path = os.path.join(tmp, f"kernel{i}.o")
             with open(path, "wb") as f:
                 f.write(objects[signature])
-            base, size = int(base_hex, 16), _section_size(path, ".ltext") or _section_size(path, ".text")
+            # the entry point need not open the code section (the replay loop it calls is linked in beside it):
+            # the section's load address is the entry's address less the entry's offset in the section
+            base = int(entry_hex, 16) - _symbol_offset(path, entry_name)
+            size = _section_size(path, ".ltext") or _section_size(path, ".text")
             hits = collections.Counter(ip - base for ip in samples if 0 <= ip - base < size)
             if sum(hits.values()) > sum(offsets.values()):
                 offsets, obj = hits, path
@@ -173,6 +187,16 @@ def profile(workload: str, count: int, cache_dir: str, frequency: int) -> dict:
         "lines": [{"line": line, "share": share(n), "source": source[line - 1].strip()}
                   for line, n in by_line.most_common(30)],
     }
+
+
+def _symbol_offset(obj: str, symbol: str) -> int:
+    """The offset of ``symbol`` in its section of the object file ``obj`` (0 if it is not listed)."""
+    out = subprocess.run(["readelf", "-sW", obj], capture_output=True, text=True).stdout
+    for row in out.splitlines():
+        parts = row.split()
+        if len(parts) >= 8 and parts[7] == symbol:
+            return int(parts[1], 16)
+    return 0
 
 
 def _section_size(obj: str, name: str) -> int:
