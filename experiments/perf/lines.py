@@ -131,7 +131,7 @@ def _function_of_line() -> Callable[[int], str]:
     return name
 
 
-def profile(workload: str, count: int, cache_dir: str, frequency: int) -> dict:
+def profile(workload: str, count: int, cache_dir: str, frequency: int, top_lines: int = 30) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, NUMBA_ENABLE_PROFILING="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,7 +185,7 @@ def profile(workload: str, count: int, cache_dir: str, frequency: int) -> dict:
         "kernel_samples": in_kernel, "kernel_share_of_samples": round(in_kernel / max(total, 1), 4),
         "functions": {name: share(n) for name, n in by_function.most_common()},
         "lines": [{"line": line, "share": share(n), "source": source[line - 1].strip()}
-                  for line, n in by_line.most_common(30)],
+                  for line, n in by_line.most_common(top_lines)],
     }
 
 
@@ -216,6 +216,7 @@ def main() -> int:
                         help="timed repetitions (default: 15 replays for sim, 150 vector steps for env)")
     parser.add_argument("--cache-dir", default=None, help="numba cache with debug information (default: a new one)")
     parser.add_argument("--frequency", type=int, default=4000, help="perf samples per second")
+    parser.add_argument("--lines", type=int, default=30, help="how many of the hottest source lines to list")
     args = parser.parse_args()
     for tool in ("perf", "addr2line", "readelf"):
         if shutil.which(tool) is None:
@@ -223,9 +224,11 @@ def main() -> int:
     count = args.steps if args.steps is not None else (15 if args.workload == "sim" else 150)
     if count < 1:
         return _fail(f"--steps must be >= 1, got {count}")
+    if args.lines < 0:
+        return _fail(f"--lines must be >= 0, got {args.lines}")
     cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="numba-debug-")
     try:
-        result = profile(args.workload, count, cache_dir, args.frequency)
+        result = profile(args.workload, count, cache_dir, args.frequency, args.lines)
     except (RuntimeError, FileNotFoundError, AttributeError) as exc:
         return _fail(str(exc))
     result["cache_dir"] = cache_dir
