@@ -3,7 +3,7 @@
 numba's compiled code carries no symbols ``perf`` can read, so this script
 1. runs a workload under ``perf record`` with a private numba cache compiled with debug information
    (``NUMBA_ENABLE_PROFILING=1``; the first run compiles the kernel again, several minutes),
-2. has the workload print where the kernel's compiled library was loaded,
+2. has the workload print where each compiled entry point of the kernel (``ENTRY``) was loaded,
 3. takes the kernel's object code out of that cache and maps every sample that fell in it to a source line with
    ``addr2line``, and prints one JSON object: the share of samples per function of ``sim/kernel.py`` (inlined
    helpers count as themselves) and the hottest lines.
@@ -37,14 +37,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_SOURCE = ROOT / "moe_cache_env" / "sim" / "kernel.py"
 
-#: the workload, run under perf in a child process; before the timed part it prints "KERNEL_BASE <address>
-#: <signature>" for each signature of the kernel it loaded
+#: the workload, run under perf in a child process: ``WORKLOAD mode count entry...``; before the timed part it
+#: prints "KERNEL_BASE <address> <symbol> <signature>" for each compiled signature of each entry point it loaded
 WORKLOAD = r'''
-import os, sys, time, warnings
+import importlib, os, sys, time, warnings
 import numpy as np
 warnings.filterwarnings("ignore")
-from moe_cache_env.sim import kernel
-mode, count = sys.argv[1], int(sys.argv[2])
+mode, count, entry_names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 if mode == "sim":
     from moe_cache_env.cli._common import load_named_trace
     from moe_cache_env.sim.config import Controls, SimConfig
@@ -62,11 +61,9 @@ else:
     venv.action_space.seed(0)
     run = lambda: venv.step(venv.action_space.sample())
 run()
-from moe_cache_env.sim import batch
-# the env's vector step links the kernel into its own library, but as a weak definition: where the process has
-# already loaded kernel.run_steps' library, the calls bind there, so both entry points' code is looked at
-entries = [kernel.run_steps] if mode == "sim" else [batch.run_windows, kernel.run_steps]
-for entry in entries:
+for entry_name in entry_names:
+    module, function = entry_name.split(".")
+    entry = getattr(importlib.import_module(f"moe_cache_env.sim.{module}"), function)
     for sig, cres in entry.overloads.items():
         name = cres.fndesc.llvm_func_name
         print("KERNEL_BASE", hex(cres.library.get_pointer_to_function(name)), name, sig, flush=True)
@@ -82,7 +79,9 @@ def _fail(message: str) -> int:
     return 2
 
 
-#: the compiled entry points whose code each workload runs (module.function, as numba names its cache files)
+#: the compiled entry points whose code each workload runs (``sim``'s module.function, as numba names its cache
+#: files). The env's vector step links the kernel into its own library, but as a weak definition: where the
+#: process has already loaded kernel.run_steps' library the calls bind there, so both are looked at.
 ENTRY = {"sim": ("kernel.run_steps",), "env": ("batch.run_windows", "kernel.run_steps")}
 
 
@@ -90,8 +89,8 @@ def _kernel_objects(cache_dir: str, entries: tuple[str, ...]) -> dict[str, bytes
     """The ELF object of each compiled signature of the ``entries`` (with the kernel each links in), by the
     signature's text, from numba's cache index and files."""
     found = {}
-    indexes = [glob.glob(os.path.join(cache_dir, "**", f"{entry}-*.nbi"), recursive=True) for entry in entries]
-    for index in [path for paths in indexes for path in paths]:
+    indexes = (glob.glob(os.path.join(cache_dir, "**", f"{entry}-*.nbi"), recursive=True) for entry in entries)
+    for index in (path for paths in indexes for path in paths):
         with open(index, "rb") as f:
             pickle.load(f)  # numba's version
             _, overloads = pickle.loads(f.read())
@@ -137,7 +136,8 @@ def profile(workload: str, count: int, cache_dir: str, frequency: int, top_lines
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
         run = subprocess.run(["perf", "record", "-q", "-F", str(frequency), "-o", data, sys.executable, "-c",
-                              WORKLOAD, workload, str(count)], env=env, capture_output=True, text=True)
+                              WORKLOAD, workload, str(count), *ENTRY[workload]],
+                             env=env, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"the workload failed under perf: {run.stderr.strip().splitlines()[-1:]}")
         loaded = re.findall(r"KERNEL_BASE (0x[0-9a-f]+) (\S+) (.*)", run.stdout)
