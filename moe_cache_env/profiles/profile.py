@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -148,13 +149,18 @@ class HardwareProfile:
         # Where the profile measured several expert shapes (checks.compute_scaling), a fixed cost per call plus
         # a weight-read term fits every shape (within a few % on the H100); scaling one reference expert by
         # bytes does not (3x off for Mixtral's large experts). Otherwise scale the reference expert by bytes.
-        affine = compute_affine_fit(self.raw)
+        affine = self._affine_fit
         if affine:
             at = np.array([r["tokens"] for r in affine], dtype=np.float64)
             ms = np.array([r["fixed_ms"] + expert_bytes / (r["weight_gbps"] * 1e6) for r in affine])
             return np.interp(tokens, at, ms)
         base = np.interp(tokens, self.compute_tokens, self.compute_ms)
         return base * (expert_bytes / self.compute_expert_bytes)
+
+    @functools.cached_property
+    def _affine_fit(self) -> list[dict[str, Any]]:
+        # fitted once per profile object (least squares over the measured shapes): every simulator asks for it
+        return compute_affine_fit(self.raw)
 
     def to_dict(self) -> dict[str, Any]:
         """The profile as written to JSON (raw fields first, fitted fields on top)."""
@@ -374,7 +380,22 @@ def load_profile(name_or_path: str | os.PathLike) -> HardwareProfile:
         path = DATA_DIR / f"{text}.json"
         if not path.exists():
             raise ProfileError(f"unknown profile {text!r}; shipped profiles: {', '.join(list_profiles())}")
-    return profile_from_dict(_read_profile_json(path), where=str(path))
+    try:
+        info = os.stat(path)
+        key = (os.path.realpath(path), info.st_ino, info.st_mtime_ns, info.st_size)
+    except OSError:
+        key = None  # _read_profile_json names the problem
+    profile = _LOADED.get(key) if key is not None else None
+    if profile is None:
+        profile = profile_from_dict(_read_profile_json(path), where=str(path))
+        if key is not None and stat.S_ISREG(info.st_mode):
+            _LOADED[key] = profile
+    return profile
+
+
+#: profiles already read, by file and stamp: every environment reset builds a simulator, and parsing and fitting
+#: a measured profile again each time cost a few ms (a profile is frozen, so the object is shared)
+_LOADED: dict[tuple[str, int, int, int], HardwareProfile] = {}
 
 
 #: Largest profile file read (a measured profile with all its raw samples is a few hundred KiB).

@@ -126,3 +126,19 @@ def test_measured_profiles_rebuild_from_their_raw_measurements(name):
     # and rebuilding from the raw samples changes nothing (the recorded file is a fixed point)
     rebuilt = rebuild_profile(copy.deepcopy(data))
     assert_same_tree(json.loads(json.dumps(rebuilt)), data)
+
+
+def test_a_loaded_profile_is_reused_until_its_file_changes(tmp_path):
+    # every environment reset builds a simulator: a profile file is parsed once, and again when it changes
+    path = save_profile(_good(), tmp_path / "p.json")
+    first = load_profile(path)
+    assert load_profile(str(path)) is first
+    data = json.loads(path.read_text())
+    data["h2d_gbps"] = first.h2d_gbps * 2
+    data.pop("fits", None)  # h2d_gbps is then the file's own value, not a fit of its measurements
+    path.write_text(json.dumps(data))
+    second = load_profile(path)
+    assert second is not first and second.h2d_gbps == pytest.approx(first.h2d_gbps * 2)
+    path.unlink()
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(path)  # a profile read before and deleted since is not served from memory
