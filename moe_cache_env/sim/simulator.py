@@ -279,8 +279,12 @@ class Simulator:
             if self._replay is None:
                 kernel = K if self._iconf[K.I_EVICTION] != K.EV_CUSTOM else plugins.kernel_for_eviction(
                     self.config.eviction)
-                kernel.run_steps(*args)  # the first call types the arguments (and loads or compiles the kernel)
-                self._replay = _typed_entry(kernel.run_steps, args)
+                self._replay = _known_entry(kernel.run_steps, args)  # another simulator's, for the same types
+                if self._replay is None:
+                    kernel.run_steps(*args)  # the first call types the arguments (and loads or compiles the kernel)
+                    self._replay = _typed_entry(kernel.run_steps, args)
+                else:
+                    self._replay(*args)
             else:
                 self._replay(*args)
         window = self.counters - before
@@ -404,11 +408,43 @@ def _typed_entry(dispatcher: Any, args: tuple) -> Any:
     schedule and settings are fixed), so the entry point found once serves every later window. Falls back to
     the dispatcher itself where numba does not expose the compiled overload.
     """
+    layout = _layout_key(args)
     try:
         signature = tuple(dispatcher.typeof_pyval(a) for a in args)
-        return dispatcher.overloads[signature].entry_point
+        entry = dispatcher.overloads[signature].entry_point
     except (AttributeError, KeyError):
         return dispatcher
+    if layout is not None:
+        _ENTRIES[(dispatcher, layout)] = entry
+    return entry
+
+
+def _known_entry(dispatcher: Any, args: tuple) -> Any:
+    """The entry point :func:`_typed_entry` found for arguments of the same types as ``args``, or None."""
+    layout = _layout_key(args)
+    return _ENTRIES.get((dispatcher, layout)) if layout is not None else None
+
+
+#: (dispatcher, :func:`_layout_key` of the arguments) -> the compiled entry point :func:`_typed_entry` found: numba's
+#: typing of the arguments (some forty arrays in nested tuples) cost ~1.5 ms of every environment reset
+_ENTRIES: dict[tuple[Any, Any], Any] = {}
+
+
+def _layout_key(value: Any) -> Any:
+    """Everything numba's ``typeof`` reads from ``value`` to type it, cheaply: per array its dtype, dimensions,
+    contiguity, writeability and alignment; per named tuple its class and fields; per Python scalar its type.
+    None for anything else (the caller then asks numba)."""
+    if isinstance(value, np.ndarray):
+        flags = value.flags
+        if value.dtype.hasobject or value.dtype.fields is not None:
+            return None
+        return (value.dtype.str, value.ndim, flags.c_contiguous, flags.f_contiguous, flags.writeable, flags.aligned)
+    if isinstance(value, tuple):
+        parts = tuple(_layout_key(v) for v in value)
+        return None if any(p is None for p in parts) else (type(value), parts)
+    if type(value) in (bool, float) or (type(value) is int and -2**63 <= value < 2**63):
+        return type(value)
+    return None
 #: SimConfig.eviction -> the kernel's rule (kernel.EV_*)
 EVICTION_CODES = {
     "weighted": K.EV_WEIGHTED, "lru": K.EV_LRU, "belady": K.EV_BELADY, "lfu": K.EV_LFU, "lfru": K.EV_LFRU,

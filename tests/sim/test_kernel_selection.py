@@ -82,3 +82,26 @@ def test_calibrated_candidates_hold_every_expert_a_list_can_take(seed: int) -> N
     cut = min(vals[top[-1]], thr)
     assert all(vals[e] >= cut for e in chosen)
     assert len(chosen) == sum(1 for v in vals if v >= cut)
+
+
+def test_layout_key_tells_apart_what_numba_types_differently() -> None:
+    # the simulator reuses another simulator's compiled entry point only for arguments with the same key, so
+    # the key must differ wherever numba's types differ: dtype, dimensions, contiguity, writeability, tuples
+    from collections import namedtuple
+
+    from moe_cache_env.sim.simulator import _layout_key
+
+    a = np.zeros((4, 3), dtype=np.int64)
+    assert _layout_key(a) == _layout_key(np.ones((4, 3), dtype=np.int64))  # values do not matter
+    frozen = a.copy()
+    frozen.flags.writeable = False
+    others = [a.astype(np.int32), a.reshape(-1), np.asfortranarray(a), a[:, ::2], frozen]
+    keys = {_layout_key(x) for x in others}
+    assert len(keys) == len(others) and _layout_key(a) not in keys
+    Pair = namedtuple("Pair", "x y")
+    Other = namedtuple("Other", "x y")
+    assert _layout_key(Pair(a, 1)) != _layout_key(Other(a, 1))
+    assert _layout_key(Pair(a, 1)) != _layout_key(Pair(a, 1.0))
+    assert _layout_key(Pair(a, True)) != _layout_key(Pair(a, 1))
+    assert _layout_key((a, object())) is None  # anything else: numba is asked
+    assert _layout_key(2**64) is None
