@@ -199,9 +199,9 @@ class MoECacheEnv(gym.Env):
             self.episode_trace, self.sim.profile, self.sim.expert_bytes, self.config["timing"], schedule.step_tokens.shape[1],
             experts=self.sim.routing,
         )
-        # every step's reference latency, in one compiled call per episode instead of one per window (each step's
-        # value depends on that step alone)
-        self._reference_step_ms = self.reference.step_latency_ms(schedule.step_tokens, schedule.link_share)
+        # every step's reference latency, in a compiled call per chunk of steps instead of one per window (each
+        # step's value depends on that step alone)
+        self._reference_steps = self.reference.steps(schedule.step_tokens, schedule.link_share)
         self.controls = self.initial_controls
         self.elapsed_steps = 0
         self._previous_shares: np.ndarray | None = None
@@ -243,7 +243,7 @@ class MoECacheEnv(gym.Env):
         step_tokens = schedule.step_tokens[s0:s1]
         link_share = schedule.link_share[s0:s1]
         token_weights = schedule.step_ntokens[s0:s1].astype(np.float64)
-        reference_ms = weighted_mean(self._reference_step_ms[s0:s1], token_weights)
+        reference_ms = weighted_mean(self._reference_steps.window(s0, s1), token_weights)
         terms = reward_terms(m, reference_ms, **self.config["reward"])
         tokens = step_tokens[step_tokens >= 0]
         shares = expert_shares(self.episode_trace.experts[tokens], self.episode_trace.num_experts)

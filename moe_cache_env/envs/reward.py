@@ -48,20 +48,47 @@ class DemandAllReference:
 
     def step_latency_ms(self, step_tokens: np.ndarray, link_share: np.ndarray) -> np.ndarray:
         """(S,) demand-all latency of each step; ``step_tokens`` is (S, W), -1 padded."""
-        step_tokens = np.ascontiguousarray(step_tokens, dtype=np.int64)
-        S = step_tokens.shape[0]
-        ntokens = (step_tokens >= 0).sum(axis=1).astype(np.int64)
-        # steps are -1 padded at the end of each row, so a row's first ntokens entries are its tokens
-        out = np.zeros(S, dtype=np.float64)
-        demand_all_step_latency(step_tokens, ntokens, self._experts, self.num_experts, self.compute_table_ms,
-                                self.transfer_ms, np.ascontiguousarray(link_share, dtype=np.float64),
-                                self.layer_overhead_ms, self.seed_timing, self.seed_table, 0, S, out)
-        return out
+        steps = self.steps(step_tokens, link_share)
+        return steps.window(0, steps.num_steps)
+
+    def steps(self, step_tokens: np.ndarray, link_share: np.ndarray) -> "StepReference":
+        """Each step's demand-all latency for one schedule, computed as a replay reaches the steps."""
+        return StepReference(self, step_tokens, link_share)
 
     def mean_latency_ms(self, step_tokens: np.ndarray, step_ntokens: np.ndarray, link_share: np.ndarray) -> float:
         """Token-weighted mean of the steps' demand-all latency (as ``mean_latency_ms`` weights steps)."""
         lat = self.step_latency_ms(step_tokens, link_share)
         return weighted_mean(lat, step_ntokens.astype(np.float64))
+
+
+class StepReference:
+    """The demand-all latency of each step of one schedule (:class:`DemandAllReference`), computed in chunks of
+    :attr:`CHUNK_STEPS` as windows ask for them: each step's value depends on that step alone, so the numbers are
+    those of one call over the whole schedule, and an environment's reset does not pay for its whole episode
+    up front (a few ms per reset, most of a 64-environment vector's first reset)."""
+
+    CHUNK_STEPS = 256
+
+    def __init__(self, reference: DemandAllReference, step_tokens: np.ndarray, link_share: np.ndarray) -> None:
+        self._reference = reference
+        self._tokens = np.ascontiguousarray(step_tokens, dtype=np.int64)
+        # steps are -1 padded at the end of each row, so a row's first ntokens entries are its tokens
+        self._ntokens = (self._tokens >= 0).sum(axis=1).astype(np.int64)
+        self._share = np.ascontiguousarray(link_share, dtype=np.float64)
+        self.num_steps = int(self._tokens.shape[0])
+        self._ms = np.zeros(self.num_steps, dtype=np.float64)
+        self._ready = 0  # steps [0, _ready) are computed
+
+    def window(self, s0: int, s1: int) -> np.ndarray:
+        """(s1 - s0,) the latency of steps [s0, s1) (a view: do not modify)."""
+        if s1 > self._ready:
+            end = min(self.num_steps, max(s1, self._ready + self.CHUNK_STEPS))
+            r = self._reference
+            demand_all_step_latency(self._tokens, self._ntokens, r._experts, r.num_experts, r.compute_table_ms,
+                                    r.transfer_ms, self._share, r.layer_overhead_ms, r.seed_timing, r.seed_table,
+                                    self._ready, end, self._ms[self._ready:end])
+            self._ready = end
+        return self._ms[s0:s1]
 
 
 def reward_terms(metrics: dict, reference_latency_ms: float, coverage_weight: float, latency_weight: float) -> dict[str, float]:

@@ -99,3 +99,46 @@ def test_reward_terms():
     assert (other["coverage_term"], other["latency_term"], other["reward"]) == pytest.approx((0.75, -0.75, 0.0))
     # no reference latency (an empty window): the latency term is 0, not a division by zero
     assert reward_terms({"perfect_coverage": 1.0, "mean_latency_ms": 5.0}, 0.0, 1.0, 1.0)["reward"] == 1.0
+
+
+def _demand_all_by_hand(trace: Trace, profile, step_tokens: np.ndarray, share: np.ndarray) -> list[float]:
+    """Each step's demand-all latency in plain Python: per layer, every distinct expert copied, then computed."""
+    t = profile.transfer_ms(trace.expert_bytes)
+    c = profile.compute_table(trace.expert_bytes, step_tokens.shape[1])
+    o = profile.layer_overhead_ms
+    out = []
+    for s, row in enumerate(step_tokens):
+        tokens = [int(x) for x in row if x >= 0]
+        total = 0.0
+        for layer in range(trace.num_layers):
+            counts: dict[int, int] = {}
+            for tok in tokens:
+                for e in trace.experts[tok, layer]:
+                    counts[int(e)] = counts.get(int(e), 0) + 1
+            total += len(counts) * t / share[s] + sum(c[n] for n in counts.values()) + o
+        out.append(total)
+    return out
+
+
+def test_step_reference_computes_chunks_as_windows_reach_them(monkeypatch):
+    # the reference of an episode is computed in chunks of steps when a window first needs them; windows asked
+    # in any order, across chunk edges, get each step's own latency
+    from moe_cache_env.envs.reward import StepReference
+
+    monkeypatch.setattr(StepReference, "CHUNK_STEPS", 2)
+    trace = _tiny_trace()
+    profile = load_profile("h100")
+    ref = DemandAllReference(trace, profile, trace.expert_bytes, "timeline", width=2)
+    step_tokens = np.array([[0, 1], [2, -1], [1, -1], [0, 2], [2, 1], [1, -1], [0, -1]])
+    share = np.array([0.5, 1.0, 0.25, 1.0, 0.75, 0.5, 1.0])
+    expected = _demand_all_by_hand(trace, profile, step_tokens, share)
+    steps = ref.steps(step_tokens, share)
+    assert steps._ready == 0  # nothing computed before a window asks
+    assert steps.window(0, 1) == pytest.approx(expected[0:1])
+    assert steps._ready == 2  # one chunk
+    assert steps.window(3, 6) == pytest.approx(expected[3:6])
+    assert steps._ready == 6
+    assert steps.window(1, 3) == pytest.approx(expected[1:3])  # already computed: read back
+    assert steps.window(6, 7) == pytest.approx(expected[6:7])
+    assert steps._ready == 7  # the last chunk stops at the schedule's end
+    assert ref.step_latency_ms(step_tokens, share) == pytest.approx(expected)
