@@ -158,11 +158,20 @@ def evaluate_agent_on_trace(spec: str, trace_name: str, num_tokens: int, config:
     """Replay a whole trace once with an agent acting through ``env_id`` under a simulator ``config``.
 
     The environment replays the trace in file order (split ``all``, from its first sequence) with the config's
-    cache, workload, profile, timing and predictor (learned online, as for the simulator's policies); the agent
+    cache, workload, profile, timing, launch cost, prefetch hand-off and predictor (learned online, as for the
+    simulator's policies); the agent
     sets the controls once per window. Returns the simulator's metrics of the replay.
     """
     from dataclasses import asdict
 
+    from moe_cache_env.sim.config import ConfigError, SimConfig
+
+    defaults = SimConfig()
+    if config.execution_order != defaults.execution_order or config.decision_ms != defaults.decision_ms:
+        # the environments have no such settings: the agent would replay under others than the caller asked for
+        raise ConfigError(f"an agent acts through an environment, which replays {defaults.execution_order} layers "
+                          f"with no extra decision time; got execution_order={config.execution_order!r}, "
+                          f"decision_ms={config.decision_ms}: evaluate those settings with simulator policies")
     agent = make_agent(spec)
     overrides = {
         "traces": [trace_name],
@@ -176,6 +185,8 @@ def evaluate_agent_on_trace(spec: str, trace_name: str, num_tokens: int, config:
         "predictor": config.predictor,
         "oracle_accuracy": config.oracle_accuracy,
         "expert_bytes": config.expert_bytes,
+        "launch_cost": config.launch_cost,
+        "prefetch_handoff": config.prefetch_handoff,
     }
     env = make_env(env_id, split="all", overrides=overrides)
     obs, _ = env.reset(seed=seed, options={"trace": 0, "start_sequence": 0})

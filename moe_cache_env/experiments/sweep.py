@@ -68,6 +68,10 @@ CELL_KEYS: dict[str, tuple[type, Any]] = {
     "timing": (str, "timeline"),
     "execution_order": (str, "fused"),
     "decision_ms": (float, 0.0),
+    # the host's per-expert launch time charged (profiles that measured it), and when a queued prefetch reaches
+    # the link: as SimConfig's (and evaluate's) defaults, so that a row says which rules it replayed under
+    "launch_cost": (bool, True),
+    "prefetch_handoff": (str, "host-poll"),
     "capacity": (int, None),  # total expert slots per layer (or in all, scope global); None: the default rule
     "capacity_share": (float, None),  # alternatively: this share of a layer's experts (at least top_k)
     "scope": (str, "per-layer"),
@@ -101,6 +105,10 @@ def _check_value(where: str, key: str, value: Any) -> Any:
         if default is None:
             return None
         raise SweepError(f"{where}.{key}: a value is required (got null)")
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise SweepError(f"{where}.{key}: expected true or false, got {value!r}")
+        return value
     if kind is str:
         if not isinstance(value, str) or not value:
             raise SweepError(f"{where}.{key}: expected a non-empty string, got {value!r}")
@@ -278,12 +286,18 @@ def resolve_cell(cell: Mapping[str, Any], where: str = "cell") -> Cell:
                                     background_max=c["background"]),
             timing=c["timing"], execution_order=c["execution_order"], decision_ms=c["decision_ms"],
             profile=c["profile"], predictor=c["predictor"], oracle_accuracy=c["oracle_accuracy"],
-            expert_bytes=c["expert_bytes"],
+            expert_bytes=c["expert_bytes"], launch_cost=c["launch_cost"], prefetch_handoff=c["prefetch_handoff"],
         )
         controls = Controls(l2_threshold=c["l2_threshold"], l3_threshold=c["l3_threshold"],
                             lookahead=c["lookahead"], prefetch_budget=c["prefetch_budget"])
         if _is_agent(policy):
             from moe_cache_env.envs import resolve_env_id
+
+            if c["execution_order"] != CELL_KEYS["execution_order"][1] or c["decision_ms"] != 0.0:
+                # the environments have no such settings: the row would record what the replay did not use
+                raise SweepError("an agent acts through an environment, which replays fused layers with no extra "
+                                 "decision time: drop execution_order and decision_ms from agent cells, or sweep "
+                                 "them with simulator policies")
 
             env = resolve_env_id(c["env"])
             used_predictor, used_tiers, eviction = config.predictor, [cache.l1_slots, cache.l2_slots,
@@ -309,6 +323,8 @@ def resolve_cell(cell: Mapping[str, Any], where: str = "cell") -> Cell:
         "timing": c["timing"],
         "execution_order": c["execution_order"],
         "decision_ms": c["decision_ms"],
+        "launch_cost": c["launch_cost"],
+        "prefetch_handoff": c["prefetch_handoff"],
         "predictor": c["predictor"],
         "oracle_accuracy": c["oracle_accuracy"],
         "capacity": cache.total_slots,
@@ -375,7 +391,7 @@ def run_cell(key: str, config: Mapping[str, Any], *, sweep: str = "", backend: s
                                 background_min=c["background"], background_max=c["background"]),
         timing=c["timing"], execution_order=c["execution_order"], decision_ms=c["decision_ms"],
         profile=c["profile"], predictor=c["predictor"], oracle_accuracy=c["oracle_accuracy"],
-        expert_bytes=c["expert_bytes"],
+        expert_bytes=c["expert_bytes"], launch_cost=c["launch_cost"], prefetch_handoff=c["prefetch_handoff"],
     )
     if c["env"] is not None:
         from moe_cache_env.agents.evaluation import evaluate_agent_on_trace

@@ -110,3 +110,12 @@ def test_high_pressure_raises_the_thresholds_sent():
     l2, l3 = a.act(obs(coverage=0.40, accuracy=0.5, pressure=1.0))  # no base change, +0.15
     assert (l2, l3) == pytest.approx((0.85, 0.45))
     assert (a.l2, a.l3) == (0.7, 0.3)
+
+
+def test_an_agent_replay_refuses_settings_the_environment_does_not_have():
+    from moe_cache_env.agents.evaluation import evaluate_agent_on_trace
+    from moe_cache_env.sim.config import ConfigError, SimConfig
+
+    for config in (SimConfig(decision_ms=0.2), SimConfig(execution_order="per-expert")):
+        with pytest.raises(ConfigError, match="acts through an environment"):
+            evaluate_agent_on_trace("dynamic", "qwen1.5-moe", 64, config, "MoECache-v0", seed=0)

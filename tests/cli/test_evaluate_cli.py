@@ -134,3 +134,22 @@ def test_no_launch_cost_drops_the_profiles_launch_time(small_trace, tmp_path):
     assert with_launch["config"]["launch_cost"] is True and without["config"]["launch_cost"] is False
     assert without["hit_rate"] == with_launch["hit_rate"]
     assert without["mean_latency_ms"] < with_launch["mean_latency_ms"]
+
+
+def test_an_agent_replays_under_the_commands_launch_cost_and_hand_off(small_trace, tmp_path, capsys):
+    # the environment takes the command's launch cost and prefetch hand-off (which the row records) instead of
+    # its own; settings an environment does not have are refused instead of silently dropped
+    out = {}
+    for flags in (["--prefetch-handoff", "link"], ["--prefetch-handoff", "link", "--no-launch-cost"]):
+        path = tmp_path / f"{len(flags)}.json"
+        assert main(["evaluate", "--trace", str(small_trace), "--policy", "dynamic", "--profile", "h200", "--tokens",
+                     "200", "--quiet", "--json", str(path), *flags]) == 0
+        out[len(flags)] = json.loads(path.read_text())
+    with_launch, without = out[2], out[3]
+    assert without["config"]["launch_cost"] is False and without["config"]["prefetch_handoff"] == "link"
+    assert without["mean_latency_ms"] < with_launch["mean_latency_ms"]  # h200 charges each expert's launch
+    capsys.readouterr()
+    assert main(["evaluate", "--trace", str(small_trace), "--policy", "dynamic", "--decision-ms", "0.1",
+                 "--tokens", "200", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--decision-ms" in err[0], err

@@ -257,3 +257,43 @@ def test_local_and_ray_backends_write_the_same_rows_for_the_smoke_grid(tmp_path,
     assert {k: sw.comparable(r) for k, r in a.items()} == {k: sw.comparable(r) for k, r in b.items()}
     assert {r["timing"]["backend"] for r in b.values()} == {"ray"}
     capsys.readouterr()
+
+
+def test_cells_carry_the_launch_cost_and_the_prefetch_hand_off(tmp_path, capsys):
+    # the defaults are the simulator's; a row records the rules it replayed under and matches evaluate's numbers
+    from moe_cache_env.sim.config import SimConfig
+
+    defaults = SimConfig()
+    assert sw.CELL_KEYS["launch_cost"][1] is defaults.launch_cost
+    assert sw.CELL_KEYS["prefetch_handoff"][1] == defaults.prefetch_handoff
+    grid = write_grid(tmp_path / "g.yml", f"""
+grid: {{trace: {FAST_TRACE}, policy: static, profile: h200, launch_cost: [true, false],
+        prefetch_handoff: [link, host-poll]}}
+""")
+    cells = sw.expand_grid(sw.load_grid(grid))
+    assert len({c.key for c in cells}) == 4
+    out = tmp_path / "r.jsonl"
+    assert main(["sweep", str(grid), "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    rows = {(r["config"]["launch_cost"], r["config"]["prefetch_handoff"]): r for r in rows_by_key(out).values()}
+    assert set(rows) == {(True, "link"), (True, "host-poll"), (False, "link"), (False, "host-poll")}
+    latencies = {k: r["metrics"]["mean_latency_ms"] for k, r in rows.items()}
+    assert latencies[(True, "host-poll")] > latencies[(False, "host-poll")]  # h200 charges each launch
+    json_path = tmp_path / "e.json"
+    assert main(["evaluate", "--trace", FAST_TRACE, "--policy", "static", "--profile", "h200", "--no-launch-cost",
+                 "--prefetch-handoff", "link", "--quiet", "--json", str(json_path)]) == 0
+    reference = json.loads(json_path.read_text())
+    for metric in ("mean_latency_ms", "late_prefetch_rate", "bytes_transferred"):
+        assert rows[(False, "link")]["metrics"][metric] == reference[metric], metric
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("launch_cost: 1", "launch_cost: expected true or false"),
+    ("prefetch_handoff: engine", "prefetch_handoff"),
+    ("policy: dynamic, decision_ms: 0.1", "drop execution_order and decision_ms from agent cells"),
+])
+def test_bad_launch_cost_hand_off_or_agent_timing_are_one_line_errors(tmp_path, capsys, extra, expected):
+    grid = write_grid(tmp_path / "g.yml", f"grid: {{trace: {FAST_TRACE}, {extra}}}\n")
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "r.jsonl"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
