@@ -242,6 +242,16 @@ def format_calibration(profile: Mapping[str, Any]) -> str:
             f"graph; a host that only launches would take {host['model_without_decision_ms']:.4g} ms -> "
             f"host_decision_ms = {host['decision_ms']:.4g} ms (router sync, .cpu(), bookkeeping)"
         )
+        excess = host["model_without_decision_ms"] - host["synced_ms"]
+        if excess > 0:
+            # the fit clamps the decision cost at 0; say so, since the profile then times resident layers too slow
+            out.append(
+                f"warning: the launch model alone already exceeds the measured layer by {excess:.4g} ms "
+                f"({excess / host['synced_ms']:+.0%}), so host_decision_ms is clamped to 0 and this profile times an "
+                "all-resident layer slower than the engine ran it (the per-expert launch cost, the slope between "
+                f"{host['top_k']} and {host.get('double_top_k', 2 * host['top_k'])} experts, overstates the cost "
+                f"at {host['top_k']})"
+            )
     checks = profile.get("checks") or {}
     for key, check in sorted(checks.items()):
         if isinstance(check, Mapping) and "event_median_ms" in check:

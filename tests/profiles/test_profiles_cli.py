@@ -102,3 +102,25 @@ def test_profiles_show_a_measured_profile(run_cli):
         "h2d_pinned", "h2d_pageable", "d2h_pinned", "d2h_pageable"]
     assert "check expert_copy_28mib:" in out
     assert "fixed + bytes / bandwidth" in out
+
+
+def test_a_host_fit_clamped_at_zero_decision_time_is_flagged(run_cli):
+    # on the H100 replays the per-expert launch slope times a resident layer above what the engine measured,
+    # so host_decision_ms is clamped to 0: the report says so instead of showing a silent 0
+    code, out, _ = run_cli("profiles", "show", "h100-full")
+    assert code == 0
+    assert "host_decision_ms = 0 ms" in out and "warning: the launch model alone already exceeds" in out
+    code, out, _ = run_cli("profiles", "show", "h200")
+    assert code == 0 and "host cost per layer" in out and "warning: the launch model" not in out
+
+
+def test_the_host_warning_names_the_excess_by_hand():
+    from moe_cache_env.profiles.report import format_calibration
+    from moe_cache_env.profiles import load_profile
+
+    data = load_profile("h200").to_dict()
+    data["host"] = {**data["host"], "synced_ms": 0.5, "model_without_decision_ms": 0.6, "decision_ms": 0.0}
+    lines = [line for line in format_calibration(data).splitlines() if line.startswith("warning: the launch")]
+    assert len(lines) == 1 and "by 0.1 ms (+20%)" in lines[0]
+    data["host"] = {**data["host"], "synced_ms": 0.6, "model_without_decision_ms": 0.5, "decision_ms": 0.1}
+    assert "warning: the launch" not in format_calibration(data)
