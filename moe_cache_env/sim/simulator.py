@@ -445,6 +445,8 @@ def _layout_key(value: Any) -> Any:
     if type(value) in (bool, float) or (type(value) is int and -2**63 <= value < 2**63):
         return type(value)
     return None
+
+
 #: SimConfig.eviction -> the kernel's rule (kernel.EV_*)
 EVICTION_CODES = {
     "weighted": K.EV_WEIGHTED, "lru": K.EV_LRU, "belady": K.EV_BELADY, "lfu": K.EV_LFU, "lfru": K.EV_LFRU,
