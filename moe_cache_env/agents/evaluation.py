@@ -153,25 +153,31 @@ def replay_episode(env: gym.Env, record: dict[str, Any]) -> list[float]:
     return rewards
 
 
+def check_agent_config(config: Any, remedy: str = "evaluate those settings with simulator policies") -> None:
+    """Refuse a simulator ``config`` with settings an environment does not have (its execution order, a decision
+    time): an agent replaying through the environment would run under others than the caller records.
+    Raises ``ConfigError`` (one line, ending with ``remedy``)."""
+    from moe_cache_env.sim.config import ConfigError, SimConfig
+
+    defaults = SimConfig()
+    if config.execution_order != defaults.execution_order or config.decision_ms != defaults.decision_ms:
+        raise ConfigError(f"an agent acts through an environment, which replays {defaults.execution_order} layers "
+                          f"with no extra decision time; got execution_order={config.execution_order!r}, "
+                          f"decision_ms={config.decision_ms}: {remedy}")
+
+
 def evaluate_agent_on_trace(spec: str, trace_name: str, num_tokens: int, config: Any, env_id: str,
                             seed: int) -> dict[str, Any]:
     """Replay a whole trace once with an agent acting through ``env_id`` under a simulator ``config``.
 
     The environment replays the trace in file order (split ``all``, from its first sequence) with the config's
     cache, workload, profile, timing, launch cost, prefetch hand-off and predictor (learned online, as for the
-    simulator's policies); the agent
-    sets the controls once per window. Returns the simulator's metrics of the replay.
+    simulator's policies); the agent sets the controls once per window. Returns the simulator's metrics of the
+    replay.
     """
     from dataclasses import asdict
 
-    from moe_cache_env.sim.config import ConfigError, SimConfig
-
-    defaults = SimConfig()
-    if config.execution_order != defaults.execution_order or config.decision_ms != defaults.decision_ms:
-        # the environments have no such settings: the agent would replay under others than the caller asked for
-        raise ConfigError(f"an agent acts through an environment, which replays {defaults.execution_order} layers "
-                          f"with no extra decision time; got execution_order={config.execution_order!r}, "
-                          f"decision_ms={config.decision_ms}: evaluate those settings with simulator policies")
+    check_agent_config(config)
     agent = make_agent(spec)
     overrides = {
         "traces": [trace_name],

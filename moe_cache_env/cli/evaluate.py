@@ -200,13 +200,12 @@ def run(args: argparse.Namespace) -> int:
         oracle_accuracy=args.oracle_accuracy,
         expert_bytes=args.expert_bytes,
     )
-    agents = [p for p in policies if p not in POLICIES and not p.startswith(LEARNED_PREFIX)]
-    defaults = SimConfig()
-    if agents and (config.execution_order != defaults.execution_order or config.decision_ms != defaults.decision_ms):
-        # checked before any policy runs (evaluate_agent_on_trace refuses it too)
-        raise CommandError(f"{agents} act through an environment, which replays {defaults.execution_order} layers "
-                           f"with no extra decision time; drop --execution-order / --decision-ms, or evaluate the "
-                           "agents apart from the simulator policies")
+    if any(p not in POLICIES and not p.startswith(LEARNED_PREFIX) for p in policies):
+        from moe_cache_env.agents.evaluation import check_agent_config
+
+        # before any policy runs (evaluate_agent_on_trace refuses it too)
+        check_agent_config(config, "drop --execution-order / --decision-ms, or evaluate the agents apart from the "
+                                   "simulator policies")
     controls = Controls(
         l2_threshold=args.l2_threshold,
         l3_threshold=args.l3_threshold,

@@ -291,14 +291,11 @@ def resolve_cell(cell: Mapping[str, Any], where: str = "cell") -> Cell:
         controls = Controls(l2_threshold=c["l2_threshold"], l3_threshold=c["l3_threshold"],
                             lookahead=c["lookahead"], prefetch_budget=c["prefetch_budget"])
         if _is_agent(policy):
+            from moe_cache_env.agents.evaluation import check_agent_config
             from moe_cache_env.envs import resolve_env_id
 
-            if c["execution_order"] != CELL_KEYS["execution_order"][1] or c["decision_ms"] != 0.0:
-                # the environments have no such settings: the row would record what the replay did not use
-                raise SweepError("an agent acts through an environment, which replays fused layers with no extra "
-                                 "decision time: drop execution_order and decision_ms from agent cells, or sweep "
-                                 "them with simulator policies")
-
+            check_agent_config(config, "drop execution_order and decision_ms from agent cells, or sweep them with "
+                                       "simulator policies")
             env = resolve_env_id(c["env"])
             used_predictor, used_tiers, eviction = config.predictor, [cache.l1_slots, cache.l2_slots,
                                                                        cache.l3_slots], "weighted"
