@@ -9,6 +9,11 @@ replay's cost on a quiet machine: short chunks often fall between other jobs' bu
 
   python experiments/perf/ab.py --runs 20 /tmp/kernel-before .
 
+``--variant env`` times the registered ``MoECache-v0`` instead: 64 environments of the native vector environment
+stepped with one fixed sequence of random actions from ``reset(seed=0)`` (``--env-steps`` vector steps per run,
+``--chunk`` vector steps per timed chunk), Python included, as a learner would step them; the events are those
+the environments replayed, so both trees must replay the same ones (they do when their numbers are identical).
+
 prints one JSON line per tree: ns per routing event (chunk minima, best run, median run). Numba compiles each
 tree's kernel on its first use (its cache lives in that tree), before timing starts.
 """
@@ -24,7 +29,39 @@ import time
 
 import numpy as np
 
-VARIANTS = {"cross-layer": {}, "uncalibrated": {"calibrate_confidence": False}, "none": {"predictor": "none"}}
+VARIANTS = {"cross-layer": {}, "uncalibrated": {"calibrate_confidence": False}, "none": {"predictor": "none"},
+            "env": {}}
+ENV_ID, ENV_COUNT = "MoECache-v0", 64
+
+
+def env_worker(chunk: int, steps: int) -> None:
+    """Step the vector environment on each line read from stdin; answer with the chunks' CPU seconds and the
+    routing events replayed, as JSON."""
+    import warnings
+
+    import gymnasium as gym
+
+    import moe_cache_env.envs as envs
+
+    warnings.filterwarnings("ignore")
+    with envs.kept_versions_quiet():
+        venv = gym.make_vec(ENV_ID, num_envs=ENV_COUNT, vectorization_mode="vector_entry_point")
+    venv.action_space.seed(0)
+    actions = [venv.action_space.sample() for _ in range(steps)]
+    venv.reset(seed=0)
+    for action in actions[:2]:
+        venv.step(action)  # warm-up (and compile)
+    print(json.dumps({"events": None}), flush=True)
+    for _ in sys.stdin:
+        venv.reset(seed=0)
+        events0 = venv.unwrapped.routing_events
+        times = []
+        for first in range(0, steps, chunk):
+            start = time.process_time()
+            for action in actions[first:first + chunk]:
+                venv.step(action)
+            times.append(time.process_time() - start)
+        print(json.dumps({"times": times, "events": venv.unwrapped.routing_events - events0}), flush=True)
 
 
 def worker(variant: str, chunk: int) -> None:
@@ -54,15 +91,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="+", help="root directories of the package sources to compare")
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--chunk", type=int, default=500, help="steps per timed chunk")
+    parser.add_argument("--chunk", type=int, default=500, help="steps per timed chunk (vector steps with env)")
+    parser.add_argument("--env-steps", type=int, default=40, help="vector steps per run of --variant env")
     parser.add_argument("--variant", default="cross-layer", choices=sorted(VARIANTS))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.runs < 1 or args.chunk < 1:
-        print("ab: --runs and --chunk must be >= 1", file=sys.stderr)
+    if args.runs < 1 or args.chunk < 1 or args.env_steps < 1:
+        print("ab: --runs, --chunk and --env-steps must be >= 1", file=sys.stderr)
         return 2
     if args.worker:
-        worker(args.variant, args.chunk)
+        if args.variant == "env":
+            env_worker(args.chunk, args.env_steps)
+        else:
+            worker(args.variant, args.chunk)
         return 0
     missing = [t for t in args.trees if not os.path.isdir(os.path.join(t, "moe_cache_env"))]
     if missing:
@@ -74,7 +115,7 @@ def main() -> int:
         root = os.path.abspath(tree)
         procs.append(subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", "--variant", args.variant, "--chunk",
-             str(args.chunk), root], cwd=root, env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.PIPE,
+             str(args.chunk), "--env-steps", str(args.env_steps), root], cwd=root, env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, text=True))
     events = [json.loads(p.stdout.readline())["events"] for p in procs]
     runs: list[list[list[float]]] = [[] for _ in procs]
@@ -85,7 +126,11 @@ def main() -> int:
         for i in order:
             procs[i].stdin.write("go\n")
             procs[i].stdin.flush()
-            runs[i].append(json.loads(procs[i].stdout.readline()))
+            answer = json.loads(procs[i].stdout.readline())
+            if isinstance(answer, dict):  # the env workload: its events are counted per run
+                events[i] = answer["events"]
+                answer = answer["times"]
+            runs[i].append(answer)
     for p in procs:
         p.stdin.close()
         p.wait()

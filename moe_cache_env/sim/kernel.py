@@ -584,7 +584,7 @@ def _advance_link(now, link, q_key, q_issue, qht, k_state, k_arrival, dur, count
 Scratch = namedtuple(
     "Scratch",
     "mark ntok needed conf prod truth pmark x_arrival x_compute x_order cand top cal_table caps n_admitted route_sum "
-    "need_src snap cal_hist sel bin_val bin_cnt vkey vscore",
+    "need_src snap cal_hist sel bin_val bin_cnt bin_id bin_grp grp_next vkey vscore",
 )
 
 
@@ -609,6 +609,9 @@ def run_steps(s0, s1, sched, cfg, u, state, ext_conf, out):
         # list, and the occupied bins' values and counts
         np.zeros(CAL_LANES * NUM_CAL_BINS, dtype=np.int64), np.empty(E, dtype=np.int64),
         np.empty(NUM_CAL_BINS, dtype=np.float64), np.empty(NUM_CAL_BINS, dtype=np.int64),
+        # ... and their bins, each bin's value group, and each group's next place in the order
+        np.empty(NUM_CAL_BINS, dtype=np.int64), np.empty(NUM_CAL_BINS, dtype=np.int64),
+        np.empty(NUM_CAL_BINS, dtype=np.int64),
         # the victim scan's: a tier's lowest-scored keys and their scores (_make_room)
         np.empty(3 * state.tiers.mem.shape[2], dtype=np.int64), np.empty(3 * state.tiers.mem.shape[2]),
     )
@@ -695,6 +698,7 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
         scratch.n_admitted, scratch.route_sum
     need_src, snap = scratch.need_src, scratch.snap  # the decision log's (empty unless it is on)
     cal_hist, sel, bin_val, bin_cnt = scratch.cal_hist, scratch.sel, scratch.bin_val, scratch.bin_cnt
+    bin_id, bin_grp, grp_next = scratch.bin_id, scratch.bin_grp, scratch.grp_next
     vkey, vscore = scratch.vkey, scratch.vscore
 
     for s in range(s0, s1):
@@ -890,50 +894,56 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                         if truth[e] != event + 1:
                             truth[e] = event + 1
                             ntruth += 1
-                # One pass: the most confident expert (top-1), the |truth| most confident (recall), and the
-                # admission candidates (confidence >= the L3 threshold); all ordered by confidence, ties to the
-                # lower expert id.
-                # The confidences of the current best and of the last of the top list are kept in registers:
-                # the compares are on every expert, the updates rare.
+                # The most confident expert (top-1), the |truth| most confident (recall), and the admission
+                # candidates (confidence >= the L3 threshold); all ordered by confidence, ties to the lower
+                # expert id.
                 base_key = lt * E
                 if calibrate:
                     # calibrated confidences take one value per bin: only the experts at or above the lower of
-                    # the L3 threshold and the |truth|-th highest value can enter any list; the pass below runs
-                    # over those alone (in expert order, so its lists come out the same)
+                    # the L3 threshold and the |truth|-th highest value can enter any list, and they come sorted
+                    # (into cand): the top-1 is the first, the recall list the first |truth|, the admission
+                    # candidates the prefix at or above the L3 threshold
                     nsel = _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth, l3_thr,
-                                                  k_conf, base_key, sel, bin_val, bin_cnt)
+                                                  k_conf, base_key, sel, bin_val, bin_cnt, bin_id, bin_grp,
+                                                  grp_next, cand)
+                    best = cand[0]
+                    ntop = ntruth if ntruth < nsel else nsel
+                    for r in range(ntop):
+                        top[r] = cand[r]
+                    ncand = 0
+                    while ncand < nsel and conf[cand[ncand]] >= l3_thr:
+                        ncand += 1
                 else:
+                    # one pass over every expert; the confidences of the current best and of the last of the top
+                    # list are kept in registers: the compares are on every expert, the updates rare
                     for e in range(E):
                         k_conf[base_key + e] = conf[e]
-                        sel[e] = e
-                    nsel = E
-                best = sel[0]
-                best_c = conf[best]
-                ntop = 0
-                top_last_c = 0.0  # conf[top[ntop - 1]], read only once the list holds ntruth experts
-                ncand = 0
-                for j in range(nsel):
-                    e = sel[j]
-                    c = conf[e]
-                    if c > best_c:
-                        best = e
-                        best_c = c
-                    if ntop < ntruth or c > top_last_c:
-                        pos = ntop if ntop < ntruth else ntruth - 1
-                        while pos > 0 and conf[top[pos - 1]] < c:
-                            top[pos] = top[pos - 1]
-                            pos -= 1
-                        top[pos] = e
-                        if ntop < ntruth:
-                            ntop += 1
-                        top_last_c = conf[top[ntop - 1]]
-                    if c >= l3_thr:
-                        pos = ncand
-                        while pos > 0 and conf[cand[pos - 1]] < c:
-                            cand[pos] = cand[pos - 1]
-                            pos -= 1
-                        cand[pos] = e
-                        ncand += 1
+                    best = 0
+                    best_c = conf[0]
+                    ntop = 0
+                    top_last_c = 0.0  # conf[top[ntop - 1]], read only once the list holds ntruth experts
+                    ncand = 0
+                    for e in range(E):
+                        c = conf[e]
+                        if c > best_c:
+                            best = e
+                            best_c = c
+                        if ntop < ntruth or c > top_last_c:
+                            pos = ntop if ntop < ntruth else ntruth - 1
+                            while pos > 0 and conf[top[pos - 1]] < c:
+                                top[pos] = top[pos - 1]
+                                pos -= 1
+                            top[pos] = e
+                            if ntop < ntruth:
+                                ntop += 1
+                            top_last_c = conf[top[ntop - 1]]
+                        if c >= l3_thr:
+                            pos = ncand
+                            while pos > 0 and conf[cand[pos - 1]] < c:
+                                cand[pos] = cand[pos - 1]
+                                pos -= 1
+                            cand[pos] = e
+                            ncand += 1
                 counters[C_PRED_EVENTS] += 1
                 if truth[best] == event + 1:
                     counters[C_PRED_TOP1] += 1
@@ -1164,15 +1174,18 @@ def _bin_scores(conf, E, slot, pend_bin, pend_hist, cal_hist):
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth, l3_thr, k_conf, base_key, sel,
-                           bin_val, bin_cnt):
-    """Answer each expert's calibrated confidence (its bin's value) into ``conf`` and ``k_conf[base_key:]``, and
-    list in ``sel`` (in expert order) the experts the selection pass must see; returns how many.
+                           bin_val, bin_cnt, bin_id, bin_grp, grp_next, order):
+    """Answer each expert's calibrated confidence (its bin's value) into ``conf`` and ``k_conf[base_key:]``, list
+    in ``sel`` (in expert order) the experts the selection must see, and put the same experts into ``order`` by
+    confidence, highest first, ties to the lower expert; returns how many.
 
     A calibrated confidence is one of NUM_CAL_BINS values, and the bins' counts are known (``pend_hist``), so the
     |truth|-th highest confidence ``v`` is found from the occupied bins alone. Only an expert with a confidence
-    >= min(v, l3_thr) can be the top-1, among the |truth| most confident, or an admission candidate; the others
-    would be compared and skipped. The calibration table need not be monotone in the bin, so bins are ordered by
-    their values, not their indices."""
+    >= min(v, l3_thr) can be the top-1, among the |truth| most confident, or an admission candidate. The same
+    counts give each value's first place in the order, so the experts are sorted by one counting pass (an
+    insertion sort costs up to nsel^2 moves: with a low L3 threshold every expert is a candidate). The
+    calibration table need not be monotone in the bin, so bins are ordered by their values, not their indices,
+    and bins that answer the same value share their places, taken in expert order."""
     # the occupied bins by value, highest first (insertion: at most NUM_CAL_BINS, usually a handful)
     nb = 0
     for b in range(NUM_CAL_BINS):
@@ -1182,9 +1195,11 @@ def _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth
             while pos > 0 and bin_val[pos - 1] < v:
                 bin_val[pos] = bin_val[pos - 1]
                 bin_cnt[pos] = bin_cnt[pos - 1]
+                bin_id[pos] = bin_id[pos - 1]
                 pos -= 1
             bin_val[pos] = v
             bin_cnt[pos] = int(pend_hist[slot, b])
+            bin_id[pos] = b
             nb += 1
     cut = bin_val[nb - 1]
     acc = 0
@@ -1195,6 +1210,15 @@ def _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth
             break
     if l3_thr < cut:
         cut = l3_thr
+    # each value's first place in the order: the experts of higher values come before it
+    start = 0
+    group = 0
+    for j in range(nb):
+        if j == 0 or bin_val[j] != bin_val[j - 1]:
+            group = j
+            grp_next[group] = start
+        bin_grp[bin_id[j]] = group
+        start += bin_cnt[j]
     # branch-free compaction: which experts pass is data, not a pattern a branch predictor learns
     nsel = 0
     for e in range(E):
@@ -1203,6 +1227,12 @@ def _calibrated_candidates(conf, E, slot, pend_bin, pend_hist, cal_table, ntruth
         k_conf[base_key + e] = c
         sel[nsel] = e
         nsel += 1 if c >= cut else 0
+    # the selected experts are whole values at the top of the order, so their places are 0 .. nsel - 1
+    for j in range(nsel):
+        e = sel[j]
+        g = bin_grp[pend_bin[slot, e]]
+        order[grp_next[g]] = e
+        grp_next[g] += 1
     return nsel
 
 

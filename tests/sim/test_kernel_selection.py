@@ -1,5 +1,6 @@
 """The predicting path's helpers against plain-Python references: calibration binning and the experts a
-calibrated selection pass must see (kernel._bin_scores, kernel._calibrated_candidates)."""
+calibrated selection pass must see, in the order it takes them (kernel._bin_scores,
+kernel._calibrated_candidates)."""
 
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ def test_calibrated_candidates_hold_every_expert_a_list_can_take(seed: int) -> N
     out_conf = np.full(E, -1.0)
     k_conf = np.full(3 * E, -1.0)
     sel = np.full(E, -1, dtype=np.int64)
+    order = np.full(E, -1, dtype=np.int64)
+    stale = np.full(NB, 5, dtype=np.int64)  # scratch left over from an earlier call must not matter
     nsel = K._calibrated_candidates(out_conf, E, slot, pend_bin, pend_hist, table, ntruth, thr, k_conf, E, sel,
-                                    np.empty(NB), np.empty(NB, dtype=np.int64))
+                                    np.full(NB, 0.5), stale.copy(), stale.copy(), stale.copy(), stale.copy(), order)
     vals = [float(table[min(int(c * NB), NB - 1)]) for c in conf]
     assert out_conf.tolist() == vals
     assert k_conf[E:2 * E].tolist() == vals and (k_conf[:E] == -1.0).all() and (k_conf[2 * E:] == -1.0).all()
@@ -76,8 +79,10 @@ def test_calibrated_candidates_hold_every_expert_a_list_can_take(seed: int) -> N
     assert set(cand) <= set(chosen)
     # and the lists made from the chosen experts alone are the lists made from all of them
     sub = {e: vals[e] for e in chosen}
-    order = sorted(sub, key=lambda e: (-sub[e], e))
-    assert order[0] == best and order[:ntruth] == top and [e for e in order if sub[e] >= thr] == cand
+    by_value = sorted(sub, key=lambda e: (-sub[e], e))
+    assert order[:nsel].tolist() == by_value, "highest confidence first, ties to the lower expert"
+    assert (order[nsel:] == -1).all()
+    assert by_value[0] == best and by_value[:ntruth] == top and [e for e in by_value if sub[e] >= thr] == cand
     # nothing is chosen that no list can take: below both the cut of the recall list and the threshold
     cut = min(vals[top[-1]], thr)
     assert all(vals[e] >= cut for e in chosen)
