@@ -29,8 +29,8 @@ import time
 
 import numpy as np
 
-VARIANTS = {"cross-layer": {}, "uncalibrated": {"calibrate_confidence": False}, "none": {"predictor": "none"},
-            "env": {}}
+#: the simulator's replays, each a SimConfig override; ``env`` is the vector environment's workload (env_worker)
+VARIANTS = {"cross-layer": {}, "uncalibrated": {"calibrate_confidence": False}, "none": {"predictor": "none"}}
 ENV_ID, ENV_COUNT = "MoECache-v0", 64
 
 
@@ -93,7 +93,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--chunk", type=int, default=500, help="steps per timed chunk (vector steps with env)")
     parser.add_argument("--env-steps", type=int, default=40, help="vector steps per run of --variant env")
-    parser.add_argument("--variant", default="cross-layer", choices=sorted(VARIANTS))
+    parser.add_argument("--variant", default="cross-layer", choices=[*sorted(VARIANTS), "env"])
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.runs < 1 or args.chunk < 1 or args.env_steps < 1:
@@ -115,8 +115,8 @@ def main() -> int:
         root = os.path.abspath(tree)
         procs.append(subprocess.Popen(
             [sys.executable, os.path.abspath(__file__), "--worker", "--variant", args.variant, "--chunk",
-             str(args.chunk), "--env-steps", str(args.env_steps), root], cwd=root, env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True))
+             str(args.chunk), "--env-steps", str(args.env_steps), root],
+            cwd=root, env=dict(os.environ, PYTHONPATH=root), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
     events = [json.loads(p.stdout.readline())["events"] for p in procs]
     runs: list[list[list[float]]] = [[] for _ in procs]
     for r in range(args.runs):
