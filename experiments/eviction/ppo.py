@@ -53,12 +53,14 @@ def episode(model, config: dict, seed: int) -> dict:
 def main(seed: int, timesteps: int) -> None:
     import torch
     from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.logger import Logger
 
     torch.set_num_threads(1)  # a small MLP: more threads only contend on a shared machine
     t0 = time.time()
     env = gym.make("moe_cache_env:MoECache-Evict-v0", config=env_config("train"))
     model = MaskablePPO("MlpPolicy", env, seed=seed, n_steps=1024, batch_size=256, learning_rate=3e-4,
                         gamma=0.99, device="cpu", verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # SB3's default makes an empty temp folder per run
     model.learn(total_timesteps=timesteps)
     train_s = time.time() - t0
     # decision time: the policy's forward pass on one observation

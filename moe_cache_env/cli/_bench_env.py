@@ -253,11 +253,14 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
 def _ppo_rate(make_venv: Callable[[], Any], kwargs: dict[str, Any], steps: int, repeats: int) -> dict[str, Any]:
     from stable_baselines3 import PPO
+    from stable_baselines3.common.logger import Logger
 
     venv = make_venv()
 
     def learn(total: int) -> int:
         model = PPO("MlpPolicy", venv, seed=0, device="cpu", verbose=0, **kwargs)
+        # a logger with no outputs: SB3's default one makes an empty SB3-<time> folder in the temp dir per run
+        model.set_logger(Logger(folder=None, output_formats=[]))
         model.learn(total_timesteps=total, progress_bar=False)
         return int(model.num_timesteps)
 

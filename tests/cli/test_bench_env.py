@@ -54,8 +54,12 @@ def test_bench_env_bad_input_is_one_line(args, needle, capsys):
 
 
 @pytest.mark.slow
-def test_bench_train_reports_ppo_steps_per_second(capsys):
+def test_bench_train_reports_ppo_steps_per_second(capsys, tmp_path, monkeypatch):
     pytest.importorskip("stable_baselines3")
+    import tempfile
+
+    # SB3's default logger makes an SB3-<time> folder in the temp dir for every learn(); the bench must not
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     assert main(["bench", "--train", "--num-envs", "4", "--train-steps", "64", "--repeats", "1", "--json"]) == 0
     result = _json(capsys)
     assert result["benchmark"] == "ppo-train-throughput" and result["vec_backend"] == "native"
@@ -63,3 +67,4 @@ def test_bench_train_reports_ppo_steps_per_second(capsys):
     assert result["ppo_kwargs"]["n_steps"] == 256
     assert result["results"]["steps_per_run"] == 1024 and result["cartpole"]["steps_per_run"] == 1024
     assert result["results"]["steps_per_s"] > 0 and result["cartpole"]["steps_per_s"] > 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")] == []
