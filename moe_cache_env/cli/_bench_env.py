@@ -224,12 +224,12 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
         venv = VecMonitor(make_native_vec_env(env_id, "train", n_envs, threads=args.threads))
         venv.seed(0)
-        return venv
+        return venv, venv.venv.venv  # the SB3 wrappers, and the MoECacheVectorEnv that counts its CPU time
 
     def cartpole_venv():
         from stable_baselines3.common.env_util import make_vec_env
 
-        return make_vec_env("CartPole-v1", n_envs=n_envs, seed=0)
+        return make_vec_env("CartPole-v1", n_envs=n_envs, seed=0), None
 
     rows = {}
     for name, make in ((env_id, moe_venv), ("CartPole-v1", cartpole_venv)):
@@ -251,21 +251,40 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _ppo_rate(make_venv: Callable[[], Any], kwargs: dict[str, Any], steps: int, repeats: int) -> dict[str, Any]:
+def _ppo_rate(make_venv: Callable[[], tuple[Any, Any]], kwargs: dict[str, Any], steps: int,
+              repeats: int) -> dict[str, Any]:
+    """PPO's environment steps per second; ``make_venv`` gives the SB3 VecEnv and, for the native vector
+    environment, the ``MoECacheVectorEnv`` inside it, whose CPU counters split each run's time per step."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.logger import Logger
 
-    venv = make_venv()
+    venv, native = make_venv()
+    split: dict[str, list[float]] = {"kernel": [], "env_python": [], "learner": []}
 
     def learn(total: int) -> int:
         model = PPO("MlpPolicy", venv, seed=0, device="cpu", verbose=0, **kwargs)
         # a logger with no outputs: SB3's default one makes an empty SB3-<time> folder in the temp dir per run
         model.set_logger(Logger(folder=None, output_formats=[]))
+        if native is not None:
+            cpu0, kernel0, env0 = time.process_time(), native.kernel_cpu_s, native.step_cpu_s
         model.learn(total_timesteps=total, progress_bar=False)
+        if native is not None:
+            kernel = native.kernel_cpu_s - kernel0
+            env = native.step_cpu_s - env0
+            ms_per_step = 1e3 / max(int(model.num_timesteps), 1)
+            split["kernel"].append(round(kernel * ms_per_step, 4))
+            split["env_python"].append(round((env - kernel) * ms_per_step, 4))
+            split["learner"].append(round((time.process_time() - cpu0 - env) * ms_per_step, 4))
         return int(model.num_timesteps)
 
     # warm-up: one rollout and update (loads the compiled code, builds torch's kernels)
     timing = _timed(lambda: learn(steps), repeats, warm_up=lambda: learn(1))
     venv.close()
-    return {"steps_per_run": timing["units_per_run"], **_rates("steps", timing),
-            "cpu_seconds": timing["cpu_seconds"], "wall_seconds": timing["wall_seconds"]}
+    row = {"steps_per_run": timing["units_per_run"], **_rates("steps", timing),
+           "cpu_seconds": timing["cpu_seconds"], "wall_seconds": timing["wall_seconds"]}
+    if native is not None:
+        # per timed run (the warm-up left out), CPU ms per environment step: the compiled replay, the rest of the
+        # environment's step (observations, rewards, resets), and everything else (SB3's rollout, the policy,
+        # the updates)
+        row["cpu_ms_per_step"] = {part: values[1:] for part, values in split.items()}
+    return row

@@ -112,6 +112,9 @@ class MoECacheVectorEnv(VectorEnv):
         self.routing_events = 0
         #: CPU seconds spent inside the batched kernel call so far (the rest of step() is Python)
         self.kernel_cpu_s = 0.0
+        #: CPU seconds spent in step() so far, the kernel call and autoresets included (benchmarks split a learner's
+        #: time with it: environment vs the learner's own work)
+        self.step_cpu_s = 0.0
 
     # ---- resets ------------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None):
@@ -165,6 +168,13 @@ class MoECacheVectorEnv(VectorEnv):
         """One window of every environment (autoreset as ``metadata["autoreset_mode"]``)."""
         if not self._started:
             raise RuntimeError("call reset() before step()")
+        start = time.process_time()
+        try:
+            return self._step(actions)
+        finally:
+            self.step_cpu_s += time.process_time() - start
+
+    def _step(self, actions: Any):
         actions = self._check_actions(actions)
         n = self.num_envs
         obs = np.zeros((n,) + self.single_observation_space.shape, dtype=np.float32)

@@ -68,3 +68,11 @@ def test_bench_train_reports_ppo_steps_per_second(capsys, tmp_path, monkeypatch)
     assert result["results"]["steps_per_run"] == 1024 and result["cartpole"]["steps_per_run"] == 1024
     assert result["results"]["steps_per_s"] > 0 and result["cartpole"]["steps_per_s"] > 0
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("SB3-")] == []
+    # the MoE run's CPU per step, split into the replay, the rest of the environment and the learner: parts of the
+    # run's CPU time (which also counts building the model), so together no more than it and most of it
+    split = result["results"]["cpu_ms_per_step"]
+    assert sorted(split) == ["env_python", "kernel", "learner"] and all(len(v) == 1 for v in split.values())
+    assert all(v[0] > 0 for v in split.values())
+    run_ms_per_step = 1e3 * result["results"]["cpu_seconds"][0] / 1024
+    assert 0.5 * run_ms_per_step < sum(v[0] for v in split.values()) <= run_ms_per_step * 1.001
+    assert "cpu_ms_per_step" not in result["cartpole"]
