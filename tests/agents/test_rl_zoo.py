@@ -4,6 +4,7 @@ Skipped where rl_zoo3 is not installed (it is in the dev extra)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,9 @@ def zoo(script: str, cwd: Path, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", f"rl_zoo3.{script}", "--algo", "ppo", "--env", "MoECache-v0",
          "--gym-packages", "moe_cache_env", "-f", "logs", "--env-kwargs", ENV_KWARGS, *args],
         cwd=cwd, capture_output=True, text=True, timeout=600,
+        # SB3's logger, which rl_zoo3 sets up without a folder, would otherwise leave an SB3-<time> folder in the
+        # system temp dir per run
+        env={**os.environ, "SB3_LOGDIR": str(cwd / "sb3-log")},
     )
     assert result.returncode == 0, f"rl_zoo3.{script} exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
