@@ -908,8 +908,6 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                                                   grp_next, cand)
                     best = cand[0]
                     ntop = ntruth if ntruth < nsel else nsel
-                    for r in range(ntop):
-                        top[r] = cand[r]
                     ncand = 0
                     while ncand < nsel and conf[cand[ncand]] >= l3_thr:
                         ncand += 1
@@ -948,8 +946,9 @@ def _replay_steps(s0, s1, sched, cfg, u, state, ext_conf, out, scratch):
                 if truth[best] == event + 1:
                     counters[C_PRED_TOP1] += 1
                 found = 0
+                ranked = cand if calibrate else top  # calibrated, the recall list is cand's first ntop
                 for r in range(ntop):
-                    if truth[top[r]] == event + 1:
+                    if truth[ranked[r]] == event + 1:
                         found += 1
                 counters[C_PRED_RECALL] += found / ntruth
                 counters[C_CONF_MAX_SUM] += conf[best]
