@@ -149,7 +149,7 @@ class ContinuousThresholds(ActionType):
     def decode(self, action: Any, current: Controls) -> Controls:
         a = check_box_action(action, self.space, self.name)
         l2, l3 = self.clip_thresholds(_from_unit(a[0], *self.l2_range), _from_unit(a[1], *self.l3_range))
-        return current.replace(l2_threshold=l2, l3_threshold=l3)
+        return current.with_thresholds(l2, l3)
 
     def encode(self, l2: float, l3: float, current: Controls) -> np.ndarray:
         return np.array([_to_unit(l2, *self.l2_range), _to_unit(l3, *self.l3_range)], dtype=np.float32)
@@ -168,7 +168,7 @@ class DiscreteThresholds(ActionType):
         l2, l3 = self.clip_thresholds(
             current.l2_threshold + d2 * self.discrete_step, current.l3_threshold + d3 * self.discrete_step
         )
-        return current.replace(l2_threshold=l2, l3_threshold=l3)
+        return current.with_thresholds(l2, l3)
 
     def encode(self, l2: float, l3: float, current: Controls) -> int:
         # the move of each threshold that lands closest to its target (keep when within half a step)

@@ -6,6 +6,7 @@ The environment is thin: it translates an action into the simulator's controls, 
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import deque
 from dataclasses import replace
@@ -19,18 +20,28 @@ from gymnasium import logger
 from moe_cache_env.envs.actions import make_action_type
 from moe_cache_env.envs.config import EnvConfig, make_config
 from moe_cache_env.envs.observation import (
+    FEATURE_INDEX,
     FEATURE_NAMES,
+    NUM_FEATURES,
     encode_observation,
-    expert_shares,
+    encode_observations,
+    expert_shares_of_windows,
     observation_space,
-    popularity_entropy,
-    popularity_shift,
+    popularity_entropies,
+    popularity_shifts,
 )
 from moe_cache_env.envs.render import HISTORY_WINDOWS, draw_state
-from moe_cache_env.envs.reward import DemandAllReference, reward_terms
+from moe_cache_env.envs.reward import DemandAllReference, reward_terms, reward_terms_of_windows
 from moe_cache_env.envs.suite import load_split
 from moe_cache_env.sim.config import Controls
-from moe_cache_env.sim.metrics import plain_mean, weighted_mean
+from moe_cache_env.sim.metrics import (
+    ArrayOps,
+    ScalarOps,
+    metrics_of_windows,
+    plain_mean,
+    weighted_mean,
+    weighted_percentiles_of_rows,
+)
 from moe_cache_env.sim.simulator import Simulator, WindowResult, holds_every_expert
 from moe_cache_env.traces.format import Trace
 
@@ -205,7 +216,15 @@ class MoECacheEnv(gym.Env):
         self.controls = self.initial_controls
         self.elapsed_steps = 0
         self._previous_shares: np.ndarray | None = None
-        self._previous_raw: dict[str, float] | None = None
+        # what observe_windows reads of the episode's settings, gathered once
+        self._geometry = (self.episode_trace.num_layers, self.episode_trace.num_experts)
+        reward_weights = self.config["reward"]
+        self._observe_constants = (
+            self.episode_trace.num_layers, self.episode_trace.num_experts, reward_weights["coverage_weight"],
+            reward_weights["latency_weight"], *self.config.l2_range, *self.config.l3_range,
+            self.sim.config.cache.total_slots, schedule.step_tokens.shape[1], self.sim.expert_bytes,
+        )
+        self._previous_trends: np.ndarray | None = None
         self._history.clear()
         # the warm-up window leaves at least one step to the agent, however short the episode
         window = self.sim.run(max(1, min(self.window_steps, self.sim.num_steps - 1)), self.controls)
@@ -222,9 +241,14 @@ class MoECacheEnv(gym.Env):
         return self._finish_step(self.sim.run(self.window_steps, self.controls))
 
     def _finish_step(self, window: WindowResult, render: bool = True):
-        """Observation, reward, ends and info of a step whose window has been replayed (also the vector env's)."""
+        """Observation, reward, ends and info of a step whose window has been replayed."""
         self.elapsed_steps += 1
         obs, info = self._observe(window)
+        return self._finish_observed(obs, info, render)
+
+    def _finish_observed(self, obs: np.ndarray, info: dict[str, Any], render: bool = True):
+        """A step's results once its window is observed (``elapsed_steps`` already counts it): the vector
+        environment observes all its windows at once (:func:`observe_windows`), then finishes each here."""
         terminated = bool(self.sim.done)
         truncated = bool(self.elapsed_steps >= self.max_episode_steps and not terminated)
         if terminated or truncated:
@@ -235,81 +259,36 @@ class MoECacheEnv(gym.Env):
 
     # ---- observation, reward, info --------------------------------------------------------------------------
     def _observe(self, window: WindowResult) -> tuple[np.ndarray, dict[str, Any]]:
+        """The observation and info of the window just replayed (one environment; :func:`observe_windows` does
+        many at once with the same formulas)."""
         sim = self.sim
         assert sim is not None
         m = window.metrics
         s0, s1 = window.first_step, window.first_step + window.num_steps
         schedule = sim.schedule
         step_tokens = schedule.step_tokens[s0:s1]
-        link_share = schedule.link_share[s0:s1]
         token_weights = schedule.step_ntokens[s0:s1].astype(np.float64)
         reference_ms = weighted_mean(self._reference_steps.window(s0, s1), token_weights)
         terms = reward_terms(m, reference_ms, **self.config["reward"])
-        tokens = step_tokens[step_tokens >= 0]
-        shares = expert_shares(self.episode_trace.experts[tokens], self.episode_trace.num_experts)
-        copied = max(1, m["bytes_transferred"])
-        cfg = self.config
-        E = self.episode_trace.num_experts
-        raw = {
-            "l2_threshold": 2.0 * (self.controls.l2_threshold - cfg.l2_range[0]) / (cfg.l2_range[1] - cfg.l2_range[0]) - 1.0,
-            "l3_threshold": 2.0 * (self.controls.l3_threshold - cfg.l3_range[0]) / (cfg.l3_range[1] - cfg.l3_range[0]) - 1.0,
-            "perfect_coverage": m["perfect_coverage"],
-            "avg_coverage": m["avg_coverage"],
-            "zero_coverage": m["zero_coverage"],
-            "hit_rate_l1": m["hit_rate_l1"],
-            "hit_rate_l2": m["hit_rate_l2"],
-            "hit_rate_l3": m["hit_rate_l3"],
-            "latency_ratio": terms["latency_ratio"],
-            "p95_latency_ratio": m["p95_latency_ms"] / reference_ms if reference_ms > 0 else 0.0,
-            "layer_latency": m["mean_latency_ms"] / self.episode_trace.num_layers,
-            "link_utilization": m["link_utilization"],
-            "memory_pressure": m["memory_pressure"],
-            "expert_memory_share": float(sim.current_capacities().sum() / sim.config.cache.total_slots),
-            "bandwidth_share": weighted_mean(link_share, token_weights),
-            "batch_share": plain_mean(token_weights) / step_tokens.shape[1],
-            "prefetch_precision": m["prefetch_precision"],
-            "wasted_share": m["wasted_prefetch_bytes"] / copied,
-            "prefetch_share": m["prefetch_bytes"] / copied,
-            "predictor_top1_accuracy": m["predictor_top1_accuracy"],
-            "predictor_topk_recall": m["predictor_topk_recall"],
-            "predictor_max_confidence": m["predictor_mean_max_confidence"],
-            "candidates_above_l2": m["candidates_above_l2_per_prediction"] / E,
-            "candidates_above_l3": m["candidates_above_l3_per_prediction"] / E,
-            "popularity_entropy": popularity_entropy(shares),
-            "popularity_shift": popularity_shift(shares, self._previous_shares),
-        }
-        previous = self._previous_raw or raw
-        for trend, source in (
-            ("trend_perfect_coverage", "perfect_coverage"),
-            ("trend_latency_ratio", "latency_ratio"),
-            ("trend_link_utilization", "link_utilization"),
-            ("trend_predictor_accuracy", "predictor_top1_accuracy"),
-        ):
-            raw[trend] = raw[source] - previous[source]
-        self._previous_shares = shares
-        self._previous_raw = raw
+        layers, experts = self._geometry
+        shares = expert_shares_of_windows([sim.routing], [step_tokens], layers, experts)
+        raw = _raw_features(
+            m, ScalarOps(), controls=(self.controls.l2_threshold, self.controls.l3_threshold),
+            constants=self._observe_constants, latency_ratio=terms["latency_ratio"], reference_ms=reference_ms,
+            memory_share=float(sim.current_capacities().sum() / sim.config.cache.total_slots),
+            bandwidth_share=weighted_mean(schedule.link_share[s0:s1], token_weights),
+            batch_share=plain_mean(token_weights) / step_tokens.shape[1],
+            entropy=float(popularity_entropies(shares)[0]),
+            shift=0.0 if self._previous_shares is None else float(popularity_shifts(shares, self._previous_shares[None])[0]),
+        )
+        sources = np.array([raw[source] for _, source in _TRENDS], dtype=np.float64)
+        previous = sources if self._previous_trends is None else self._previous_trends
+        for (trend, _), change in zip(_TRENDS, (sources - previous).tolist()):
+            raw[trend] = change
+        self._previous_shares = shares[0]
+        self._previous_trends = sources
         obs = encode_observation(raw)
-        info = {
-            "reward_terms": terms,
-            "metrics": m,
-            "controls": self.controls.to_dict(),
-            "workload": {
-                "batch": plain_mean(schedule.batch[s0:s1]),
-                "kv_fraction": plain_mean(schedule.kv_fraction[s0:s1]),
-                "link_share": plain_mean(link_share),
-            },
-            "trace": self.trace_name,
-            "start_sequence": self.start_sequence,
-            "sim_seed": self.sim_seed,
-            # everything reset(options=...) needs to replay this episode exactly (with the same actions)
-            "episode_spec": {"trace": self.trace_name, "split": self.config["split"],
-                        "start_sequence": self.start_sequence, "sim_seed": self.sim_seed},
-            "window": self.elapsed_steps,
-            "first_step": s0,
-            "num_steps": window.num_steps,
-            "tokens": int(token_weights.sum()),
-        }
-        return obs, info
+        return obs, _window_info(self, window, terms, m, int(token_weights.sum()))
 
     # ---- helpers for agents and humans ---------------------------------------------------------------------
     def episode_metrics(self) -> dict[str, Any]:
@@ -375,6 +354,189 @@ class MoECacheEnv(gym.Env):
 
 
 _WARNED_FULL: set[tuple[str, int]] = set()
+
+
+#: from how many windows :func:`observe_windows` computes the features as columns: below, NumPy's cost per call
+#: on short arrays makes one window at a time cheaper
+COLUMNS_FROM = 4
+
+#: the features whose change since the last window is a trend feature: (trend, source)
+_TRENDS = (
+    ("trend_perfect_coverage", "perfect_coverage"),
+    ("trend_latency_ratio", "latency_ratio"),
+    ("trend_link_utilization", "link_utilization"),
+    ("trend_predictor_accuracy", "predictor_top1_accuracy"),
+)
+_TREND_COLUMNS = np.array([FEATURE_INDEX[trend] for trend, _ in _TRENDS])
+_TREND_SOURCES = np.array([FEATURE_INDEX[source] for _, source in _TRENDS])
+
+
+def observe_windows(envs: list[MoECacheEnv], windows: list[WindowResult]) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The observations (n, NUM_FEATURES) and infos of n environments' windows just replayed.
+
+    One environment's step and the vector environment's step both come here, so they give the same numbers.
+    The features are computed as columns over the windows (elementwise IEEE arithmetic in the single-window
+    formulas' order; sums and means row by row), which costs a vector step far less than one pass per
+    environment. Each environment's trend and shift features read its previous window, kept on the environment.
+    """
+    n = len(envs)
+    if n < COLUMNS_FROM:
+        observed = [env._observe(window) for env, window in zip(envs, windows)]
+        return np.stack([obs for obs, _ in observed]), [info for _, info in observed]
+    by_length: dict[int, list[int]] = {}
+    by_geometry: dict[tuple[int, int], list[int]] = {}
+    window_tokens: list[np.ndarray] = []
+    capacities = []
+    for i, (env, window) in enumerate(zip(envs, windows)):
+        schedule = env.sim.schedule
+        s0 = window.first_step
+        by_length.setdefault(window.num_steps, []).append(i)
+        by_geometry.setdefault(env._geometry, []).append(i)
+        window_tokens.append(schedule.step_tokens[s0:s0 + window.num_steps])
+        capacities.append(schedule.tier_caps[min(env.sim.position, schedule.num_steps - 1)])
+    # per environment: layers, experts, reward weights, threshold ranges, slots, step width, expert bytes
+    constants = np.array([env._observe_constants for env in envs], dtype=np.float64)
+    coverage_weight, latency_weight = constants[:, 2], constants[:, 3]
+    controls = np.array([(env.controls.l2_threshold, env.controls.l3_threshold) for env in envs], dtype=np.float64)
+    counters = np.stack([window.counters for window in windows])
+    mean_latency = np.zeros(n, dtype=np.float64)
+    reference = np.zeros(n, dtype=np.float64)
+    bandwidth = np.zeros(n, dtype=np.float64)
+    token_totals = np.zeros(n, dtype=np.float64)
+    percentiles = np.zeros((n, 3), dtype=np.float64)
+    for length, rows in by_length.items():
+        if length == 0:
+            continue
+        w = np.stack([windows[i].step_tokens for i in rows]).astype(np.float64)
+        lat = np.stack([windows[i].step_latency_ms for i in rows])
+        ref = np.stack([envs[i]._reference_steps.window(windows[i].first_step, windows[i].first_step + length)
+                        for i in rows])
+        link = np.stack([envs[i].sim.schedule.link_share[windows[i].first_step:windows[i].first_step + length]
+                         for i in rows])
+        # the token-weighted means are exact sums (math.fsum), row by row: they depend on no summation order
+        totals = [math.fsum(row) for row in w.tolist()]
+        token_totals[rows] = totals
+        for out, values in ((mean_latency, lat), (reference, ref), (bandwidth, link)):
+            out[rows] = [math.fsum(row) / total if total > 0 else 0.0
+                         for row, total in zip((values * w).tolist(), totals)]
+        percentiles[rows] = weighted_percentiles_of_rows(lat, w, (50, 95, 99))
+    lengths = np.array([window.num_steps for window in windows], dtype=np.float64)
+    batch_share = np.divide(token_totals, lengths, out=np.zeros(n), where=lengths > 0) / constants[:, 9]
+    memory_share = np.array(capacities).sum(axis=1) / constants[:, 8]
+    expert_bytes = constants[:, 10]
+    token_counts = token_totals.astype(np.int64)
+    metrics = metrics_of_windows(counters, mean_latency, percentiles, expert_bytes)
+    m = {name: np.array([row[name] for row in metrics]) for name in _METRIC_FEATURES}
+    latency_ratio, terms = reward_terms_of_windows(m["perfect_coverage"], mean_latency, reference, coverage_weight,
+                                                   latency_weight)
+    entropy = np.empty(n, dtype=np.float64)
+    shift = np.zeros(n, dtype=np.float64)
+    shares_of: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    for (layers, experts), rows in by_geometry.items():
+        shares = expert_shares_of_windows([envs[i].sim.routing for i in rows], [window_tokens[i] for i in rows],
+                                          layers, experts)
+        entropy[rows] = popularity_entropies(shares)
+        with_previous = [j for j, i in enumerate(rows) if envs[i]._previous_shares is not None]
+        if with_previous:
+            previous = np.stack([envs[rows[j]]._previous_shares for j in with_previous])
+            shift[[rows[j] for j in with_previous]] = popularity_shifts(shares[with_previous], previous)
+        for j, i in enumerate(rows):
+            shares_of[i] = shares[j]
+    features = _raw_features(
+        m, ArrayOps(), controls=(controls[:, 0], controls[:, 1]), constants=constants.T,
+        latency_ratio=latency_ratio, reference_ms=reference, memory_share=memory_share, bandwidth_share=bandwidth,
+        batch_share=batch_share, entropy=entropy, shift=shift,
+    )
+    raw = np.empty((n, NUM_FEATURES), dtype=np.float64)
+    for name, values in features.items():
+        raw[:, FEATURE_INDEX[name]] = values
+    # a trend is the change since the last window (0 on an episode's first)
+    sources = raw[:, _TREND_SOURCES]
+    previous = np.stack([sources[i] if env._previous_trends is None else env._previous_trends
+                         for i, env in enumerate(envs)])
+    raw[:, _TREND_COLUMNS] = sources - previous
+    obs = encode_observations(raw)
+    infos = []
+    for i, (env, window) in enumerate(zip(envs, windows)):
+        env._previous_shares = shares_of[i]
+        env._previous_trends = sources[i]
+        window.__dict__["metrics"] = metrics[i]  # WindowResult.metrics is a cached_property: the same dict
+        infos.append(_window_info(env, window, terms[i], metrics[i], int(token_counts[i])))
+    return obs, infos
+
+
+def _raw_features(m: dict[str, Any], ops: Any, *, controls: tuple[Any, Any], constants: Any, latency_ratio: Any,
+                  reference_ms: Any, memory_share: Any, bandwidth_share: Any, batch_share: Any, entropy: Any,
+                  shift: Any) -> dict[str, Any]:
+    """The observation's features before the trends, in natural units, written once for one window (Python
+    floats, ``ScalarOps``) and for columns of many (arrays, ``ArrayOps``): the same operations in the same order.
+    ``constants``: an environment's ``_observe_constants`` (or their columns)."""
+    num_layers, num_experts, _, _, l2_low, l2_high, l3_low, l3_high = constants[:8]
+    copied = ops.at_least_one(m["bytes_transferred"])
+    return {
+        "l2_threshold": 2.0 * (controls[0] - l2_low) / (l2_high - l2_low) - 1.0,
+        "l3_threshold": 2.0 * (controls[1] - l3_low) / (l3_high - l3_low) - 1.0,
+        "perfect_coverage": m["perfect_coverage"],
+        "avg_coverage": m["avg_coverage"],
+        "zero_coverage": m["zero_coverage"],
+        "hit_rate_l1": m["hit_rate_l1"],
+        "hit_rate_l2": m["hit_rate_l2"],
+        "hit_rate_l3": m["hit_rate_l3"],
+        "latency_ratio": latency_ratio,
+        "p95_latency_ratio": ops.ratio(m["p95_latency_ms"], reference_ms),
+        "layer_latency": m["mean_latency_ms"] / num_layers,
+        "link_utilization": m["link_utilization"],
+        "memory_pressure": m["memory_pressure"],
+        "expert_memory_share": memory_share,
+        "bandwidth_share": bandwidth_share,
+        "batch_share": batch_share,
+        "prefetch_precision": m["prefetch_precision"],
+        "wasted_share": m["wasted_prefetch_bytes"] / copied,
+        "prefetch_share": m["prefetch_bytes"] / copied,
+        "predictor_top1_accuracy": m["predictor_top1_accuracy"],
+        "predictor_topk_recall": m["predictor_topk_recall"],
+        "predictor_max_confidence": m["predictor_mean_max_confidence"],
+        "candidates_above_l2": m["candidates_above_l2_per_prediction"] / num_experts,
+        "candidates_above_l3": m["candidates_above_l3_per_prediction"] / num_experts,
+        "popularity_entropy": entropy,
+        "popularity_shift": shift,
+    }
+
+
+def _window_info(env: MoECacheEnv, window: WindowResult, terms: dict[str, float], metrics: dict[str, Any],
+                 tokens: int) -> dict[str, Any]:
+    """A step's ``info``: the window's reward terms, metrics, controls and workload, and the episode's record."""
+    s0, s1 = window.first_step, window.first_step + window.num_steps
+    schedule = env.sim.schedule
+    return {
+        "reward_terms": terms,
+        "metrics": metrics,
+        "controls": env.controls.to_dict(),
+        "workload": {
+            "batch": plain_mean(schedule.batch[s0:s1]),
+            "kv_fraction": plain_mean(schedule.kv_fraction[s0:s1]),
+            "link_share": plain_mean(schedule.link_share[s0:s1]),
+        },
+        "trace": env.trace_name,
+        "start_sequence": env.start_sequence,
+        "sim_seed": env.sim_seed,
+        # everything reset(options=...) needs to replay this episode exactly (with the same actions)
+        "episode_spec": {"trace": env.trace_name, "split": env.config["split"],
+                         "start_sequence": env.start_sequence, "sim_seed": env.sim_seed},
+        "window": env.elapsed_steps,
+        "first_step": s0,
+        "num_steps": window.num_steps,
+        "tokens": tokens,
+    }
+
+
+#: the window metrics the observation reads
+_METRIC_FEATURES = (
+    "perfect_coverage", "avg_coverage", "zero_coverage", "hit_rate_l1", "hit_rate_l2", "hit_rate_l3",
+    "link_utilization", "memory_pressure", "prefetch_precision", "predictor_top1_accuracy", "predictor_topk_recall",
+    "p95_latency_ms", "mean_latency_ms", "bytes_transferred", "wasted_prefetch_bytes", "prefetch_bytes",
+    "predictor_mean_max_confidence", "candidates_above_l2_per_prediction", "candidates_above_l3_per_prediction",
+)
 
 
 def _warn_if_full(trace: Trace, cache, trace_name: str) -> None:

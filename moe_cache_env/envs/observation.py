@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 from gymnasium import spaces
+from numba import njit
 
 from moe_cache_env.sim.metrics import plain_mean
 
@@ -82,7 +83,12 @@ def encode_observation(raw: Mapping[str, float]) -> np.ndarray:
     missing = [name for name in FEATURE_NAMES if name not in raw]
     if missing:
         raise KeyError(f"observation is missing feature(s) {missing}")
-    values = np.array([float(raw[name]) for name in FEATURE_NAMES], dtype=np.float64) / _SCALE
+    return encode_observations(np.array([[float(raw[name]) for name in FEATURE_NAMES]], dtype=np.float64))[0]
+
+
+def encode_observations(values: np.ndarray) -> np.ndarray:
+    """(n, NUM_FEATURES) float64 raw values, in :data:`FEATURES`' order -> (n, NUM_FEATURES) float32 observations."""
+    values = values / _SCALE
     if not np.isfinite(values).all():  # rare: nan_to_num costs more than the rest of the encoding
         values = np.nan_to_num(values, nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(values, _LOW, _HIGH).astype(np.float32)
@@ -98,34 +104,81 @@ def decode_observation(obs: np.ndarray) -> dict[str, float]:
 
 def expert_shares(experts: np.ndarray, num_experts: int) -> np.ndarray:
     """(L, E) share of each expert among the top-k choices at each layer, for tokens ``experts`` (n, L, K)."""
-    n, num_layers, _ = experts.shape
-    if n == 0:
-        return np.zeros((num_layers, num_experts), dtype=np.float64)
-    flat = (_layer_offsets(num_layers, num_experts) + experts).ravel()
-    counts = np.bincount(flat, minlength=num_layers * num_experts).reshape(num_layers, num_experts)
-    shares = counts.astype(np.float64)
-    return shares / shares.sum(axis=1, keepdims=True)
+    tokens = np.arange(experts.shape[0], dtype=np.int64)[None, :]
+    return expert_shares_of_windows([experts], [tokens], experts.shape[1], num_experts)[0]
 
 
-@lru_cache(maxsize=16)
-def _layer_offsets(num_layers: int, num_experts: int) -> np.ndarray:
-    """(1, L, 1) int64 ``layer * num_experts``: added to (n, L, K) expert ids, the flat (layer, expert) keys."""
-    offsets = np.arange(num_layers, dtype=np.int64)[None, :, None] * num_experts
-    offsets.flags.writeable = False
-    return offsets
+def expert_shares_of_windows(routing: list[np.ndarray], step_tokens: list[np.ndarray], num_layers: int,
+                             num_experts: int) -> np.ndarray:
+    """(W, L, E): :func:`expert_shares` of each of W windows, window w's tokens being the ids in
+    ``step_tokens[w]`` (steps x width, -1 padded) of the routing ``routing[w]`` (tokens, L, K)."""
+    shares = np.empty((len(routing), num_layers, num_experts), dtype=np.float64)
+    for w, (experts, tokens) in enumerate(zip(routing, step_tokens)):
+        _count_shares(experts, tokens, shares[w])
+    return shares
+
+
+@njit(cache=True)
+def _count_shares(experts: np.ndarray, step_tokens: np.ndarray, out: np.ndarray) -> None:
+    """``out`` (L, E): each expert's count among the layer's choices of the tokens in ``step_tokens`` over the
+    layer's number of choices, or 0 without tokens. Integer counts, then one IEEE division each: the value
+    ``counts / counts.sum()`` has in NumPy."""
+    num_layers, num_experts = out.shape
+    counts = np.zeros((num_layers, num_experts), dtype=np.int64)
+    for s in range(step_tokens.shape[0]):
+        for j in range(step_tokens.shape[1]):
+            t = step_tokens[s, j]
+            if t < 0:
+                continue
+            for layer in range(num_layers):
+                for k in range(experts.shape[2]):
+                    counts[layer, experts[t, layer, k]] += 1
+    # count / total for each count value once (a window's layers share their total): few divisions, same bits
+    quotient = np.zeros(step_tokens.size * experts.shape[2] + 1, dtype=np.float64)
+    known_total, known_up_to = -1, -1
+    for layer in range(num_layers):
+        total = 0
+        most = 0
+        for e in range(num_experts):
+            total += counts[layer, e]
+            most = max(most, counts[layer, e])
+        if total == 0:
+            for e in range(num_experts):
+                out[layer, e] = 0.0
+            continue
+        if total != known_total:
+            known_total, known_up_to = total, -1
+        for c in range(known_up_to + 1, most + 1):
+            quotient[c] = c / total
+        known_up_to = max(known_up_to, most)
+        for e in range(num_experts):
+            out[layer, e] = quotient[counts[layer, e]]
 
 
 def popularity_entropy(shares: np.ndarray) -> float:
     """Mean over layers of the normalised entropy (0 = one expert, 1 = uniform) of the expert shares."""
-    num_experts = shares.shape[1]
-    # log only where a share is positive (a zero share adds 0): no errstate, no -inf to mask afterwards
-    logs = np.log(shares, out=np.zeros_like(shares), where=shares > 0)
-    h = -(shares * logs).sum(axis=1)
-    return float(plain_mean(h) / np.log(num_experts)) if num_experts > 1 else 0.0
+    return float(popularity_entropies(shares[None])[0])
+
+
+def popularity_entropies(shares: np.ndarray) -> np.ndarray:
+    """(W,): :func:`popularity_entropy` of each of W windows' (L, E) shares, ``shares`` (W, L, E)."""
+    num_experts = shares.shape[2]
+    if num_experts <= 1:
+        return np.zeros(shares.shape[0], dtype=np.float64)
+    # a zero share adds 0: its log is taken of 1.0 instead (no -inf to mask; a masked log costs several times more)
+    logs = np.log(np.where(shares > 0, shares, 1.0))
+    h = -(shares * logs).sum(axis=2)
+    return np.add.reduce(h, axis=1, dtype=np.float64) / h.shape[1] / np.log(num_experts)
 
 
 def popularity_shift(shares: np.ndarray, previous: np.ndarray | None) -> float:
     """Mean over layers of the total-variation distance between two windows' expert shares."""
     if previous is None:
         return 0.0
-    return float(0.5 * plain_mean(np.abs(shares - previous).sum(axis=1)))
+    return float(popularity_shifts(shares[None], previous[None])[0])
+
+
+def popularity_shifts(shares: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """(W,): :func:`popularity_shift` of each of W windows' shares against its previous window's, both (W, L, E)."""
+    distance = np.abs(shares - previous).sum(axis=2)
+    return 0.5 * (np.add.reduce(distance, axis=1, dtype=np.float64) / distance.shape[1])

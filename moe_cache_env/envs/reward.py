@@ -104,3 +104,19 @@ def reward_terms(metrics: dict, reference_latency_ms: float, coverage_weight: fl
         "latency_ratio": float(latency_ratio),
         "reference_latency_ms": float(reference_latency_ms),
     }
+
+
+def reward_terms_of_windows(perfect_coverage: np.ndarray, mean_latency_ms: np.ndarray,
+                            reference_latency_ms: np.ndarray, coverage_weight: np.ndarray,
+                            latency_weight: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """:func:`reward_terms` of n windows from (n,) columns: their latency ratios, and their terms as dicts (the
+    same IEEE operations in the same order, so the same numbers)."""
+    latency_ratio = np.divide(mean_latency_ms, reference_latency_ms, out=np.zeros_like(mean_latency_ms),
+                              where=reference_latency_ms > 0)
+    coverage_term = coverage_weight * perfect_coverage
+    latency_term = -latency_weight * latency_ratio
+    columns = (coverage_term + latency_term, coverage_term, latency_term, perfect_coverage, latency_ratio,
+               reference_latency_ms)
+    keys = ("reward", "coverage_term", "latency_term", "perfect_coverage", "latency_ratio", "reference_latency_ms")
+    return latency_ratio, [dict(zip(keys, row)) for row in zip(*(np.asarray(c, dtype=np.float64).tolist()
+                                                                  for c in columns))]

@@ -38,7 +38,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from moe_cache_env.envs.moe_cache import MoECacheEnv
+from moe_cache_env.envs.moe_cache import MoECacheEnv, observe_windows
 from moe_cache_env.sim import kernel as K
 from moe_cache_env.sim.batch import BatchArgs
 
@@ -208,6 +208,7 @@ class MoECacheVectorEnv(VectorEnv):
             start = time.process_time()
             self._batch.run(batched, self._s0, self._s1, self._u)
             self.kernel_cpu_s += time.process_time() - start
+        windows = []
         for i in run:
             env = self.envs[i]
             if batched[i]:
@@ -215,7 +216,14 @@ class MoECacheVectorEnv(VectorEnv):
             else:  # a plug-in predictor or eviction rule: its own code, one simulator at a time
                 window = env.sim.run(env.window_steps, env.controls)
             self.routing_events += int(window.counters[K.C_EVENTS])
-            o, r, term, trunc, info = env._finish_step(window, render=False)
+            env.elapsed_steps += 1
+            windows.append(window)
+        # every window's observation in one pass over columns (the numbers of one environment's step)
+        if len(run):
+            observations, observed_infos = observe_windows([self.envs[i] for i in run], windows)
+        for j, i in enumerate(run):
+            env = self.envs[i]
+            o, r, term, trunc, info = env._finish_observed(observations[j], observed_infos[j], render=False)
             # the window's metrics, for the training callbacks (agents/tb_metrics.py), whatever the info level
             self.window_infos[i] = {"metrics": info["metrics"], "reward_terms": info["reward_terms"]}
             if self.time_limit is not None and env.elapsed_steps >= self.time_limit:

@@ -163,13 +163,7 @@ class Controls:
     demand_overtakes: bool = True
 
     def __post_init__(self) -> None:
-        _check_range("controls", "l2_threshold", self.l2_threshold, 0.0, 1.01)
-        _check_range("controls", "l3_threshold", self.l3_threshold, 0.0, 1.01)
-        if self.l3_threshold > self.l2_threshold:
-            raise ConfigError(
-                f"controls.l3_threshold={self.l3_threshold} is above l2_threshold={self.l2_threshold}; "
-                "L3 holds the less confident predictions, so its threshold must be the lower one"
-            )
+        _check_thresholds(self.l2_threshold, self.l3_threshold)
         _check_range("controls", "lookahead", self.lookahead, 1, 2, integer=True)
         _check_range("controls", "prefetch_budget", self.prefetch_budget, 0, 1_000_000, integer=True)
         _check_range("controls", "l2_share", self.l2_share, 0.0, 1.0)
@@ -181,12 +175,31 @@ class Controls:
     def replace(self, **changes: Any) -> "Controls":
         return replace(self, **changes)
 
+    def with_thresholds(self, l2_threshold: float, l3_threshold: float) -> "Controls":
+        """``replace(l2_threshold=..., l3_threshold=...)``, checking only the thresholds: the other fields were
+        checked when this object was made (an action's decoding runs once per environment and window, and a
+        full ``dataclasses.replace`` costs several times more)."""
+        _check_thresholds(l2_threshold, l3_threshold)
+        new = object.__new__(Controls)
+        new.__dict__.update(self.__dict__, l2_threshold=l2_threshold, l3_threshold=l3_threshold)
+        return new
+
     def to_dict(self) -> dict[str, Any]:
         # plain scalar fields: no deep copy needed (dataclasses.asdict costs ~0.1 ms per window)
         return {name: getattr(self, name) for name in _CONTROL_FIELDS}
 
 
 _CONTROL_FIELDS = tuple(f.name for f in fields(Controls))
+
+
+def _check_thresholds(l2: float, l3: float) -> None:
+    _check_range("controls", "l2_threshold", l2, 0.0, 1.01)
+    _check_range("controls", "l3_threshold", l3, 0.0, 1.01)
+    if l3 > l2:
+        raise ConfigError(
+            f"controls.l3_threshold={l3} is above l2_threshold={l2}; "
+            "L3 holds the less confident predictions, so its threshold must be the lower one"
+        )
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,12 @@ from moe_cache_env.envs.observation import (
     decode_observation,
     encode_observation,
     expert_shares,
+    expert_shares_of_windows,
     observation_space,
+    popularity_entropies,
     popularity_entropy,
     popularity_shift,
+    popularity_shifts,
 )
 from moe_cache_env.envs.reward import DemandAllReference, reward_terms
 from moe_cache_env.profiles import load_profile
@@ -142,3 +145,44 @@ def test_step_reference_computes_chunks_as_windows_reach_them(monkeypatch):
     assert steps.window(6, 7) == pytest.approx(expected[6:7])
     assert steps._ready == 7  # the last chunk stops at the schedule's end
     assert ref.step_latency_ms(step_tokens, share) == pytest.approx(expected)
+
+
+def _shares_by_counting(experts: np.ndarray, tokens: list[int], num_experts: int) -> list[list[float]]:
+    """Plain Python: each expert's count among a layer's choices of ``tokens`` over the layer's choices."""
+    rows = []
+    for layer in range(experts.shape[1]):
+        counts = [0] * num_experts
+        for t in tokens:
+            for e in experts[t, layer]:
+                counts[int(e)] += 1
+        total = sum(counts)
+        rows.append([c / total if total else 0.0 for c in counts])
+    return rows
+
+
+def test_expert_shares_of_windows_count_each_window():
+    rng = np.random.default_rng(5)
+    routing = [rng.integers(0, 6, (20, 3, 2)).astype(np.int16), rng.integers(0, 6, (9, 3, 2)).astype(np.int32)]
+    # steps x width, -1 padded; the second window has no tokens at all
+    windows = [np.array([[4, 7, -1], [0, -1, -1], [19, 3, 3]]), np.full((2, 3), -1)]
+    shares = expert_shares_of_windows(routing, windows, 3, 6)
+    assert shares[0].tolist() == _shares_by_counting(routing[0], [4, 7, 0, 19, 3, 3], 6)
+    assert shares[1].tolist() == [[0.0] * 6] * 3
+
+
+def test_popularity_of_many_windows_is_each_windows_own():
+    """The batched entropy and shift give each window the bits of the masked-log, row-sum formulation, one window
+    at a time (a reordered sum or another log would change the last bits)."""
+    rng = np.random.default_rng(9)
+    counts = rng.integers(0, 5, (12, 7, 16)).astype(np.float64)
+    counts[:, :, 0] += 1.0
+    shares = counts / counts.sum(axis=2, keepdims=True)
+    previous = shares[::-1].copy()
+    entropies = popularity_entropies(shares)
+    shifts = popularity_shifts(shares, previous)
+    for i in range(shares.shape[0]):
+        s = shares[i]
+        logs = np.log(s, out=np.zeros_like(s), where=s > 0)
+        h = -(s * logs).sum(axis=1)
+        assert entropies[i] == float(np.add.reduce(h) / h.shape[0]) / np.log(16)
+        assert shifts[i] == 0.5 * float(np.add.reduce(np.abs(s - previous[i]).sum(axis=1)) / 7)

@@ -14,7 +14,7 @@ import pytest
 from moe_cache_env.envs.reward import DemandAllReference
 from moe_cache_env.profiles import load_profile
 from moe_cache_env.sim import kernel
-from moe_cache_env.sim.config import CacheConfig, Controls, SimConfig, WorkloadConfig
+from moe_cache_env.sim.config import CacheConfig, ConfigError, Controls, SimConfig, WorkloadConfig
 from moe_cache_env.sim.evaluate import policy_setup
 from moe_cache_env.sim.simulator import Simulator
 from moe_cache_env.traces.format import Trace, make_meta
@@ -304,3 +304,14 @@ def test_demand_all_reference_equals_the_kernel_when_every_request_misses(timing
     assert s.step_latency_ms == pytest.approx(ref.step_latency_ms(sch.step_tokens, sch.link_share), rel=1e-12)
     assert m["mean_latency_ms"] == pytest.approx(ref.mean_latency_ms(sch.step_tokens, sch.step_ntokens,
                                                                      sch.link_share), rel=1e-12)
+
+
+def test_with_thresholds_is_replace_with_the_thresholds_checked():
+    base = Controls(lookahead=2, prefetch_budget=3, l2_share=0.25, w_frequency=0.5, demand_overtakes=False)
+    moved = base.with_thresholds(0.8, 0.2)
+    assert moved == base.replace(l2_threshold=0.8, l3_threshold=0.2)
+    assert moved.to_dict() == {**base.to_dict(), "l2_threshold": 0.8, "l3_threshold": 0.2}
+    assert base.l2_threshold == 0.7 and base.l3_threshold == 0.3  # the original is unchanged
+    for l2, l3 in ((0.4, 0.5), (float("nan"), 0.1), (0.5, -0.1), (1.5, 0.2)):
+        with pytest.raises(ConfigError, match="threshold"):
+            base.with_thresholds(l2, l3)
