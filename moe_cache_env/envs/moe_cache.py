@@ -216,14 +216,7 @@ class MoECacheEnv(gym.Env):
         self.controls = self.initial_controls
         self.elapsed_steps = 0
         self._previous_shares: np.ndarray | None = None
-        # what observe_windows reads of the episode's settings, gathered once
-        self._geometry = (self.episode_trace.num_layers, self.episode_trace.num_experts)
-        reward_weights = self.config["reward"]
-        self._observe_constants = (
-            self.episode_trace.num_layers, self.episode_trace.num_experts, reward_weights["coverage_weight"],
-            reward_weights["latency_weight"], *self.config.l2_range, *self.config.l3_range,
-            self.sim.config.cache.total_slots, schedule.step_tokens.shape[1], self.sim.expert_bytes,
-        )
+        self._gather_observe_constants()
         self._previous_trends: np.ndarray | None = None
         self._history.clear()
         # the warm-up window leaves at least one step to the agent, however short the episode
@@ -231,6 +224,27 @@ class MoECacheEnv(gym.Env):
         obs, info = self._observe(window)
         self._render_line(info)
         return obs, info
+
+    def _gather_observe_constants(self) -> None:
+        """What the observation reads of the episode's settings, gathered once per episode."""
+        assert self.sim is not None
+        self._geometry = (self.episode_trace.num_layers, self.episode_trace.num_experts)
+        reward_weights = self.config["reward"]
+        self._observe_constants = (
+            self.episode_trace.num_layers, self.episode_trace.num_experts, reward_weights["coverage_weight"],
+            reward_weights["latency_weight"], *self.config.l2_range, *self.config.l3_range,
+            self.sim.config.cache.total_slots, self.sim.schedule.step_tokens.shape[1], self.sim.expert_bytes,
+        )
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        # an environment pickled by an earlier version (a training checkpoint) kept its last raw features as a
+        # dict and gathered no constants: convert, so that it resumes with the same numbers
+        if "_previous_raw" in state:
+            raw = self.__dict__.pop("_previous_raw")
+            self._previous_trends = None if raw is None else np.array([raw[source] for _, source in _TRENDS])
+        if self.sim is not None and "_observe_constants" not in state:
+            self._gather_observe_constants()
 
     def step(self, action):
         if self.sim is None:

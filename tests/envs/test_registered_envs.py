@@ -89,6 +89,28 @@ def test_pickle_round_trip(env_id, make_small_env):
             break
 
 
+def test_an_environment_pickled_by_the_earlier_layout_resumes_with_the_same_numbers(make_small_env):
+    """Checkpoints of earlier versions hold environments whose last raw features are a dict (``_previous_raw``)
+    and that gathered no observation constants: unpickled, they step as the environment they were."""
+    env = make_small_env("MoECache-v0").unwrapped
+    env.reset(seed=2)
+    env.action_space.seed(2)
+    env.step(env.action_space.sample())
+    state = pickle.loads(pickle.dumps(env)).__dict__
+    trends = state.pop("_previous_trends")
+    del state["_observe_constants"], state["_geometry"]
+    sources = ("perfect_coverage", "latency_ratio", "link_utilization", "predictor_top1_accuracy")
+    state["_previous_raw"] = {**dict(zip(sources, trends.tolist())), "hit_rate_l1": 0.5}
+    old = type(env).__new__(type(env))
+    old.__setstate__(state)
+    for _ in range(3):
+        action = env.action_space.sample()
+        o1, r1, *_ = env.step(action)
+        o2, r2, *_ = old.step(action)
+        np.testing.assert_array_equal(o1, o2)
+        assert r1 == r2
+
+
 def test_gymnasium_vector_env():
     config = small_config("MoECache-v0")
     envs = gym.make_vec("moe_cache_env:MoECache-v0", num_envs=2, vectorization_mode="sync", config=config)
