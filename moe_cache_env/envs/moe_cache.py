@@ -386,12 +386,15 @@ _TREND_SOURCES = np.array([FEATURE_INDEX[source] for _, source in _TRENDS])
 
 
 def observe_windows(envs: list[MoECacheEnv], windows: list[WindowResult]) -> tuple[np.ndarray, list[dict[str, Any]]]:
-    """The observations (n, NUM_FEATURES) and infos of n environments' windows just replayed.
+    """The observations (n, NUM_FEATURES) and infos of n environments' windows just replayed (the vector
+    environment's step).
 
-    One environment's step and the vector environment's step both come here, so they give the same numbers.
-    The features are computed as columns over the windows (elementwise IEEE arithmetic in the single-window
-    formulas' order; sums and means row by row), which costs a vector step far less than one pass per
-    environment. Each environment's trend and shift features read its previous window, kept on the environment.
+    From :data:`COLUMNS_FROM` windows on, every quantity is computed as a column over the windows, with the
+    single environment's formulas (the shared tables ``metric_table`` and :func:`_raw_features`: elementwise IEEE
+    arithmetic in the same order; order-dependent sums row by row, as NumPy reduces each row alone), which costs
+    a vector step far less than one pass per environment; below, :meth:`MoECacheEnv._observe` runs once per
+    window. Either way the numbers are those of single environments. Each environment's trend and shift
+    features read its previous window, kept on the environment.
     """
     n = len(envs)
     if n < COLUMNS_FROM:
@@ -439,8 +442,7 @@ def observe_windows(envs: list[MoECacheEnv], windows: list[WindowResult]) -> tup
     memory_share = np.array(capacities).sum(axis=1) / constants[:, 8]
     expert_bytes = constants[:, 10]
     token_counts = token_totals.astype(np.int64)
-    metrics = metrics_of_windows(counters, mean_latency, percentiles, expert_bytes)
-    m = {name: np.array([row[name] for row in metrics]) for name in _METRIC_FEATURES}
+    m, metrics = metrics_of_windows(counters, mean_latency, percentiles, expert_bytes)
     latency_ratio, terms = reward_terms_of_windows(m["perfect_coverage"], mean_latency, reference, coverage_weight,
                                                    latency_weight)
     entropy = np.empty(n, dtype=np.float64)
@@ -544,13 +546,6 @@ def _window_info(env: MoECacheEnv, window: WindowResult, terms: dict[str, float]
     }
 
 
-#: the window metrics the observation reads
-_METRIC_FEATURES = (
-    "perfect_coverage", "avg_coverage", "zero_coverage", "hit_rate_l1", "hit_rate_l2", "hit_rate_l3",
-    "link_utilization", "memory_pressure", "prefetch_precision", "predictor_top1_accuracy", "predictor_topk_recall",
-    "p95_latency_ms", "mean_latency_ms", "bytes_transferred", "wasted_prefetch_bytes", "prefetch_bytes",
-    "predictor_mean_max_confidence", "candidates_above_l2_per_prediction", "candidates_above_l3_per_prediction",
-)
 
 
 def _warn_if_full(trace: Trace, cache, trace_name: str) -> None:

@@ -80,14 +80,15 @@ def metrics_from_counters(
 
 
 def metrics_of_windows(counters: np.ndarray, mean_latency_ms: np.ndarray, percentiles: np.ndarray,
-                       expert_bytes: np.ndarray) -> list[dict[str, Any]]:
+                       expert_bytes: np.ndarray) -> tuple[dict[str, np.ndarray], list[dict[str, Any]]]:
     """:func:`metrics_from_counters` of n windows at once, from their (n, C) counters, (n,) token-weighted mean
     latencies, (n, 3) P50/P95/P99 latencies and (n,) expert sizes: the same formulas on columns, so the same
-    numbers (every operation is elementwise IEEE arithmetic, in the same order)."""
+    numbers (every operation is elementwise IEEE arithmetic, in the same order). Returns the named (n,) columns
+    and each window's metrics as :func:`metrics_from_counters` gives them (Python ints and floats)."""
     columns = metric_table(np.asarray(counters, dtype=np.float64).T, mean_latency_ms, percentiles[:, 0],
                            percentiles[:, 1], percentiles[:, 2], ArrayOps(expert_bytes))
     keys = tuple(columns)
-    return [dict(zip(keys, row)) for row in zip(*(column.tolist() for column in columns.values()))]
+    return columns, [dict(zip(keys, row)) for row in zip(*(column.tolist() for column in columns.values()))]
 
 
 class ScalarOps:

@@ -61,8 +61,12 @@ def test_metrics_of_windows_match_one_window_at_a_time():
     expected = [metrics_from_counters(counters[i], lat[i], tokens[i], int(expert_bytes[i])) for i in range(n)]
     w = tokens.astype(np.float64)
     means = np.array([weighted_mean(lat[i], w[i]) for i in range(n)])
-    got = metrics_of_windows(counters, means, weighted_percentiles_of_rows(lat, w, (50, 95, 99)), expert_bytes)
+    columns, got = metrics_of_windows(counters, means, weighted_percentiles_of_rows(lat, w, (50, 95, 99)),
+                                      expert_bytes)
     for one, many in zip(expected, got):
         assert list(one) == list(many)
         assert [type(v) for v in one.values()] == [type(v) for v in many.values()]
         assert one == many
+    assert list(columns) == list(expected[0])
+    for name, column in columns.items():
+        assert column.tolist() == [one[name] for one in expected]
