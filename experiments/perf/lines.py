@@ -1,8 +1,9 @@
 """Where the compiled kernel spends its time, by source line: ``perf`` samples mapped through debug information.
 
 numba's compiled code carries no symbols ``perf`` can read, so this script
-1. runs a workload under ``perf record`` with a private numba cache compiled with debug information
-   (``NUMBA_ENABLE_PROFILING=1``; the first run compiles the kernel again, several minutes),
+1. runs a workload once to fill a private numba cache compiled with debug information
+   (``NUMBA_ENABLE_PROFILING=1``; the first time compiles the kernel again, several minutes), then again under
+   ``perf record``, loading the kernel from that cache,
 2. has the workload print where each compiled entry point of the kernel (``ENTRY``) was loaded,
 3. takes the kernel's object code out of that cache and maps every sample that fell in it to a source line with
    ``addr2line``, and prints one JSON object: the share of samples per function of ``sim/kernel.py`` (inlined
@@ -133,6 +134,12 @@ def _function_of_line() -> Callable[[int], str]:
 def profile(workload: str, count: int, cache_dir: str, frequency: int, top_lines: int = 30) -> dict:
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir, NUMBA_ENABLE_PROFILING="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # compile (or load) the debug-information cache in a process of its own first: when the recorded process
+    # compiled the batched kernel itself, almost none of its samples mapped onto the cached objects
+    warm = subprocess.run([sys.executable, "-c", WORKLOAD, workload, "0", *ENTRY[workload]], env=env,
+                          capture_output=True, text=True)
+    if warm.returncode != 0:
+        raise RuntimeError(f"the workload failed: {warm.stderr.strip().splitlines()[-1:]}")
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "perf.data")
         run = subprocess.run(["perf", "record", "-q", "-F", str(frequency), "-o", data, sys.executable, "-c",
