@@ -228,7 +228,6 @@ class MoECacheEnv(gym.Env):
     def _gather_observe_constants(self) -> None:
         """What the observation reads of the episode's settings, gathered once per episode."""
         assert self.sim is not None
-        self._geometry = (self.episode_trace.num_layers, self.episode_trace.num_experts)
         reward_weights = self.config["reward"]
         self._observe_constants = (
             self.episode_trace.num_layers, self.episode_trace.num_experts, reward_weights["coverage_weight"],
@@ -284,7 +283,7 @@ class MoECacheEnv(gym.Env):
         token_weights = schedule.step_ntokens[s0:s1].astype(np.float64)
         reference_ms = weighted_mean(self._reference_steps.window(s0, s1), token_weights)
         terms = reward_terms(m, reference_ms, **self.config["reward"])
-        layers, experts = self._geometry
+        layers, experts = self._observe_constants[:2]
         shares = expert_shares_of_windows([sim.routing], [step_tokens], layers, experts)
         raw = _raw_features(
             m, ScalarOps(), controls=(self.controls.l2_threshold, self.controls.l3_threshold),
@@ -408,7 +407,7 @@ def observe_windows(envs: list[MoECacheEnv], windows: list[WindowResult]) -> tup
         schedule = env.sim.schedule
         s0 = window.first_step
         by_length.setdefault(window.num_steps, []).append(i)
-        by_geometry.setdefault(env._geometry, []).append(i)
+        by_geometry.setdefault(env._observe_constants[:2], []).append(i)
         window_tokens.append(schedule.step_tokens[s0:s0 + window.num_steps])
         capacities.append(schedule.tier_caps[min(env.sim.position, schedule.num_steps - 1)])
     # per environment: layers, experts, reward weights, threshold ranges, slots, step width, expert bytes

@@ -9,14 +9,11 @@ hand-written strategies in ``agents/`` read the observation through it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Mapping
 
 import numpy as np
 from gymnasium import spaces
 from numba import njit
-
-from moe_cache_env.sim.metrics import plain_mean
 
 
 @dataclass(frozen=True)
@@ -121,8 +118,8 @@ def expert_shares_of_windows(routing: list[np.ndarray], step_tokens: list[np.nda
 @njit(cache=True)
 def _count_shares(experts: np.ndarray, step_tokens: np.ndarray, out: np.ndarray) -> None:
     """``out`` (L, E): each expert's count among the layer's choices of the tokens in ``step_tokens`` over the
-    layer's number of choices, or 0 without tokens. Integer counts, then one IEEE division each: the value
-    ``counts / counts.sum()`` has in NumPy."""
+    layer's number of choices, or 0 without tokens. Integer counts, then IEEE divisions (one per count value a
+    layer holds): the values ``counts / counts.sum()`` has in NumPy."""
     num_layers, num_experts = out.shape
     counts = np.zeros((num_layers, num_experts), dtype=np.int64)
     for s in range(step_tokens.shape[0]):

@@ -15,10 +15,12 @@ Both terms are reported in ``info["reward_terms"]``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from moe_cache_env.profiles import HardwareProfile
-from moe_cache_env.sim.metrics import weighted_mean
+from moe_cache_env.sim.metrics import ArrayOps, ScalarOps, weighted_mean
 from moe_cache_env.sim.timing import demand_all_step_latency, seed_table_array
 from moe_cache_env.traces.format import Trace
 
@@ -93,30 +95,34 @@ class StepReference:
 
 def reward_terms(metrics: dict, reference_latency_ms: float, coverage_weight: float, latency_weight: float) -> dict[str, float]:
     """The reward and its terms for one window's ``metrics``."""
-    latency_ratio = metrics["mean_latency_ms"] / reference_latency_ms if reference_latency_ms > 0 else 0.0
-    coverage_term = coverage_weight * metrics["perfect_coverage"]
-    latency_term = -latency_weight * latency_ratio
-    return {
-        "reward": float(coverage_term + latency_term),
-        "coverage_term": float(coverage_term),
-        "latency_term": float(latency_term),
-        "perfect_coverage": float(metrics["perfect_coverage"]),
-        "latency_ratio": float(latency_ratio),
-        "reference_latency_ms": float(reference_latency_ms),
-    }
+    terms = _term_table(metrics["perfect_coverage"], metrics["mean_latency_ms"], reference_latency_ms,
+                        coverage_weight, latency_weight, ScalarOps.ratio)
+    return {name: float(value) for name, value in terms.items()}
 
 
 def reward_terms_of_windows(perfect_coverage: np.ndarray, mean_latency_ms: np.ndarray,
                             reference_latency_ms: np.ndarray, coverage_weight: np.ndarray,
                             latency_weight: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
     """:func:`reward_terms` of n windows from (n,) columns: their latency ratios, and their terms as dicts (the
-    same IEEE operations in the same order, so the same numbers)."""
-    latency_ratio = np.divide(mean_latency_ms, reference_latency_ms, out=np.zeros_like(mean_latency_ms),
-                              where=reference_latency_ms > 0)
+    same formulas on columns, so the same numbers)."""
+    columns = _term_table(perfect_coverage, mean_latency_ms, reference_latency_ms, coverage_weight, latency_weight,
+                          ArrayOps.ratio)
+    keys = tuple(columns)
+    rows = zip(*(np.asarray(column, dtype=np.float64).tolist() for column in columns.values()))
+    return columns["latency_ratio"], [dict(zip(keys, row)) for row in rows]
+
+
+def _term_table(perfect_coverage: Any, mean_latency_ms: Any, reference_latency_ms: Any, coverage_weight: Any,
+                latency_weight: Any, ratio: Any) -> dict[str, Any]:
+    """The reward's terms, written once for one window (Python floats) and for columns of many (arrays)."""
+    latency_ratio = ratio(mean_latency_ms, reference_latency_ms)
     coverage_term = coverage_weight * perfect_coverage
     latency_term = -latency_weight * latency_ratio
-    columns = (coverage_term + latency_term, coverage_term, latency_term, perfect_coverage, latency_ratio,
-               reference_latency_ms)
-    keys = ("reward", "coverage_term", "latency_term", "perfect_coverage", "latency_ratio", "reference_latency_ms")
-    return latency_ratio, [dict(zip(keys, row)) for row in zip(*(np.asarray(c, dtype=np.float64).tolist()
-                                                                  for c in columns))]
+    return {
+        "reward": coverage_term + latency_term,
+        "coverage_term": coverage_term,
+        "latency_term": latency_term,
+        "perfect_coverage": perfect_coverage,
+        "latency_ratio": latency_ratio,
+        "reference_latency_ms": reference_latency_ms,
+    }

@@ -98,7 +98,7 @@ def test_an_environment_pickled_by_the_earlier_layout_resumes_with_the_same_numb
     env.step(env.action_space.sample())
     state = pickle.loads(pickle.dumps(env)).__dict__
     trends = state.pop("_previous_trends")
-    del state["_observe_constants"], state["_geometry"]
+    del state["_observe_constants"]
     sources = ("perfect_coverage", "latency_ratio", "link_utilization", "predictor_top1_accuracy")
     state["_previous_raw"] = {**dict(zip(sources, trends.tolist())), "hit_rate_l1": 0.5}
     old = type(env).__new__(type(env))
