@@ -152,7 +152,8 @@ class EvictionReplay:
         profile = sim.profile
         width = self.schedule.step_tokens.shape[1]
         self._ctab = profile.compute_table(self.expert_bytes, width)
-        self._experts = np.ascontiguousarray(trace.experts, dtype=np.int64)
+        # the simulator's own int16 copy of the routing (a quarter of int64's memory per environment)
+        self._experts = sim.routing
         self._iconf = np.array([L, E, Kk, 1 if self.cache.scope == "global" else 0,
                                 1 if config.timing == "seed" else 0,
                                 1 if config.execution_order == "per-expert" else 0], dtype=np.int64)

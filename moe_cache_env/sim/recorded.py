@@ -47,11 +47,11 @@ class RecordedPredictor(Predictor):
             )
         self._L, self._E = trace.num_layers, trace.num_experts
         self._depth = int(trace.speculative_experts.shape[2])  # type: ignore[union-attr]
-        self._spec_ids = trace.speculative_experts.astype(np.int64)  # type: ignore[union-attr]
+        self._spec_ids = trace.speculative_experts  # type: ignore[union-attr]  # read only, no int64 copy
         M = self._spec_ids.shape[3]
         # rank r of a token's recorded list scores (M - r) / M (the list is stored by descending probability)
         self._rank_score = (M - np.arange(M, dtype=np.float64)) / M
-        self._experts = trace.experts.astype(np.int64)
+        self._experts = trace.experts  # read only; no int64 copy of the routing per environment
         self._step_tokens = schedule.step_tokens
 
     def confidences(self, s0: int, s1: int, lookahead: int) -> np.ndarray:

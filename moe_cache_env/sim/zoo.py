@@ -185,7 +185,7 @@ class ActivationMatrixPredictor(Predictor):
         _, self._seq_of_token = np.unique(trace.sequence, return_inverse=True)
         self._counts = np.zeros((int(self._seq_of_token.max()) + 1, L * E), dtype=np.float64)
         self._layer_offsets = (np.arange(L, dtype=np.int64) * E)[None, :, None]
-        self._experts = trace.experts.astype(np.int64)
+        self._experts = trace.experts  # read only; no int64 copy of the routing per environment
         self._K = K
 
     def _token_rows(self, tokens: np.ndarray) -> np.ndarray:
