@@ -28,6 +28,8 @@ from moe_cache_env.envs.observation import (
     expert_shares_of_windows,
     observation_space,
     popularity_entropies,
+    popularity_entropy,
+    popularity_shift,
     popularity_shifts,
 )
 from moe_cache_env.envs.render import HISTORY_WINDOWS, draw_state
@@ -291,8 +293,8 @@ class MoECacheEnv(gym.Env):
             memory_share=float(sim.current_capacities().sum() / sim.config.cache.total_slots),
             bandwidth_share=weighted_mean(schedule.link_share[s0:s1], token_weights),
             batch_share=plain_mean(token_weights) / step_tokens.shape[1],
-            entropy=float(popularity_entropies(shares)[0]),
-            shift=0.0 if self._previous_shares is None else float(popularity_shifts(shares, self._previous_shares[None])[0]),
+            entropy=popularity_entropy(shares[0]),
+            shift=popularity_shift(shares[0], self._previous_shares),
         )
         sources = np.array([raw[source] for _, source in _TRENDS], dtype=np.float64)
         previous = sources if self._previous_trends is None else self._previous_trends
@@ -396,6 +398,8 @@ def observe_windows(envs: list[MoECacheEnv], windows: list[WindowResult]) -> tup
     features read its previous window, kept on the environment.
     """
     n = len(envs)
+    if n == 0:
+        return np.zeros((0, NUM_FEATURES), dtype=np.float32), []
     if n < COLUMNS_FROM:
         observed = [env._observe(window) for env, window in zip(envs, windows)]
         return np.stack([obs for obs, _ in observed]), [info for _, info in observed]
@@ -409,7 +413,7 @@ def observe_windows(envs: list[MoECacheEnv], windows: list[WindowResult]) -> tup
         by_length.setdefault(window.num_steps, []).append(i)
         by_geometry.setdefault(env._observe_constants[:2], []).append(i)
         window_tokens.append(schedule.step_tokens[s0:s0 + window.num_steps])
-        capacities.append(schedule.tier_caps[min(env.sim.position, schedule.num_steps - 1)])
+        capacities.append(env.sim.current_capacities())
     # per environment: layers, experts, reward weights, threshold ranges, slots, step width, expert bytes
     constants = np.array([env._observe_constants for env in envs], dtype=np.float64)
     coverage_weight, latency_weight = constants[:, 2], constants[:, 3]
@@ -543,8 +547,6 @@ def _window_info(env: MoECacheEnv, window: WindowResult, terms: dict[str, float]
         "num_steps": window.num_steps,
         "tokens": tokens,
     }
-
-
 
 
 def _warn_if_full(trace: Trace, cache, trace_name: str) -> None:

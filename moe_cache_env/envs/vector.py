@@ -219,8 +219,7 @@ class MoECacheVectorEnv(VectorEnv):
             env.elapsed_steps += 1
             windows.append(window)
         # every window's observation in one pass over columns (the numbers of one environment's step)
-        if len(run):
-            observations, observed_infos = observe_windows([self.envs[i] for i in run], windows)
+        observations, observed_infos = observe_windows([self.envs[i] for i in run], windows)
         for j, i in enumerate(run):
             env = self.envs[i]
             o, r, term, trunc, info = env._finish_observed(observations[j], observed_infos[j], render=False)
